@@ -1,0 +1,124 @@
+/*
+ * breaker -- a circuit breaker shared by every worker: lock-free, allocation-free hot path.
+ *
+ * All state that decides admission lives in one 64-bit word changed by CAS:
+ *   state (3 bits) | probes in flight (8) | probe successes (8) | backoff level (5) |
+ *   cycle (8) | open_until in ms, wrapping 32 bits (compared as a signed difference)
+ * so a trip, a half-open admission and a close are each a single atomic step.  `cycle`
+ * increments on every state change; a permit remembers the cycle it was admitted in, and a
+ * verdict from an older cycle is dropped (a call admitted before a trip cannot close or
+ * re-open the breaker later, and a probe from a reset breaker cannot free a slot it never
+ * took).
+ *
+ * Semantics (DESIGN.md): closed counts calls in a time window; when calls >= min_calls and
+ * failure rate >= failure_rate or slow rate >= slow_rate, it opens for
+ * open_for * factor^level (capped at max, times 1 +/- jitter).  After that, half_open
+ * admits at most `probes` calls at once; a failed probe re-opens with level+1; `probes`
+ * successful probes close it, reset the level, and clear the window.  A rate of 0 disables
+ * that criterion.  Forced open rejects everything; disabled admits everything and records
+ * nothing.
+ *
+ * Threads: allow/record/release/read from any thread; configure/force/reset from any
+ * thread.
+ */
+#ifndef RSL_BREAKER_H
+#define RSL_BREAKER_H
+
+#include "resilua.h"
+#include <stdint.h>
+
+#define RSL_BREAKER_STATES(X)                                                              \
+    X(CLOSED, "closed")                                                                    \
+    X(OPEN, "open")                                                                        \
+    X(HALF_OPEN, "half_open")                                                              \
+    X(FORCED_OPEN, "forced_open")                                                          \
+    X(DISABLED, "disabled")
+
+typedef enum rsl__breaker_state {
+#define RSL_X_(e, s) RSL_BREAKER_##e,
+    RSL_BREAKER_STATES(RSL_X_)
+#undef RSL_X_
+    RSL_BREAKER__COUNT
+} rsl__breaker_state;
+
+const char *rsl__breaker_state_name(rsl__breaker_state s);
+
+typedef struct rsl__breaker_conf {
+    int64_t window_ns;     /* default 10 s */
+    int buckets;           /* default 10 */
+    int stripes;           /* window stripes (see window.h); default 1 */
+    int64_t min_calls;     /* default 20 */
+    double failure_rate;   /* percent 0..100, 0 = off; default 50 */
+    int64_t slow_call_ns;  /* default 60 s */
+    double slow_rate;      /* percent 0..100, 0 = off; default 100 */
+    int64_t open_for_ns;   /* default 5 s */
+    double backoff_factor; /* >= 1; default 2 */
+    int64_t backoff_max_ns;/* default 2 min */
+    double jitter;         /* 0..1: the period is multiplied by 1 + U(-jitter, +jitter) */
+    int probes;            /* 1..255; default 1 */
+    uint32_t count_mask;   /* bit (1u << outcome) set: counts as a failure;
+                              default timeout|connect|5xx|error */
+} rsl__breaker_conf;
+
+void rsl__breaker_conf_default(rsl__breaker_conf *c);
+
+typedef struct rsl__breaker rsl__breaker;
+
+/* What happened, for metrics and event logs: called by the thread that made the change. */
+typedef void (*rsl__breaker_hook)(void *ud, rsl__breaker *b, rsl__breaker_state from,
+                                  rsl__breaker_state to, const char *reason);
+
+/* `name` is copied. NULL on a bad conf or no memory. */
+rsl__breaker *rsl__breaker_new(const char *name, const rsl__breaker_conf *c);
+void rsl__breaker_free(rsl__breaker *b);
+const char *rsl__breaker_name(const rsl__breaker *b);
+void rsl__breaker_set_hook(rsl__breaker *b, rsl__breaker_hook fn, void *ud);
+/* Bytes this breaker occupies, its window included. */
+size_t rsl__breaker_size(const rsl__breaker *b);
+
+/*
+ * Applies new thresholds in place, keeping state.  When window_ns, buckets or stripes
+ * change the window is replaced (counts restart) and 1 is returned; else 0.  Replacing
+ * the window is not safe against concurrent recorders: call it when no call uses the
+ * breaker's window (reload does, between generations) -- otherwise thresholds only.
+ * Negative on a bad conf.
+ */
+int rsl__breaker_configure(rsl__breaker *b, const rsl__breaker_conf *c);
+void rsl__breaker_conf_get(const rsl__breaker *b, rsl__breaker_conf *c);
+
+/* A ticket from allow(): pass it back to record() or release(), exactly once. */
+typedef struct rsl__permit {
+    uint8_t cycle;
+    uint8_t probe;   /* admitted as a half-open probe */
+    uint8_t counted; /* its verdict goes into the window (closed state) */
+} rsl__permit;
+
+/* 1: admitted, fill *p; 0: rejected (counted as a rejection). */
+int rsl__breaker_allow(rsl__breaker *b, int64_t now, rsl__permit *p);
+/* The call admitted with *p ended with `o` after `latency_ns`. */
+void rsl__breaker_record(rsl__breaker *b, const rsl__permit *p, int64_t now, rsl_outcome o,
+                         int64_t latency_ns);
+/* The call admitted with *p ended without a verdict (canceled): frees a probe slot. */
+void rsl__breaker_release(rsl__breaker *b, const rsl__permit *p);
+
+/* Admin overrides. reset: closed, level 0, window cleared. */
+void rsl__breaker_force_open(rsl__breaker *b, int64_t now);
+void rsl__breaker_disable(rsl__breaker *b, int64_t now);
+void rsl__breaker_reset(rsl__breaker *b, int64_t now);
+
+/* Reads, cheap, any thread. Rates are percents over the window at `now`. */
+rsl__breaker_state rsl__breaker_state_get(const rsl__breaker *b);
+double rsl__breaker_failure_rate(rsl__breaker *b, int64_t now);
+double rsl__breaker_slow_rate(rsl__breaker *b, int64_t now);
+int64_t rsl__breaker_calls(rsl__breaker *b, int64_t now);
+int64_t rsl__breaker_latency(rsl__breaker *b, int64_t now, double q); /* ns */
+int rsl__breaker_probes_inflight(const rsl__breaker *b);
+int rsl__breaker_level(const rsl__breaker *b);
+/* When open: ns until half_open is allowed (<= 0: now); else 0. */
+int64_t rsl__breaker_open_remaining(const rsl__breaker *b, int64_t now);
+/* Counters since creation (survive reload): rejections, transitions[from][to]. */
+uint64_t rsl__breaker_rejections(const rsl__breaker *b);
+uint64_t rsl__breaker_transitions(const rsl__breaker *b, rsl__breaker_state from,
+                                  rsl__breaker_state to);
+
+#endif

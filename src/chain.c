@@ -1,0 +1,884 @@
+/*
+ * chain -- running one call through its policy: route, then steps one at a time, each
+ * behind its guards, with timeouts, the deadline, retries and faults, until a step answers
+ * with an outcome outside `fallback_on`.
+ *
+ * A call is a small state machine (rsl__call.phase) driven by advance(): synchronous steps
+ * (stub, lua, local_cache) loop inside it; a host step that answers later, a retry backoff
+ * or a fault delay park the call in RSL_PH_WAIT until a message or a timer resumes it.
+ * Every way a call ends goes through finish(), which runs the callback exactly once and
+ * frees the call (after its timer's close callback, if it has one).
+ *
+ * Guards are taken per attempt, in the step's order; a rejection releases what was taken
+ * (a breaker permit without a verdict, a bulkhead slot) and is the outcome `rejected`.
+ *
+ * Threads: everything here runs on the call's worker thread, except rsl_step_answer /
+ * rsl_step_fail, which any thread may call.
+ */
+#include "runtime.h"
+
+#include "clock.h"
+
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- answers ------------------------------------------------------------------------- */
+
+void rsl__answer_reset(rsl__answer *a) {
+    a->outcome = RSL_OUTCOME_OK;
+    a->status = 200;
+    a->body.len = 0;
+    if (a->body.p) {
+        a->body.p[0] = 0;
+    }
+    for (int i = 0; i < a->nheaders; i++) {
+        free(a->headers[i].name);
+        free(a->headers[i].value);
+    }
+    free(a->headers);
+    a->headers = NULL;
+    a->nheaders = 0;
+    free(a->error);
+    a->error = NULL;
+}
+
+void rsl__answer_free(rsl__answer *a) {
+    rsl__answer_reset(a);
+    rsl__buf_free(&a->body);
+}
+
+void rsl__answer_fail(rsl__answer *a, rsl_outcome o, const char *fmt, ...) {
+    rsl__answer_reset(a);
+    a->outcome = o;
+    a->status = rsl__outcome_status(o);
+    if (fmt) {
+        char msg[512];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        a->error = strdup(msg);
+    }
+}
+
+rsl_outcome rsl__status_outcome(int status) {
+    if (status >= 500 && status <= 599) {
+        return RSL_OUTCOME_5XX;
+    }
+    if (status >= 400 && status <= 499) {
+        return RSL_OUTCOME_4XX;
+    }
+    return RSL_OUTCOME_OK;
+}
+
+int rsl__outcome_status(rsl_outcome o) {
+    static const int st[] = {
+#define RSL_X_(e, s, status) status,
+        RSL_OUTCOMES(RSL_X_)
+#undef RSL_X_
+    };
+    return (unsigned)o < RSL_OUTCOME__COUNT ? st[o] : 500;
+}
+
+/* Moves the answer a into b (b's old content is freed). */
+static void answer_move(rsl__answer *dst, rsl__answer *src) {
+    rsl__answer tmp = *dst;
+    *dst = *src;
+    *src = tmp;
+    rsl__answer_reset(src);
+}
+
+static void answer_copy_headers(rsl__answer *a, const rsl__header *h, int n) {
+    if (n <= 0) {
+        return;
+    }
+    a->headers = calloc((size_t)n, sizeof(*h));
+    if (!a->headers) {
+        return;
+    }
+    for (int i = 0; i < n; i++) {
+        a->headers[i].name = strdup(h[i].name);
+        a->headers[i].value = strdup(h[i].value);
+        if (!a->headers[i].name || !a->headers[i].value) {
+            free(a->headers[i].name);
+            free(a->headers[i].value);
+            break;
+        }
+        a->nheaders = i + 1;
+    }
+}
+
+/* ---- generations ---------------------------------------------------------------------- */
+
+void rsl__genr_ref(rsl__genr *G) {
+    atomic_fetch_add_explicit(&G->refs, 1, memory_order_relaxed);
+}
+
+/* ---- results -------------------------------------------------------------------------- */
+
+rsl_result *rsl__result_new(rsl__call *c) {
+    rsl_result *r = calloc(1, sizeof(*r));
+    if (!r) {
+        return NULL;
+    }
+    rsl__genr_ref(c->G);
+    r->G = c->G;
+    r->policy = c->p->name;
+    r->served_by = -1;
+    return r;
+}
+
+void rsl_result_free(rsl_result *r) {
+    if (!r) {
+        return;
+    }
+    for (int i = 0; i < r->npath; i++) {
+        free(r->path[i].error);
+    }
+    for (int i = 0; i < r->nheaders; i++) {
+        free(r->headers[i].name);
+        free(r->headers[i].value);
+    }
+    free(r->headers);
+    rsl__buf_free(&r->body);
+    rsl__genr_unref(r->G);
+    free(r);
+}
+
+const char *rsl_result_policy(const rsl_result *r) {
+    return r->policy;
+}
+int rsl_result_status(const rsl_result *r) {
+    return r->status;
+}
+const char *rsl_result_body(const rsl_result *r, size_t *len) {
+    if (len) {
+        *len = r->body.len;
+    }
+    return r->body.p ? r->body.p : "";
+}
+size_t rsl_result_header_count(const rsl_result *r) {
+    return (size_t)r->nheaders;
+}
+int rsl_result_header(const rsl_result *r, size_t i, const char **name, const char **value) {
+    if (i >= (size_t)r->nheaders) {
+        return RSL_EINVAL;
+    }
+    *name = r->headers[i].name;
+    *value = r->headers[i].value;
+    return 0;
+}
+rsl_outcome rsl_result_outcome(const rsl_result *r) {
+    return r->outcome;
+}
+const char *rsl_result_served_by(const rsl_result *r) {
+    return r->served_by >= 0 ? r->path[r->served_by].step : NULL;
+}
+int rsl_result_degraded(const rsl_result *r) {
+    return r->degraded;
+}
+double rsl_result_elapsed_ms(const rsl_result *r) {
+    return r->elapsed_ms;
+}
+size_t rsl_result_path_len(const rsl_result *r) {
+    return (size_t)r->npath;
+}
+int rsl_result_path(const rsl_result *r, size_t i, rsl_path_entry *e) {
+    if (i >= (size_t)r->npath) {
+        return RSL_EINVAL;
+    }
+    e->step = r->path[i].step;
+    e->outcome = r->path[i].outcome;
+    e->ms = r->path[i].ms;
+    e->attempts = r->path[i].attempts;
+    e->error = r->path[i].error;
+    return 0;
+}
+int rsl_result_route_failed(const rsl_result *r) {
+    return r->route_failed;
+}
+
+static double round_ms(double ms) {
+    return (double)(int64_t)(ms * 1000.0 + 0.5) / 1000.0;
+}
+
+char *rsl_result_json(const rsl_result *r) {
+    json_t *o = json_object();
+    json_t *path = json_array();
+    if (!o || !path) {
+        json_decref(o);
+        json_decref(path);
+        return NULL;
+    }
+    json_object_set_new(o, "policy", json_string(r->policy));
+    json_object_set_new(o, "status", json_integer(r->status));
+    json_object_set_new(o, "outcome", json_string(rsl_outcome_name(r->outcome)));
+    const char *sb = rsl_result_served_by(r);
+    json_object_set_new(o, "served_by", sb ? json_string(sb) : json_null());
+    json_object_set_new(o, "degraded", json_boolean(r->degraded));
+    json_object_set_new(o, "body", json_stringn_nocheck(r->body.p ? r->body.p : "", r->body.len));
+    json_object_set_new(o, "elapsed_ms", json_real(round_ms(r->elapsed_ms)));
+    if (r->route_failed) {
+        json_object_set_new(o, "route_failed", json_true());
+    }
+    for (int i = 0; i < r->npath; i++) {
+        json_t *e = json_object();
+        json_object_set_new(e, "step", json_string(r->path[i].step));
+        json_object_set_new(e, "outcome", json_string(rsl_outcome_name(r->path[i].outcome)));
+        json_object_set_new(e, "ms", json_real(round_ms(r->path[i].ms)));
+        json_object_set_new(e, "attempts", json_integer(r->path[i].attempts));
+        if (r->path[i].error) {
+            json_object_set_new(e, "error", json_string(r->path[i].error));
+        }
+        json_array_append_new(path, e);
+    }
+    json_object_set_new(o, "path", path);
+    /* A body that is not UTF-8 is escaped by jansson only when valid; ensure_ascii keeps
+     * the line printable whatever the bytes. */
+    char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER);
+    json_decref(o);
+    return s;
+}
+
+/* ---- the call ------------------------------------------------------------------------- */
+
+static void advance(rsl__call *c);
+
+static double ms_since(int64_t from, int64_t now) {
+    return (double)(now - from) / 1e6;
+}
+
+static int waits_on_io(const rsl__step *s) {
+    return s->kind == RSL_STEP_C || s->kind == RSL_STEP_HTTP || s->kind == RSL_STEP_REDIS ||
+           s->kind == RSL_STEP_REDIS_CACHE;
+}
+
+void rsl__call_free(rsl__call *c) {
+    rsl__answer_free(&c->ans);
+    rsl__answer_free(&c->prev_ans);
+    rsl__buf_free(&c->scratch);
+    rsl_result_free(c->res);
+    rsl_req_free(c->req);
+    if (c->G) {
+        rsl__genr_unref(c->G);
+    }
+    free(c);
+}
+
+static void on_timer_closed(uv_handle_t *h) {
+    rsl__call_free(h->data);
+}
+
+static void cache_write(rsl__call *c, const rsl__step *s, const rsl_result *r) {
+    if (!s->u.cache.cache) {
+        return;
+    }
+    const char *missing = NULL;
+    c->scratch.len = 0;
+    if (rsl__tmpl_expand(s->u.cache.key, c->req, 0, &c->scratch, &missing) < 0) {
+        return; /* the key cannot be built for this request: nothing to write */
+    }
+    int64_t now = rsl__rt_now(c->rt);
+    rsl__cache_put(s->u.cache.cache, c->scratch.p, c->scratch.len, r->status,
+                   r->body.p ? r->body.p : "", r->body.len, now + s->u.cache.ttl_ns);
+}
+
+/* The answer is final: build the result, run the callback, write caches, free. */
+static void finish(rsl__call *c) {
+    rsl_result *r = c->res;
+    int64_t now = rsl__rt_now(c->rt);
+    c->phase = RSL_PH_DONE;
+    r->elapsed_ms = ms_since(c->start, now);
+    r->outcome = c->ans.outcome;
+    r->status = c->ans.status;
+    rsl__buf tmpb = r->body;
+    r->body = c->ans.body;
+    c->ans.body = tmpb;
+    r->headers = c->ans.headers;
+    r->nheaders = c->ans.nheaders;
+    c->ans.headers = NULL;
+    c->ans.nheaders = 0;
+    r->served_by = r->npath > 0 ? r->npath - 1 : -1;
+    r->degraded = r->served_by > 0;
+
+    /* Write-through: every cache step after the one that answered ok learns the answer.
+     * A local cache write is a hash insert; it happens before the callback only so that
+     * the callback may hand the result to another thread. */
+    if (r->outcome == RSL_OUTCOME_OK && r->served_by >= 0) {
+        for (int i = r->served_by + 1; i < c->npath; i++) {
+            const rsl__step *s = &c->p->steps[c->path[i]];
+            if (s->kind == RSL_STEP_LOCAL_CACHE) {
+                cache_write(c, s, r);
+            }
+        }
+    }
+    rsl__worker_untrack(c->w, c);
+    c->cb(r, c->ud);
+    if (r->stolen) {
+        c->res = NULL;
+    }
+    rsl__worker *w = c->w;
+    if (c->timer_inited) {
+        uv_close((uv_handle_t *)&c->timer, on_timer_closed);
+    } else {
+        rsl__call_free(c);
+    }
+    rsl__worker_call_done(w);
+}
+
+void rsl__call_abort(rsl__call *c, rsl_outcome o, const char *msg) {
+    rsl__worker_track(c->w, c);
+    rsl__answer_fail(&c->ans, o, "%s", msg);
+    finish(c);
+}
+
+/* ---- guards --------------------------------------------------------------------------- */
+
+static int acquire_guards(rsl__call *c, const rsl__step *s, int64_t now) {
+    c->held = 0;
+    for (int i = 0; i < s->nguards; i++) {
+        rsl__guard *g = s->guards[i];
+        int ok = 0;
+        const char *why = "";
+        switch (g->kind) {
+        case RSL_GUARD_LIMITER:
+            ok = rsl__limiter_allow(g->u.limiter, now);
+            why = "is empty";
+            break;
+        case RSL_GUARD_BULKHEAD:
+            ok = rsl__bulkhead_acquire(g->u.bulkhead);
+            why = "is full";
+            break;
+        case RSL_GUARD_BREAKER:
+            ok = rsl__breaker_allow(g->u.breaker, now, &c->permits[i]);
+            why = rsl__breaker_state_get(g->u.breaker) == RSL_BREAKER_HALF_OPEN
+                      ? "is half_open with every probe slot taken"
+                      : "is open";
+            break;
+        }
+        if (!ok) {
+            for (int j = 0; j < i; j++) {
+                if (!(c->held & (1u << j))) {
+                    continue;
+                }
+                rsl__guard *h = s->guards[j];
+                if (h->kind == RSL_GUARD_BULKHEAD) {
+                    rsl__bulkhead_release(h->u.bulkhead);
+                } else if (h->kind == RSL_GUARD_BREAKER) {
+                    rsl__breaker_release(h->u.breaker, &c->permits[j]);
+                }
+            }
+            c->held = 0;
+            rsl__answer_fail(&c->ans, RSL_OUTCOME_REJECTED, "%s \"%s\" %s",
+                             rsl__guard_kind_name(g->kind), g->name, why);
+            return 0;
+        }
+        if (g->kind != RSL_GUARD_LIMITER) {
+            c->held |= 1u << i;
+        }
+    }
+    return 1;
+}
+
+/* The attempt ended: verdicts to breakers (none when canceled), slots back. */
+static void release_guards(rsl__call *c, const rsl__step *s, int64_t now, int verdict) {
+    for (int i = 0; i < s->nguards && c->held; i++) {
+        if (!(c->held & (1u << i))) {
+            continue;
+        }
+        rsl__guard *g = s->guards[i];
+        if (g->kind == RSL_GUARD_BULKHEAD) {
+            rsl__bulkhead_release(g->u.bulkhead);
+        } else if (g->kind == RSL_GUARD_BREAKER) {
+            if (verdict) {
+                rsl__breaker_record(g->u.breaker, &c->permits[i], now, c->ans.outcome,
+                                    now - c->attempt_start);
+            } else {
+                rsl__breaker_release(g->u.breaker, &c->permits[i]);
+            }
+        }
+        c->held &= ~(1u << i);
+    }
+}
+
+/* ---- timers --------------------------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t);
+
+static void timer_start(rsl__call *c, int purpose, int64_t ns) {
+    if (!c->timer_inited) {
+        uv_timer_init(&c->w->loop, &c->timer);
+        c->timer.data = c;
+        c->timer_inited = 1;
+    }
+    c->timer_purpose = purpose;
+    uint64_t ms = ns <= 0 ? 0 : (uint64_t)((ns + RSL_NS_PER_MS - 1) / RSL_NS_PER_MS);
+    uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+static void timer_stop(rsl__call *c) {
+    if (c->timer_inited) {
+        uv_timer_stop(&c->timer);
+    }
+    c->timer_purpose = RSL_TIMER_NONE;
+}
+
+/* ---- host steps ----------------------------------------------------------------------- */
+
+void rsl__step_call_unref(rsl_step_call *sc) {
+    if (atomic_fetch_sub_explicit(&sc->refs, 1, memory_order_acq_rel) == 1) {
+        rsl__answer_free(&sc->ans);
+        free(sc);
+    }
+}
+
+/* The worker gives up on the host's answer (timeout, cancel). 1: abandoned; 0: the
+ * answer won the race and its message is on the way. */
+static int abandon_host(rsl__call *c) {
+    rsl_step_call *sc = c->sc;
+    int expect = RSL_SC_PENDING;
+    if (atomic_compare_exchange_strong(&sc->state, &expect, RSL_SC_ABANDONED)) {
+        c->sc = NULL;
+        sc->call = NULL;
+        rsl__step_call_unref(sc);
+        return 1;
+    }
+    return 0;
+}
+
+static int host_answer(rsl_step_call *sc) {
+    int expect = RSL_SC_PENDING;
+    if (!atomic_compare_exchange_strong(&sc->state, &expect, RSL_SC_ANSWERED)) {
+        rsl__step_call_unref(sc); /* abandoned: drop the host's reference */
+        return RSL_EALREADY;
+    }
+    if (rsl__worker_self() == sc->w) {
+        rsl__call *c = sc->call;
+        if (c && c->in_attempt && c->sc == sc) {
+            /* Answered from inside the step function: the attempt picks the answer up on
+             * return and the worker's reference keeps sc alive until then. */
+            rsl__step_call_unref(sc);
+            return 0;
+        }
+    }
+    /* The message carries the host's reference; sc may be gone once this returns. */
+    rsl__worker_post(sc->w, &sc->msg);
+    return 0;
+}
+
+int rsl_step_answer(rsl_step_call *sc, int status, const char *body, size_t len) {
+    if (!sc || (!body && len)) {
+        return RSL_EINVAL;
+    }
+    if (atomic_load(&sc->state) != RSL_SC_PENDING) {
+        return RSL_EALREADY;
+    }
+    /* Only the host writes sc->ans, and only before it wins the state CAS. */
+    rsl__answer_reset(&sc->ans);
+    sc->ans.status = status;
+    sc->ans.outcome = rsl__status_outcome(status);
+    if (rsl__buf_append(&sc->ans.body, body ? body : "", len) < 0) {
+        rsl__answer_fail(&sc->ans, RSL_OUTCOME_ERROR, "out of memory copying the answer");
+    }
+    return host_answer(sc);
+}
+
+int rsl_step_fail(rsl_step_call *sc, rsl_outcome o, const char *msg) {
+    if (!sc || (unsigned)o >= RSL_OUTCOME__COUNT) {
+        return RSL_EINVAL;
+    }
+    if (atomic_load(&sc->state) != RSL_SC_PENDING) {
+        return RSL_EALREADY;
+    }
+    rsl__answer_fail(&sc->ans, o, "%s", msg ? msg : rsl_outcome_name(o));
+    return host_answer(sc);
+}
+
+/* Takes the answer out of an answered handle and releases the worker's reference. */
+static void take_host_answer(rsl__call *c, rsl_step_call *sc) {
+    answer_move(&c->ans, &sc->ans);
+    c->sc = NULL;
+    sc->call = NULL;
+    rsl__step_call_unref(sc);
+}
+
+static int start_host_step(rsl__call *c, const rsl__step *s, int64_t now) {
+    rsl__hoststep hs;
+    if (rsl__rt_hoststep(c->rt, s->u.c.name, &hs) < 0) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "no C step registered as \"%s\"",
+                         s->u.c.name);
+        return 1;
+    }
+    rsl_step_call *sc = calloc(1, sizeof(*sc));
+    if (!sc) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "out of memory");
+        return 1;
+    }
+    sc->msg.type = RSL_MSG_ANSWER;
+    atomic_init(&sc->state, RSL_SC_PENDING);
+    atomic_init(&sc->refs, 2);
+    sc->call = c;
+    sc->w = c->w;
+    c->sc = sc;
+    c->in_attempt = 1;
+    hs.fn(sc, c->req, hs.ud);
+    c->in_attempt = 0;
+    if (atomic_load(&sc->state) == RSL_SC_ANSWERED && c->sc == sc) {
+        take_host_answer(c, sc);
+        return 1;
+    }
+    /* Pending: bounded by the step's timeout and the deadline, whichever comes first. */
+    int64_t limit = s->timeout_ns;
+    if (c->deadline && (limit == 0 || c->deadline - now < limit)) {
+        limit = c->deadline - now;
+    }
+    if (limit > 0) {
+        timer_start(c, RSL_TIMER_STEP_TIMEOUT, limit);
+    }
+    return 0;
+}
+
+void rsl__call_host_answered(rsl_step_call *sc) {
+    rsl__call *c = sc->call;
+    if (!c || c->sc != sc) {
+        rsl__step_call_unref(sc); /* the message's (host's) reference */
+        return;
+    }
+    timer_stop(c);
+    take_host_answer(c, sc);  /* the worker's reference */
+    rsl__step_call_unref(sc); /* the message's */
+    if (c->canceled) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_CANCELED, "call canceled");
+    }
+    c->phase = RSL_PH_ATTEMPTED;
+    advance(c);
+}
+
+/* ---- steps ---------------------------------------------------------------------------- */
+
+static void cache_hit(void *ud, int status, const char *body, size_t len) {
+    rsl__answer *a = ud;
+    a->status = status;
+    a->outcome = RSL_OUTCOME_OK;
+    if (rsl__buf_append(&a->body, body, len) < 0) {
+        rsl__answer_fail(a, RSL_OUTCOME_ERROR, "out of memory");
+    }
+}
+
+static void run_local_cache(rsl__call *c, const rsl__step *s, int64_t now) {
+    const char *missing = NULL;
+    c->scratch.len = 0;
+    int rc = rsl__tmpl_expand(s->u.cache.key, c->req, 0, &c->scratch, &missing);
+    if (rc == RSL_EINVAL) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "missing attribute \"%s\"", missing);
+        return;
+    }
+    if (rc < 0 || !s->u.cache.cache) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "out of memory");
+        return;
+    }
+    if (!rsl__cache_get(s->u.cache.cache, c->scratch.p, c->scratch.len, now, cache_hit, &c->ans)) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_MISS, "no cached answer for key \"%s\"",
+                         c->scratch.p);
+    }
+}
+
+/* The attempt proper, guards held. 1: the answer is in c->ans; 0: waiting. */
+static int attempt_body(rsl__call *c, const rsl__step *s, int64_t now) {
+    switch (s->kind) {
+    case RSL_STEP_STUB:
+        c->ans.status = s->u.stub.status;
+        c->ans.outcome = rsl__status_outcome(s->u.stub.status);
+        if (rsl__buf_append(&c->ans.body, s->u.stub.body ? s->u.stub.body : "",
+                            s->u.stub.body_len) < 0) {
+            rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "out of memory");
+            return 1;
+        }
+        answer_copy_headers(&c->ans, s->u.stub.headers, s->u.stub.nheaders);
+        if (c->ans.outcome != RSL_OUTCOME_OK) {
+            char msg[32];
+            snprintf(msg, sizeof(msg), "status %d", c->ans.status);
+            c->ans.error = strdup(msg);
+        }
+        return 1;
+    case RSL_STEP_LUA:
+        rsl__lapi_step(c->G->api[c->w->index], c, s);
+        return 1;
+    case RSL_STEP_LOCAL_CACHE:
+        run_local_cache(c, s, now);
+        return 1;
+    case RSL_STEP_C:
+        return start_host_step(c, s, now);
+    default:
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "step kind not available in this build");
+        return 1;
+    }
+}
+
+/* One attempt of the current step: guards, then the fault roll, then the body.
+ * 1: the answer is in c->ans; 0: waiting. */
+static int attempt(rsl__call *c, const rsl__step *s, int64_t now) {
+    rsl__answer_reset(&c->ans);
+    c->attempt_start = now;
+    if (s->nguards > RSL_MAX_GUARDS) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "more than %d guards on one step",
+                         RSL_MAX_GUARDS);
+        return 1;
+    }
+    if (!acquire_guards(c, s, now)) {
+        return 1;
+    }
+    if (s->has_fault) {
+        if (s->fault.abort >= 0 && rsl__rand01() * 100.0 < s->fault.abort_percent) {
+            rsl_outcome o = (rsl_outcome)s->fault.abort;
+            rsl__answer_fail(&c->ans, o, "fault injected: %s", rsl_outcome_name(o));
+            if (o == RSL_OUTCOME_5XX) {
+                c->ans.status = 503;
+            }
+            return 1;
+        }
+        if (s->fault.delay_ns > 0 && rsl__rand01() * 100.0 < s->fault.delay_percent) {
+            timer_start(c, RSL_TIMER_DELAY, s->fault.delay_ns);
+            return 0;
+        }
+    }
+    return attempt_body(c, s, now);
+}
+
+/* ---- retries -------------------------------------------------------------------------- */
+
+static void budget_slot(rsl__budget *b, int64_t sec, int *slot) {
+    int i = (int)(sec % 10);
+    int64_t e = atomic_load_explicit(&b->epoch[i], memory_order_acquire);
+    if (e != sec && atomic_compare_exchange_strong(&b->epoch[i], &e, sec)) {
+        atomic_store_explicit(&b->first[i], 0, memory_order_relaxed);
+        atomic_store_explicit(&b->retries[i], 0, memory_order_relaxed);
+    }
+    *slot = i;
+}
+
+static void budget_note_first(rsl__budget *b, int64_t now) {
+    int i;
+    budget_slot(b, now / RSL_NS_PER_S, &i);
+    atomic_fetch_add_explicit(&b->first[i], 1, memory_order_relaxed);
+}
+
+/* Retries over the last 10 s may be at most budget * first attempts + 10 (DESIGN.md:
+ * "plus a floor of 10 retries per 10 s so low traffic can still retry"). */
+static int budget_take_retry(rsl__budget *b, double budget, int64_t now) {
+    int64_t sec = now / RSL_NS_PER_S;
+    int64_t first = 0, retries = 0;
+    for (int i = 0; i < 10; i++) {
+        int64_t e = atomic_load_explicit(&b->epoch[i], memory_order_acquire);
+        if (e > sec - 10 && e <= sec) {
+            first += atomic_load_explicit(&b->first[i], memory_order_relaxed);
+            retries += atomic_load_explicit(&b->retries[i], memory_order_relaxed);
+        }
+    }
+    if ((double)retries >= budget * (double)first + 10.0) {
+        return 0;
+    }
+    int i;
+    budget_slot(b, sec, &i);
+    atomic_fetch_add_explicit(&b->retries[i], 1, memory_order_relaxed);
+    return 1;
+}
+
+static int64_t backoff_ns(rsl__call *c, const rsl__retry *r) {
+    int64_t d = r->base_ns;
+    if (r->exponential) {
+        for (int i = 1; i < c->attempt && d < r->max_ns; i++) {
+            d *= 2;
+        }
+    }
+    if (r->max_ns > 0 && d > r->max_ns) {
+        d = r->max_ns;
+    }
+    double u = rsl__rand01();
+    switch (r->jitter) {
+    case RSL_JITTER_NONE:
+        break;
+    case RSL_JITTER_FULL:
+        d = (int64_t)(u * (double)d);
+        break;
+    case RSL_JITTER_EQUAL:
+        d = d / 2 + (int64_t)(u * (double)(d / 2));
+        break;
+    case RSL_JITTER_DECORRELATED: {
+        int64_t prev = c->last_sleep > 0 ? c->last_sleep : r->base_ns;
+        int64_t hi = prev * 3;
+        d = r->base_ns + (int64_t)(u * (double)(hi - r->base_ns));
+        if (r->max_ns > 0 && d > r->max_ns) {
+            d = r->max_ns;
+        }
+        break;
+    }
+    }
+    c->last_sleep = d;
+    return d;
+}
+
+/* After an attempt: 1 when a retry was scheduled. */
+static int maybe_retry(rsl__call *c, const rsl__step *s, int64_t now) {
+    const rsl__retry *r = &s->retry;
+    if (c->canceled || c->attempt >= r->attempts || !(r->on_mask & (1u << c->ans.outcome))) {
+        return 0;
+    }
+    int64_t wait = backoff_ns(c, r);
+    if (c->deadline && now + wait >= c->deadline) {
+        return 0; /* it could not finish before the deadline */
+    }
+    if (!budget_take_retry(&c->G->budgets[c->pidx][c->path[c->pos]], r->budget, now)) {
+        return 0;
+    }
+    timer_start(c, RSL_TIMER_BACKOFF, wait);
+    return 1;
+}
+
+/* ---- driving -------------------------------------------------------------------------- */
+
+static void end_step(rsl__call *c, int64_t now) {
+    rsl__entry *e = &c->res->path[c->res->npath++];
+    e->step = c->p->steps[c->path[c->pos]].name;
+    e->outcome = c->ans.outcome;
+    e->ms = ms_since(c->step_start, now);
+    e->attempts = c->attempt;
+    if (c->ans.outcome != RSL_OUTCOME_OK) {
+        e->error = c->ans.error ? strdup(c->ans.error) : strdup(rsl_outcome_name(e->outcome));
+    }
+}
+
+static void advance(rsl__call *c) {
+    for (;;) {
+        const rsl__step *s = c->pos < c->npath ? &c->p->steps[c->path[c->pos]] : NULL;
+        int64_t now = rsl__rt_now(c->rt);
+        switch (c->phase) {
+        case RSL_PH_STEP:
+            if (!s) {
+                finish(c);
+                return;
+            }
+            c->step_start = now;
+            c->attempt = 0;
+            c->last_sleep = 0;
+            if (c->canceled) {
+                rsl__answer_fail(&c->ans, RSL_OUTCOME_CANCELED, "call canceled");
+                end_step(c, now);
+                finish(c);
+                return;
+            }
+            if (c->deadline && now >= c->deadline && waits_on_io(s)) {
+                rsl__answer_fail(&c->ans, RSL_OUTCOME_TIMEOUT, "deadline passed before the step");
+                c->phase = RSL_PH_ATTEMPTED;
+                break;
+            }
+            budget_note_first(&c->G->budgets[c->pidx][c->path[c->pos]], now);
+            c->phase = RSL_PH_ATTEMPT;
+            break;
+        case RSL_PH_ATTEMPT:
+            c->attempt++;
+            if (!attempt(c, s, now)) {
+                c->phase = RSL_PH_WAIT;
+                return;
+            }
+            c->phase = RSL_PH_ATTEMPTED;
+            break;
+        case RSL_PH_ATTEMPTED:
+            release_guards(c, s, now, c->ans.outcome != RSL_OUTCOME_CANCELED);
+            if (c->attempt > 0 && maybe_retry(c, s, now)) {
+                c->phase = RSL_PH_WAIT;
+                return;
+            }
+            end_step(c, now);
+            if (c->ans.outcome != RSL_OUTCOME_CANCELED &&
+                (c->p->fallback_mask & (1u << c->ans.outcome)) && c->pos + 1 < c->npath) {
+                answer_move(&c->prev_ans, &c->ans);
+                c->prev_step = c->path[c->pos];
+                c->pos++;
+                c->phase = RSL_PH_STEP;
+                break;
+            }
+            finish(c);
+            return;
+        case RSL_PH_WAIT:
+        case RSL_PH_DONE:
+            return;
+        }
+    }
+}
+
+static void on_timer(uv_timer_t *t) {
+    rsl__call *c = t->data;
+    int purpose = c->timer_purpose;
+    c->timer_purpose = RSL_TIMER_NONE;
+    if (c->phase != RSL_PH_WAIT) {
+        return;
+    }
+    const rsl__step *s = &c->p->steps[c->path[c->pos]];
+    switch (purpose) {
+    case RSL_TIMER_STEP_TIMEOUT:
+        if (c->sc && !abandon_host(c)) {
+            return; /* the answer beat the timeout by a hair: its message is on the way */
+        }
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_TIMEOUT, "step timed out after %.1f ms",
+                         ms_since(c->attempt_start, rsl__rt_now(c->rt)));
+        c->phase = RSL_PH_ATTEMPTED;
+        break;
+    case RSL_TIMER_BACKOFF:
+        c->phase = RSL_PH_ATTEMPT;
+        break;
+    case RSL_TIMER_DELAY:
+        /* The injected delay is over: the attempt proper, guards still held. */
+        if (!attempt_body(c, s, rsl__rt_now(c->rt))) {
+            return;
+        }
+        c->phase = RSL_PH_ATTEMPTED;
+        break;
+    default:
+        return;
+    }
+    advance(c);
+}
+
+void rsl__call_cancel(rsl__call *c) {
+    if (c->phase == RSL_PH_DONE) {
+        return;
+    }
+    c->canceled = 1;
+    if (c->phase != RSL_PH_WAIT) {
+        return; /* running right now (cannot happen from a message); checked at each step */
+    }
+    if (c->sc && !abandon_host(c)) {
+        return; /* the host's answer is on its way; it completes the call as canceled */
+    }
+    timer_stop(c);
+    rsl__answer_fail(&c->ans, RSL_OUTCOME_CANCELED, "call canceled");
+    c->phase = RSL_PH_ATTEMPTED;
+    advance(c);
+}
+
+void rsl__call_start(rsl__call *c) {
+    rsl__worker_track(c->w, c);
+    c->start = rsl__rt_now(c->rt);
+    c->deadline = c->p->deadline_ns ? c->start + c->p->deadline_ns : 0;
+    c->prev_step = -1;
+    if (c->p->route_refs) {
+        char err[512];
+        if (rsl__lapi_route(c->G->api[c->w->index], c, err, sizeof(err)) < 0) {
+            rsl__log(c->rt, RSL_LOG_WARN, "%s:%d: policy \"%s\": route failed, taking chain: %s",
+                     c->p->file, c->p->line, c->p->name, err);
+            c->res->route_failed = 1;
+            c->npath = 0;
+        }
+    }
+    if (c->npath == 0) {
+        c->npath = c->p->nchain < RSL_MAX_PATH ? c->p->nchain : RSL_MAX_PATH;
+        memcpy(c->path, c->p->chain, (size_t)c->npath * sizeof(int));
+    }
+    c->pos = 0;
+    c->phase = RSL_PH_STEP;
+    advance(c);
+}

@@ -1,0 +1,59 @@
+/*
+ * guard -- the registry of named guards (breakers, limiters, bulkheads) a runtime owns.
+ *
+ * Guards are keyed by name and outlive policy generations: a reload that declares the
+ * same name and kind keeps the object (and its state) and applies the new thresholds in
+ * place.  A guard is reference counted: the registry holds one reference, every
+ * generation that uses it holds one; it is freed when the last goes.
+ *
+ * Threads: the registry is changed only by the loader (one at a time, under the runtime's
+ * reload lock); guard objects themselves are used from any thread.
+ */
+#ifndef RSL_GUARD_H
+#define RSL_GUARD_H
+
+#include "breaker.h"
+#include "bulkhead.h"
+#include "limiter.h"
+
+typedef enum rsl__guard_kind {
+    RSL_GUARD_BREAKER,
+    RSL_GUARD_LIMITER,
+    RSL_GUARD_BULKHEAD,
+} rsl__guard_kind;
+
+const char *rsl__guard_kind_name(rsl__guard_kind k); /* "breaker", "limiter", "bulkhead" */
+
+typedef struct rsl__guard {
+    rsl__guard_kind kind;
+    const char *name; /* the underlying object's name */
+    union {
+        rsl__breaker *breaker;
+        rsl__limiter *limiter;
+        rsl__bulkhead *bulkhead;
+    } u;
+    _Atomic int refs;
+} rsl__guard;
+
+/* A new guard wrapping a freshly created object (refs = 1). NULL on a bad conf. */
+rsl__guard *rsl__guard_new_breaker(const char *name, const rsl__breaker_conf *c);
+rsl__guard *rsl__guard_new_limiter(const char *name, const rsl__limiter_conf *c);
+rsl__guard *rsl__guard_new_bulkhead(const char *name, int64_t max);
+void rsl__guard_ref(rsl__guard *g);
+void rsl__guard_unref(rsl__guard *g); /* frees on the last reference; NULL is a no-op */
+
+typedef struct rsl__guards rsl__guards;
+
+rsl__guards *rsl__guards_new(void);
+void rsl__guards_free(rsl__guards *r); /* drops the registry's references */
+/* Borrowed; NULL when absent. */
+rsl__guard *rsl__guards_find(const rsl__guards *r, const char *name);
+/* Adds g (the registry takes a reference). RSL_EEXIST when the name is taken. */
+int rsl__guards_add(rsl__guards *r, rsl__guard *g);
+/* Removes `name` (drops the registry's reference). */
+void rsl__guards_remove(rsl__guards *r, const char *name);
+size_t rsl__guards_count(const rsl__guards *r);
+/* The i-th guard in name order, borrowed. */
+rsl__guard *rsl__guards_at(const rsl__guards *r, size_t i);
+
+#endif

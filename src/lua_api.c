@@ -1,0 +1,443 @@
+/*
+ * lua_api -- the C side of what policy code touches per call: the `req` table, the `sig`
+ * signals, `prev`, and the protected, time-limited calls into route() and Lua steps.
+ *
+ * One rsl__lapi per (generation, worker) Lua state, used only by that worker's thread.
+ * `req`, `sig` and `prev` are created once per state and reused: a table built per call
+ * costs about 3x a reused one.  `sig` functions are C closures that find guards through a
+ * name -> light userdata table built at load (Lua strings are interned, so the lookup is
+ * one hash probe), and read the guards' atomics directly: no allocation, no lock.
+ */
+#include "runtime.h"
+
+#include "clock.h"
+
+#include <lauxlib.h>
+#include <lua.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct rsl__lapi {
+    struct rsl_runtime *rt;
+    rsl__genr *G;
+    int state;
+    lua_State *L;
+    int req_ref, sig_ref, prev_ref, gauges_ref;
+    uint64_t req_call; /* id of the call whose request fills `req` */
+    int64_t now;       /* the running call's start: sig.now() and rates use it */
+};
+
+#define UV_API lua_upvalueindex(1)
+#define UV_GUARDS lua_upvalueindex(2)
+
+/* [-0, +0] The guard named by argument 1, of one of the kinds in `kinds` (bit per kind);
+ * raises otherwise. */
+static rsl__guard *arg_guard(lua_State *L, unsigned kinds, const char *fn) {
+    if (lua_type(L, 1) != LUA_TSTRING) {
+        luaL_error(L, "sig.%s: expected a guard name, got %s", fn, luaL_typename(L, 1));
+    }
+    lua_pushvalue(L, 1);
+    lua_rawget(L, UV_GUARDS);
+    rsl__guard *g = lua_touserdata(L, -1);
+    lua_pop(L, 1);
+    if (!g) {
+        luaL_error(L, "sig.%s: no guard named \"%s\"", fn, lua_tostring(L, 1));
+    }
+    if (!(kinds & (1u << g->kind))) {
+        luaL_error(L, "sig.%s: \"%s\" is a %s", fn, g->name, rsl__guard_kind_name(g->kind));
+    }
+    return g;
+}
+
+static rsl__lapi *api(lua_State *L) {
+    return lua_touserdata(L, UV_API);
+}
+
+#define BREAKER (1u << RSL_GUARD_BREAKER)
+#define LIMITER (1u << RSL_GUARD_LIMITER)
+#define BULKHEAD (1u << RSL_GUARD_BULKHEAD)
+
+/* sig.state(name) -> "closed" | "open" | ... ; the names are upvalues 3.. (no interning
+ * per call). */
+static int sig_state(lua_State *L) {
+    rsl__guard *g = arg_guard(L, BREAKER, "state");
+    lua_pushvalue(L, lua_upvalueindex(3 + (int)rsl__breaker_state_get(g->u.breaker)));
+    return 1;
+}
+
+static int sig_failure_rate(lua_State *L) {
+    rsl__guard *g = arg_guard(L, BREAKER, "failure_rate");
+    lua_pushnumber(L, rsl__breaker_failure_rate(g->u.breaker, api(L)->now));
+    return 1;
+}
+
+static int sig_slow_rate(lua_State *L) {
+    rsl__guard *g = arg_guard(L, BREAKER, "slow_rate");
+    lua_pushnumber(L, rsl__breaker_slow_rate(g->u.breaker, api(L)->now));
+    return 1;
+}
+
+static int sig_calls(lua_State *L) {
+    rsl__guard *g = arg_guard(L, BREAKER, "calls");
+    lua_pushnumber(L, (lua_Number)rsl__breaker_calls(g->u.breaker, api(L)->now));
+    return 1;
+}
+
+/* sig.latency(name, q): ms at quantile q in [0, 1] (q > 1 is read as a percent). */
+static int sig_latency(lua_State *L) {
+    rsl__guard *g = arg_guard(L, BREAKER, "latency");
+    double q = luaL_optnumber(L, 2, 0.5);
+    if (q > 1.0) {
+        q /= 100.0;
+    }
+    if (q < 0.0 || q > 1.0) {
+        return luaL_error(L, "sig.latency: quantile must be in 0..1, got %f", q);
+    }
+    lua_pushnumber(L, (double)rsl__breaker_latency(g->u.breaker, api(L)->now, q) / 1e6);
+    return 1;
+}
+
+static int sig_inflight(lua_State *L) {
+    rsl__guard *g = arg_guard(L, BULKHEAD | BREAKER, "inflight");
+    lua_pushnumber(L, g->kind == RSL_GUARD_BULKHEAD
+                          ? (lua_Number)rsl__bulkhead_inflight(g->u.bulkhead)
+                          : (lua_Number)rsl__breaker_probes_inflight(g->u.breaker));
+    return 1;
+}
+
+static int sig_load(lua_State *L) {
+    rsl__guard *g = arg_guard(L, BULKHEAD, "load");
+    lua_pushnumber(L, rsl__bulkhead_load(g->u.bulkhead));
+    return 1;
+}
+
+static int sig_tokens(lua_State *L) {
+    rsl__guard *g = arg_guard(L, LIMITER, "tokens");
+    lua_pushnumber(L, rsl__limiter_tokens(g->u.limiter, api(L)->now));
+    return 1;
+}
+
+/* sig.gauge(name) -> the host's value, or nil when it never set one. */
+static int sig_gauge(lua_State *L) {
+    rsl__lapi *a = api(L);
+    size_t len;
+    const char *name = luaL_checklstring(L, 1, &len);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->gauges_ref);
+    lua_pushvalue(L, 1);
+    lua_rawget(L, -2);
+    int i;
+    if (lua_isnumber(L, -1)) {
+        i = (int)lua_tointeger(L, -1);
+        lua_pop(L, 2);
+    } else {
+        lua_pop(L, 1);
+        i = rsl__rt_gauge_find(a->rt, name, len);
+        if (i >= 0) {
+            lua_pushvalue(L, 1);
+            lua_pushinteger(L, i);
+            lua_rawset(L, -3);
+        }
+        lua_pop(L, 1);
+    }
+    if (i < 0) {
+        lua_pushnil(L);
+    } else {
+        lua_pushnumber(L, rsl__rt_gauge_get(a->rt, i));
+    }
+    return 1;
+}
+
+static int sig_now(lua_State *L) {
+    lua_pushnumber(L, (double)api(L)->now / 1e6);
+    return 1;
+}
+
+static const luaL_Reg sig_fns[] = {
+    {"state", sig_state},       {"failure_rate", sig_failure_rate},
+    {"slow_rate", sig_slow_rate}, {"latency", sig_latency},
+    {"calls", sig_calls},       {"inflight", sig_inflight},
+    {"load", sig_load},         {"tokens", sig_tokens},
+    {"gauge", sig_gauge},       {"now", sig_now},
+    {NULL, NULL},
+};
+
+/* [-0, +0] Builds sig, req, prev and the gauge cache in the registry. */
+rsl__lapi *rsl__lapi_new(struct rsl_runtime *rt, rsl__genr *G, int state) {
+    rsl__lapi *a = calloc(1, sizeof(*a));
+    if (!a) {
+        return NULL;
+    }
+    a->rt = rt;
+    a->G = G;
+    a->state = state;
+    lua_State *L = a->L = G->g->states[state];
+    int top = lua_gettop(L);
+
+    lua_newtable(L); /* guards: name -> light userdata */
+    for (int i = 0; i < G->g->nguards; i++) {
+        rsl__guard *g = G->g->guards[i];
+        lua_pushstring(L, g->name);
+        lua_pushlightuserdata(L, g);
+        lua_rawset(L, -3);
+    }
+    int guards = lua_gettop(L);
+
+    lua_createtable(L, 0, 10); /* sig */
+    for (const luaL_Reg *f = sig_fns; f->name; f++) {
+        lua_pushlightuserdata(L, a);
+        lua_pushvalue(L, guards);
+        int n = 2;
+        if (f->func == sig_state) {
+            for (int s = 0; s < RSL_BREAKER__COUNT; s++) {
+                lua_pushstring(L, rsl__breaker_state_name((rsl__breaker_state)s));
+            }
+            n += RSL_BREAKER__COUNT;
+        }
+        lua_pushcclosure(L, f->func, n);
+        lua_setfield(L, -2, f->name);
+    }
+    a->sig_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_pop(L, 1); /* guards (the closures keep it) */
+
+    lua_newtable(L);
+    a->req_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_createtable(L, 0, 5);
+    a->prev_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_newtable(L);
+    a->gauges_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    lua_settop(L, top);
+    return a;
+}
+
+void rsl__lapi_free(rsl__lapi *a) {
+    free(a); /* the refs live in the state, which closes with its generation */
+}
+
+/* [-0, +1] Pushes `req`, filled with c's request (once per call). */
+static void push_req(rsl__lapi *a, rsl__call *c) {
+    lua_State *L = a->L;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->req_ref);
+    if (a->req_call == c->id) {
+        return;
+    }
+    a->req_call = c->id;
+    lua_pushnil(L);
+    while (lua_next(L, -2)) { /* clearing fields during traversal is allowed */
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_pushnil(L);
+        lua_rawset(L, -4);
+    }
+    const rsl_req *r = c->req;
+    for (int i = 0; i < r->nattrs; i++) {
+        lua_pushlstring(L, r->attrs[i].name, r->attrs[i].nlen);
+        lua_pushlstring(L, r->attrs[i].val, r->attrs[i].vlen);
+        lua_rawset(L, -3);
+    }
+    if (r->body) {
+        lua_pushlstring(L, r->body, r->body_len);
+        lua_setfield(L, -2, "body");
+    }
+}
+
+/* [-0, +0] Copies the Lua error at the top into err and pops it. */
+static void take_error(lua_State *L, int rc, const char *what, int64_t limit, char *err,
+                       size_t errlen) {
+    const char *msg = lua_tostring(L, -1);
+    if (rc == RSL_SANDBOX_ELIMIT) {
+        snprintf(err, errlen, "%s ran past its limit of %.0f ms", what, (double)limit / 1e6);
+    } else if (rc == LUA_ERRMEM) {
+        snprintf(err, errlen, "%s ran out of memory (cap %zu bytes)", what,
+                 rsl__sandbox_mem_limit(L));
+    } else {
+        snprintf(err, errlen, "%s", msg ? msg : "error object is not a string");
+    }
+    lua_pop(L, 1);
+}
+
+int rsl__lapi_route(rsl__lapi *a, rsl__call *c, char *err, size_t errlen) {
+    lua_State *L = a->L;
+    int top = lua_gettop(L);
+    a->now = c->start;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->p->route_refs[a->state]);
+    push_req(a, c);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->sig_ref);
+    int64_t limit = a->rt->o.route_limit_ns;
+    int rc = rsl__sandbox_pcall(L, 2, 1, limit);
+    if (rc != 0) {
+        take_error(L, rc, "route", limit, err, errlen);
+        lua_settop(L, top);
+        return -1;
+    }
+    int ret = -1;
+    if (!lua_istable(L, -1)) {
+        snprintf(err, errlen, "route returned %s, expected a list of step names",
+                 luaL_typename(L, -1));
+        goto out;
+    }
+    int n = (int)lua_objlen(L, -1);
+    if (n < 1 || n > RSL_MAX_PATH) {
+        snprintf(err, errlen, "route returned a list of %d steps, expected 1..%d", n,
+                 RSL_MAX_PATH);
+        goto out;
+    }
+    for (int i = 0; i < n; i++) {
+        lua_rawgeti(L, -1, i + 1);
+        size_t len;
+        const char *name = lua_type(L, -1) == LUA_TSTRING ? lua_tolstring(L, -1, &len) : NULL;
+        int idx = name ? rsl__policy_step(c->p, name, len) : -1;
+        if (idx < 0) {
+            if (name) {
+                snprintf(err, errlen, "route returned unknown step \"%s\"", name);
+            } else {
+                snprintf(err, errlen, "route returned a %s at position %d, expected a step name",
+                         luaL_typename(L, -1), i + 1);
+            }
+            goto out;
+        }
+        c->path[i] = idx;
+        lua_pop(L, 1);
+    }
+    c->npath = n;
+    ret = 0;
+out:
+    lua_settop(L, top);
+    return ret;
+}
+
+/* [-0, +1] Pushes `prev` (the previous step's answer) or nil. */
+static void push_prev(rsl__lapi *a, rsl__call *c) {
+    lua_State *L = a->L;
+    if (c->prev_step < 0) {
+        lua_pushnil(L);
+        return;
+    }
+    const rsl__answer *p = &c->prev_ans;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->prev_ref);
+    lua_pushinteger(L, p->status);
+    lua_setfield(L, -2, "status");
+    lua_pushlstring(L, p->body.p ? p->body.p : "", p->body.len);
+    lua_setfield(L, -2, "body");
+    lua_pushstring(L, rsl_outcome_name(p->outcome));
+    lua_setfield(L, -2, "outcome");
+    lua_pushstring(L, c->p->steps[c->prev_step].name);
+    lua_setfield(L, -2, "step");
+    if (p->error) {
+        lua_pushstring(L, p->error);
+    } else {
+        lua_pushnil(L);
+    }
+    lua_setfield(L, -2, "error");
+}
+
+/* [-0, +0] Reads a step's result table at idx into ans. */
+static void read_result(lua_State *L, int idx, rsl__answer *ans) {
+    lua_getfield(L, idx, "status");
+    int status = 200;
+    if (!lua_isnil(L, -1)) {
+        lua_Number n = lua_isnumber(L, -1) ? lua_tonumber(L, -1) : -1;
+        if (n < 100 || n > 599 || n != (int)n) {
+            rsl__answer_fail(ans, RSL_OUTCOME_ERROR,
+                             "lua step returned status %s, expected an integer 100..599",
+                             lua_isstring(L, -1) ? lua_tostring(L, -1) : luaL_typename(L, -1));
+            lua_pop(L, 1);
+            return;
+        }
+        status = (int)n;
+    }
+    lua_pop(L, 1);
+    ans->status = status;
+    ans->outcome = rsl__status_outcome(status);
+
+    lua_getfield(L, idx, "body");
+    if (!lua_isnil(L, -1)) {
+        size_t len;
+        const char *b = lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER
+                            ? lua_tolstring(L, -1, &len)
+                            : NULL;
+        if (!b) {
+            rsl__answer_fail(ans, RSL_OUTCOME_ERROR, "lua step returned a %s body, expected a string",
+                             luaL_typename(L, -1));
+            lua_pop(L, 1);
+            return;
+        }
+        if (rsl__buf_append(&ans->body, b, len) < 0) {
+            lua_pop(L, 1);
+            rsl__answer_fail(ans, RSL_OUTCOME_ERROR, "out of memory");
+            return;
+        }
+    }
+    lua_pop(L, 1);
+
+    lua_getfield(L, idx, "headers");
+    if (lua_istable(L, -1)) {
+        int n = 0;
+        lua_pushnil(L);
+        while (lua_next(L, -2)) {
+            n++;
+            lua_pop(L, 1);
+        }
+        ans->headers = n ? calloc((size_t)n, sizeof(rsl__header)) : NULL;
+        lua_pushnil(L);
+        while (ans->headers && lua_next(L, -2)) {
+            if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1)) {
+                rsl__header *h = &ans->headers[ans->nheaders];
+                h->name = strdup(lua_tostring(L, -2));
+                h->value = strdup(lua_tostring(L, -1));
+                if (h->name && h->value) {
+                    ans->nheaders++;
+                } else {
+                    free(h->name);
+                    free(h->value);
+                }
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    if (ans->outcome != RSL_OUTCOME_OK) {
+        char msg[32];
+        snprintf(msg, sizeof(msg), "status %d", status);
+        ans->error = strdup(msg);
+    }
+}
+
+void rsl__lapi_step(rsl__lapi *a, rsl__call *c, const rsl__step *s) {
+    lua_State *L = a->L;
+    int top = lua_gettop(L);
+    a->now = c->start;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, s->u.lua.refs[a->state]);
+    push_req(a, c);
+    push_prev(a, c);
+    int64_t limit = a->rt->o.lua_step_limit_ns;
+    int rc = rsl__sandbox_pcall(L, 2, 3, limit);
+    if (rc != 0) {
+        char err[512];
+        take_error(L, rc, "lua step", limit, err, sizeof(err));
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "%s", err);
+        lua_settop(L, top);
+        return;
+    }
+    int r1 = top + 1;
+    if (lua_istable(L, r1)) {
+        read_result(L, r1, &c->ans);
+    } else if (lua_isnil(L, r1) && lua_type(L, r1 + 1) == LUA_TSTRING) {
+        size_t len;
+        const char *o = lua_tolstring(L, r1 + 1, &len);
+        int oc = rsl_outcome_parse(o, len);
+        if (oc < 0 || oc == RSL_OUTCOME_OK) {
+            rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR,
+                             "lua step returned nil, \"%s\": not a failure outcome", o);
+        } else if (lua_type(L, r1 + 2) == LUA_TSTRING) {
+            rsl__answer_fail(&c->ans, (rsl_outcome)oc, "%s", lua_tostring(L, r1 + 2));
+        } else {
+            rsl__answer_fail(&c->ans, (rsl_outcome)oc, "lua step answered %s", o);
+        }
+    } else {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR,
+                         "lua step returned %s; expected a table, or nil and an outcome",
+                         luaL_typename(L, r1));
+    }
+    lua_settop(L, top);
+}

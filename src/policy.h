@@ -1,0 +1,173 @@
+/*
+ * policy -- loading a policy directory into a generation: Lua states that ran every
+ * policy file, and the compiled, validated C description of every policy, step and
+ * guard the chain runs on.
+ *
+ * Loading: each state (one per worker) gets the embedded `resilua` DSL (lua/resilua.lua)
+ * and runs every `*.lua` file of the directory in name order, each in its own sandboxed
+ * environment.  The DSL validates every declaration as it is made (unknown fields, ranges,
+ * units) and raises `file:line: kind "name": message` naming the declaration's line; after
+ * the last file it checks references across files (guards named by steps, chain steps).
+ * The first state's declarations are compiled into the structs below; the other states
+ * only contribute their Lua references (route and Lua step functions), by position.
+ *
+ * Guards: the generation resolves every declared guard against the runtime's registry:
+ * same name and kind -> the existing object with the new thresholds applied in place; new
+ * -> created and added; kind changed -> replaced; absent from the new declarations ->
+ * removed from the registry (a generation still running keeps it alive by reference).
+ * Nothing in the registry changes unless the whole directory loaded and validated.
+ *
+ * Threads: rsl__gen_load runs on one thread (the loader); a loaded generation is immutable
+ * except for its Lua states, state i being used only by worker i.
+ */
+#ifndef RSL_POLICY_H
+#define RSL_POLICY_H
+
+#include "guard.h"
+#include "resilua.h"
+#include "sandbox.h"
+#include "tmpl.h"
+#include <lua.h>
+#include <stdint.h>
+
+typedef enum rsl__step_kind {
+    RSL_STEP_STUB,
+    RSL_STEP_LUA,
+    RSL_STEP_C,
+    RSL_STEP_LOCAL_CACHE,
+    RSL_STEP_HTTP,        /* declared by the DSL, refused at load until the I/O issue */
+    RSL_STEP_REDIS,       /* idem */
+    RSL_STEP_REDIS_CACHE, /* idem */
+} rsl__step_kind;
+
+typedef enum rsl__jitter { RSL_JITTER_NONE, RSL_JITTER_FULL, RSL_JITTER_EQUAL, RSL_JITTER_DECORRELATED } rsl__jitter;
+
+typedef struct rsl__retry {
+    int attempts;        /* total tries, first included; 1 = no retry */
+    int exponential;     /* 0: constant */
+    int64_t base_ns;     /* default 20 ms */
+    int64_t max_ns;      /* default 1 s */
+    rsl__jitter jitter;  /* default full */
+    uint32_t on_mask;    /* outcomes retried; default timeout|connect|5xx */
+    double budget;       /* default 0.2 */
+} rsl__retry;
+
+typedef struct rsl__fault {
+    int64_t delay_ns;
+    double delay_percent;
+    int abort;           /* rsl_outcome, or -1 for none; abort "5xx" answers status 503 */
+    double abort_percent;
+} rsl__fault;
+
+typedef struct rsl__header {
+    char *name;
+    char *value;
+} rsl__header;
+
+typedef struct rsl__step {
+    char *name;
+    rsl__step_kind kind;
+    int line;              /* line of the step's declaration in its policy's file */
+    int64_t timeout_ns;    /* 0: none (the policy deadline still applies) */
+    rsl__guard **guards;   /* in declaration order; borrowed from the generation */
+    int nguards;
+    rsl__retry retry;      /* attempts == 1 when none declared */
+    rsl__fault fault;      /* percents 0 when none declared */
+    int has_fault;
+    union {
+        struct {
+            int status;
+            char *body;
+            size_t body_len;
+            rsl__header *headers;
+            int nheaders;
+        } stub;
+        struct {
+            int *refs;     /* registry ref of the function, one per state */
+        } lua;
+        struct {
+            char *name;    /* the host function registered under this name */
+        } c;
+        struct {
+            rsl__tmpl *key;
+            int64_t ttl_ns;
+            int64_t max_entries;
+            void *cache;   /* set by the runtime after load (caches outlive generations) */
+        } cache;
+    } u;
+} rsl__step;
+
+typedef struct rsl__policy {
+    char *name;
+    char *file;            /* as loaded: "DIR/name.lua" */
+    int line;
+    int64_t deadline_ns;   /* 0: none */
+    rsl__step *steps;      /* in declaration order (keys of `steps` sorted by name when
+                              declared as a table: Lua tables have no order) */
+    int nsteps;
+    int *chain;            /* indices into steps */
+    int nchain;
+    uint32_t fallback_mask;/* bit (1u << outcome) */
+    int *route_refs;       /* registry ref of route per state; NULL when no route */
+    void *stats;           /* set by the runtime: per-policy metrics */
+} rsl__policy;
+
+/* r.expose { ["GET /users/:id"] = "user.profile" } */
+typedef struct rsl__expose {
+    char *method;          /* "GET", "POST", ... or "*" */
+    char *path;            /* "/users/:id" */
+    int policy;            /* index into policies */
+} rsl__expose;
+
+typedef struct rsl__gen_opts {
+    int nstates;           /* Lua states to load: one per worker; >= 1 */
+    size_t mem_limit;      /* per state */
+    rsl__watchdog *wd;     /* may be NULL */
+    int stripes;           /* window stripes for new breakers */
+} rsl__gen_opts;
+
+/* What a load did to the guard registry. Names are newline-separated lists. */
+typedef struct rsl__load_report {
+    char *kept, *changed, *added, *removed, *reset; /* malloc'd, may be NULL */
+    char *warnings;        /* `file:line: message` lines `check` shows; may be NULL */
+} rsl__load_report;
+void rsl__load_report_free(rsl__load_report *r);
+
+typedef struct rsl__gen {
+    uint64_t number;       /* set by the runtime */
+    _Atomic int refs;      /* the runtime's current pointer + each call running on it */
+    int nstates;
+    lua_State **states;
+    rsl__policy *policies; /* sorted by name */
+    int npolicies;
+    rsl__guard **guards;   /* every guard it declares (a reference each), sorted by name */
+    int nguards;
+    rsl__expose *expose;
+    int nexpose;
+} rsl__gen;
+
+/*
+ * Loads `dir`.  On success returns 0 with *out (refs = 1) and applies the guards to
+ * `registry` (which may be a fresh one, as `check` does), filling *report if given.  On
+ * failure returns RSL_ELOAD (or RSL_ENOMEM) with `file:line: message` lines in err and
+ * leaves the registry untouched.
+ */
+int rsl__gen_load(const char *dir, rsl__guards *registry, const rsl__gen_opts *o,
+                  rsl__gen **out, rsl__load_report *report, char *err, size_t errlen);
+/* Closes the states and frees everything (drops guard references). */
+void rsl__gen_free(rsl__gen *g);
+
+/* Borrowed, NULL when absent. Binary search. */
+rsl__policy *rsl__gen_policy(const rsl__gen *g, const char *name);
+/* Index of step `name` (length len) in p, or -1. */
+int rsl__policy_step(const rsl__policy *p, const char *name, size_t len);
+/* Borrowed, NULL when absent. */
+rsl__guard *rsl__gen_guard(const rsl__gen *g, const char *name);
+
+/* {"policies":[{"name","file","line","deadline_ms","steps":[{"name","kind","line",
+ *   "guards":[...]}],"chain":[...],"route":bool}],"guards":{"NAME":{"kind":..., config}},
+ *   "expose":[{"method","path","policy"}]} -- a new jansson object (json_t *). */
+struct json_t;
+struct json_t *rsl__gen_describe(const rsl__gen *g);
+
+#endif

@@ -1,0 +1,152 @@
+/*
+ * req -- rsl_req: attributes and body.  The caller owns a request it made; a call owns
+ * the frozen copy it took (one allocation).  Not thread-safe: one thread at a time.
+ */
+#include "req.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+static char *dupmem(const char *s, size_t n) {
+    char *p = malloc(n + 1);
+    if (p) {
+        if (n) {
+            memcpy(p, s, n);
+        }
+        p[n] = 0;
+    }
+    return p;
+}
+
+rsl_req *rsl_req_new(void) {
+    return calloc(1, sizeof(rsl_req));
+}
+
+void rsl_req_clear(rsl_req *r) {
+    if (!r || r->frozen) {
+        return;
+    }
+    for (int i = 0; i < r->nattrs; i++) {
+        free((char *)r->attrs[i].name);
+        free((char *)r->attrs[i].val);
+    }
+    r->nattrs = 0;
+    free((char *)r->body);
+    r->body = NULL;
+    r->body_len = 0;
+}
+
+void rsl_req_free(rsl_req *r) {
+    if (!r) {
+        return;
+    }
+    if (!r->frozen) {
+        rsl_req_clear(r);
+        free(r->attrs);
+    }
+    free(r);
+}
+
+int rsl_req_set(rsl_req *r, const char *name, const char *val, size_t len) {
+    if (!r || !name || (!val && len) || r->frozen) {
+        return RSL_EINVAL;
+    }
+    size_t nlen = strlen(name);
+    char *v = dupmem(val ? val : "", len);
+    if (!v) {
+        return RSL_ENOMEM;
+    }
+    for (int i = 0; i < r->nattrs; i++) {
+        if (r->attrs[i].nlen == nlen && memcmp(r->attrs[i].name, name, nlen) == 0) {
+            free((char *)r->attrs[i].val);
+            r->attrs[i].val = v;
+            r->attrs[i].vlen = len;
+            return 0;
+        }
+    }
+    if (r->nattrs == r->cap) {
+        int cap = r->cap ? r->cap * 2 : 8;
+        rsl__attr *a = realloc(r->attrs, (size_t)cap * sizeof(*a));
+        if (!a) {
+            free(v);
+            return RSL_ENOMEM;
+        }
+        r->attrs = a;
+        r->cap = cap;
+    }
+    char *n = dupmem(name, nlen);
+    if (!n) {
+        free(v);
+        return RSL_ENOMEM;
+    }
+    r->attrs[r->nattrs++] = (rsl__attr){n, nlen, v, len};
+    return 0;
+}
+
+int rsl_req_set_body(rsl_req *r, const char *body, size_t len) {
+    if (!r || (!body && len) || r->frozen) {
+        return RSL_EINVAL;
+    }
+    char *b = dupmem(body ? body : "", len);
+    if (!b) {
+        return RSL_ENOMEM;
+    }
+    free((char *)r->body);
+    r->body = b;
+    r->body_len = len;
+    return 0;
+}
+
+const char *rsl_req_get(const rsl_req *r, const char *name, size_t *len) {
+    if (!r || !name) {
+        return NULL;
+    }
+    size_t nlen = strlen(name);
+    for (int i = 0; i < r->nattrs; i++) {
+        if (r->attrs[i].nlen == nlen && memcmp(r->attrs[i].name, name, nlen) == 0) {
+            if (len) {
+                *len = r->attrs[i].vlen;
+            }
+            return r->attrs[i].val;
+        }
+    }
+    return NULL;
+}
+
+rsl_req *rsl__req_dup(const rsl_req *r) {
+    size_t need = sizeof(rsl_req);
+    int n = r ? r->nattrs : 0;
+    need += (size_t)n * sizeof(rsl__attr);
+    for (int i = 0; i < n; i++) {
+        need += r->attrs[i].nlen + r->attrs[i].vlen + 2;
+    }
+    need += (r && r->body ? r->body_len : 0) + 1;
+    rsl_req *c = malloc(need);
+    if (!c) {
+        return NULL;
+    }
+    c->attrs = (rsl__attr *)(c + 1);
+    c->nattrs = c->cap = n;
+    c->frozen = 1;
+    char *p = (char *)(c->attrs + n);
+    for (int i = 0; i < n; i++) {
+        const rsl__attr *a = &r->attrs[i];
+        memcpy(p, a->name, a->nlen);
+        p[a->nlen] = 0;
+        c->attrs[i].name = p;
+        c->attrs[i].nlen = a->nlen;
+        p += a->nlen + 1;
+        memcpy(p, a->val, a->vlen);
+        p[a->vlen] = 0;
+        c->attrs[i].val = p;
+        c->attrs[i].vlen = a->vlen;
+        p += a->vlen + 1;
+    }
+    c->body_len = r && r->body ? r->body_len : 0;
+    if (c->body_len) {
+        memcpy(p, r->body, c->body_len);
+    }
+    p[c->body_len] = 0;
+    c->body = (r && r->body) ? p : NULL;
+    return c;
+}

@@ -1,0 +1,249 @@
+/*
+ * resilua.h -- the one public header of libresilua.
+ *
+ * A runtime owns a policy directory (LuaJIT files written with the `resilua` DSL), the
+ * guards they declare (breakers, limiters, bulkheads: shared, lock-free, surviving reload)
+ * and one or more worker threads, each with its own libuv loop and Lua state.  A call runs
+ * one policy for one request: the policy's `route(req, sig)` picks a path of steps, the
+ * steps run one at a time until one answers with an outcome outside `fallback_on`.
+ *
+ * Conventions, as in libuv:
+ *  - Functions return 0 or a negative RSL_E* code; rsl_strerror() names it.  Functions that
+ *    fill an error buffer write a NUL-terminated message there (file:line for policies).
+ *  - A function that takes a completion callback and returns an error never runs the
+ *    callback; when it returns 0 the callback runs exactly once, also when the runtime
+ *    closes first (with outcome "canceled").
+ *  - Arguments are borrowed for the duration of the call and copied when kept; a result
+ *    handed to a callback is borrowed for the duration of the callback.
+ *  - Each function says which thread may call it.
+ *  - Nothing here calls exit() or abort() on bad input.
+ */
+#ifndef RESILUA_H
+#define RESILUA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RSL_VERSION_MAJOR 0
+#define RSL_VERSION_MINOR 1
+#define RSL_VERSION_PATCH 0
+
+/*
+ * Outcomes: one vocabulary for results, `count`, `on`, `fallback_on` and metrics.
+ * X(ENUM, "name", status used when the outcome has no HTTP status of its own)
+ */
+#define RSL_OUTCOMES(X)                                                                    \
+    X(OK, "ok", 200)                                                                       \
+    X(TIMEOUT, "timeout", 504)                                                             \
+    X(CONNECT, "connect", 502)                                                             \
+    X(5XX, "5xx", 500)                                                                     \
+    X(4XX, "4xx", 400)                                                                     \
+    X(REJECTED, "rejected", 503)                                                           \
+    X(MISS, "miss", 404)                                                                   \
+    X(ERROR, "error", 500)                                                                 \
+    X(CANCELED, "canceled", 499)
+
+typedef enum rsl_outcome {
+#define RSL_X_(e, s, st) RSL_OUTCOME_##e,
+    RSL_OUTCOMES(RSL_X_)
+#undef RSL_X_
+    RSL_OUTCOME__COUNT
+} rsl_outcome;
+
+/* "ok", "timeout", ...; "unknown" outside the range. Any thread. */
+const char *rsl_outcome_name(rsl_outcome o);
+/* The outcome named `name` (length `len`), or -1. Any thread. */
+int rsl_outcome_parse(const char *name, size_t len);
+
+/* Error codes: X(ENUM, value, message). */
+#define RSL_ERRORS(X)                                                                      \
+    X(EINVAL, -1, "invalid argument")                                                      \
+    X(ENOMEM, -2, "out of memory")                                                         \
+    X(ENOENT, -3, "no such policy")                                                        \
+    X(ELOAD, -4, "policy directory failed to load")                                        \
+    X(ETIMEDOUT, -5, "timed out")                                                          \
+    X(ECLOSED, -6, "runtime is closed or closing")                                         \
+    X(EEXIST, -7, "already exists")                                                        \
+    X(EALREADY, -8, "already completed")                                                   \
+    X(ESYS, -9, "system error")
+
+enum {
+#define RSL_X_(e, v, m) RSL_##e = (v),
+    RSL_ERRORS(RSL_X_)
+#undef RSL_X_
+};
+
+/* A static message for an RSL_E* code. Any thread. */
+const char *rsl_strerror(int err);
+
+/* Frees memory the library handed out as `char *` (JSON, metrics). NULL is a no-op. */
+void rsl_free(void *p);
+
+/* ---------------------------------------------------------------------------------------
+ * Runtime
+ */
+typedef struct rsl_runtime rsl_runtime;
+
+typedef enum rsl_log_level { RSL_LOG_ERROR, RSL_LOG_WARN, RSL_LOG_INFO, RSL_LOG_DEBUG } rsl_log_level;
+
+/* Receives log lines (no trailing newline). Called from any runtime thread, possibly at
+ * once from several: it must be thread-safe. */
+typedef void (*rsl_log_fn)(void *ud, rsl_log_level level, const char *msg);
+
+/* A clock in nanoseconds, monotonic. Tests inject one to drive breakers and limiters. */
+typedef int64_t (*rsl_clock_fn)(void *ud);
+
+typedef struct rsl_options {
+    size_t size;              /* set by rsl_options_init: lets this struct grow */
+    const char *policy_dir;   /* directory of *.lua policy files; required */
+    int workers;              /* worker threads; default 1 */
+    size_t lua_mem_limit;     /* bytes per Lua state; default 64 MiB */
+    int64_t route_limit_ns;   /* run-time limit of route(); default 50 ms */
+    int64_t lua_step_limit_ns;/* run-time limit of a Lua step; default 200 ms */
+    rsl_log_fn log;           /* default: lines on stderr at WARN and above */
+    void *log_ud;
+    rsl_clock_fn clock;       /* default: CLOCK_MONOTONIC */
+    void *clock_ud;
+    uint64_t seed;            /* seeds jitter and fault injection; 0: from the clock */
+} rsl_options;
+
+/* Fills `o` with defaults. Any thread. */
+void rsl_options_init(rsl_options *o);
+
+/*
+ * Opens a runtime: loads and validates the policy directory, creates the guards, starts the
+ * workers.  On error returns RSL_ELOAD (or another code) and writes `file:line: message`
+ * lines (newline-separated) into `err`.  Any thread.
+ */
+int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen);
+
+/*
+ * Closes the runtime: stops taking calls (rsl_call returns RSL_ECLOSED), completes every
+ * call still queued or running with outcome "canceled" unless it answers first, stops the
+ * workers and frees everything.  Returns when every worker has stopped.  Any thread but a
+ * worker thread (never from inside a callback).  NULL is a no-op.
+ */
+void rsl_close(rsl_runtime *rt);
+
+/* ---------------------------------------------------------------------------------------
+ * Requests
+ */
+typedef struct rsl_req rsl_req;
+
+/* A request: attributes (name -> string) and a body. Owned by the caller. Any thread. */
+rsl_req *rsl_req_new(void);
+void rsl_req_free(rsl_req *req);
+/* Sets attribute `name` to the bytes (val, len), replacing an earlier value. */
+int rsl_req_set(rsl_req *req, const char *name, const char *val, size_t len);
+int rsl_req_set_body(rsl_req *req, const char *body, size_t len);
+/* Empties the request for reuse. */
+void rsl_req_clear(rsl_req *req);
+/* The value of attribute `name` or NULL; `len` may be NULL. */
+const char *rsl_req_get(const rsl_req *req, const char *name, size_t *len);
+
+/* ---------------------------------------------------------------------------------------
+ * Results
+ */
+typedef struct rsl_result rsl_result;
+
+typedef struct rsl_path_entry {
+    const char *step;     /* step name */
+    rsl_outcome outcome;
+    double ms;            /* time spent in the step, retries and backoff included */
+    int attempts;         /* tries made (0 when the step was skipped) */
+    const char *error;    /* message when outcome is not ok, else NULL */
+} rsl_path_entry;
+
+const char *rsl_result_policy(const rsl_result *r);
+int rsl_result_status(const rsl_result *r);
+const char *rsl_result_body(const rsl_result *r, size_t *len);
+/* Answer headers (from stubs and Lua steps), i < count. */
+size_t rsl_result_header_count(const rsl_result *r);
+int rsl_result_header(const rsl_result *r, size_t i, const char **name, const char **value);
+rsl_outcome rsl_result_outcome(const rsl_result *r);
+/* The step that answered; NULL when no step ran (unknown policy cannot happen here). */
+const char *rsl_result_served_by(const rsl_result *r);
+/* 1 when a step after the first of the path answered. */
+int rsl_result_degraded(const rsl_result *r);
+double rsl_result_elapsed_ms(const rsl_result *r);
+size_t rsl_result_path_len(const rsl_result *r);
+/* Entry i of the path; its strings live as long as the result. */
+int rsl_result_path(const rsl_result *r, size_t i, rsl_path_entry *e);
+/* 1 when route() failed (raised, ran too long, returned garbage) and `chain` was taken. */
+int rsl_result_route_failed(const rsl_result *r);
+/* One JSON object, as `resilua call` prints it (no newline). Free with rsl_free. */
+char *rsl_result_json(const rsl_result *r);
+/* Frees a result returned by rsl_call_sync. NULL is a no-op. */
+void rsl_result_free(rsl_result *r);
+
+/* ---------------------------------------------------------------------------------------
+ * Calls
+ */
+
+/* Runs on the worker thread that ran the call; `r` is borrowed until it returns. */
+typedef void (*rsl_call_cb)(const rsl_result *r, void *ud);
+
+/*
+ * Calls `policy` for `req` (copied; may be freed on return).  `cb` runs exactly once when
+ * this returns 0.  Errors: RSL_ENOENT (no such policy), RSL_ECLOSED, RSL_EINVAL, RSL_ENOMEM.
+ * Any thread.
+ */
+int rsl_call(rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb, void *ud);
+
+/*
+ * Calls `policy` and waits up to `timeout_ns` (<= 0: no limit) for the answer.  On 0,
+ * `*out` holds a result to free with rsl_result_free.  When the wait times out the call is
+ * canceled and RSL_ETIMEDOUT returned.  Any thread but a worker thread.
+ */
+int rsl_call_sync(rsl_runtime *rt, const char *policy, const rsl_req *req, int64_t timeout_ns,
+                  rsl_result **out);
+
+/* ---------------------------------------------------------------------------------------
+ * Host C steps: `r.c "name"` in a policy calls the function registered under `name`.
+ */
+typedef struct rsl_step_call rsl_step_call;
+
+/*
+ * Runs on the worker thread.  It must eventually answer `sc` once with rsl_step_answer or
+ * rsl_step_fail, from any thread, now or later.  An answer after the step's timeout (or
+ * after the call was canceled) is accepted and dropped.
+ */
+typedef void (*rsl_step_fn)(rsl_step_call *sc, const rsl_req *req, void *ud);
+
+/* Registers (or replaces) C step `name`. Any thread. */
+int rsl_register_step(rsl_runtime *rt, const char *name, rsl_step_fn fn, void *ud);
+/* Answers with a status and body (copied). Any thread; once. RSL_EALREADY on a second. */
+int rsl_step_answer(rsl_step_call *sc, int status, const char *body, size_t len);
+/* Answers with an outcome that is not a status (timeout, connect, miss, error...). */
+int rsl_step_fail(rsl_step_call *sc, rsl_outcome o, const char *msg);
+
+/* ---------------------------------------------------------------------------------------
+ * Signals the host feeds, and introspection
+ */
+
+/* Sets gauge `name` for `sig.gauge(name)`. Any thread. */
+int rsl_gauge_set(rsl_runtime *rt, const char *name, double value);
+
+/* JSON: {"policies":[{"name","file","line","steps":[...],"chain":[...]}...],
+ *        "guards":{"NAME":{"kind":...}}}. Free with rsl_free. Any thread. */
+char *rsl_describe_json(rsl_runtime *rt);
+
+/* JSON of every guard's live state (state, rates, calls, quantiles, tokens, inflight).
+ * Free with rsl_free. Any thread. */
+char *rsl_state_json(rsl_runtime *rt);
+
+/*
+ * Loads and validates a policy directory without starting anything (`resilua check`).
+ * Returns 0, or RSL_ELOAD with `file:line: message` lines in err.  On success `*json` (may
+ * be NULL) receives rsl_describe_json's document; free with rsl_free.  Any thread.
+ */
+int rsl_check(const char *policy_dir, char **json, char *err, size_t errlen);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* RESILUA_H */

@@ -1,0 +1,636 @@
+/*
+ * runtime -- the public API of resilua.h: opening a runtime on a policy directory,
+ * calls (asynchronous and synchronous) from any thread, host steps, gauges,
+ * introspection, and closing with every call completed exactly once.
+ *
+ * Closing: rsl_call enters a "sender" window (an atomic counter) before it checks the
+ * closing flag and posts; rsl_close sets the flag and waits for the window to empty, so
+ * every call is either refused with RSL_ECLOSED or queued before the workers are told to
+ * stop (the classic store/load handshake: both sides use sequentially consistent
+ * atomics).
+ */
+#include "runtime.h"
+
+#include "clock.h"
+#include "window.h"
+
+#include <jansson.h>
+#include <sched.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- names ---------------------------------------------------------------------------- */
+
+static const char *const outcome_names[] = {
+#define RSL_X_(e, s, st) s,
+    RSL_OUTCOMES(RSL_X_)
+#undef RSL_X_
+};
+
+const char *rsl_outcome_name(rsl_outcome o) {
+    return (unsigned)o < RSL_OUTCOME__COUNT ? outcome_names[o] : "unknown";
+}
+
+int rsl_outcome_parse(const char *name, size_t len) {
+    for (int i = 0; i < RSL_OUTCOME__COUNT; i++) {
+        if (strlen(outcome_names[i]) == len && memcmp(outcome_names[i], name, len) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+const char *rsl_strerror(int err) {
+    switch (err) {
+    case 0:
+        return "success";
+#define RSL_X_(e, v, m)                                                                    \
+    case v:                                                                                \
+        return m;
+        RSL_ERRORS(RSL_X_)
+#undef RSL_X_
+    default:
+        return "unknown error";
+    }
+}
+
+void rsl_free(void *p) {
+    free(p);
+}
+
+/* ---- options, clock, log -------------------------------------------------------------- */
+
+void rsl_options_init(rsl_options *o) {
+    memset(o, 0, sizeof(*o));
+    o->size = sizeof(*o);
+    o->workers = 1;
+    o->lua_mem_limit = (size_t)64 << 20;
+    /* A route is a few hundred ns of work; 50 ms is far past any honest one and short
+     * enough that a runaway costs one worker a blip, not an outage. */
+    o->route_limit_ns = 50 * RSL_NS_PER_MS;
+    o->lua_step_limit_ns = 200 * RSL_NS_PER_MS;
+}
+
+int64_t rsl__rt_now(struct rsl_runtime *rt) {
+    return rt->o.clock ? rt->o.clock(rt->o.clock_ud) : rsl__clock_now();
+}
+
+static void default_log(void *ud, rsl_log_level level, const char *msg) {
+    static const char *names[] = {"error", "warn", "info", "debug"};
+    if (level <= RSL_LOG_WARN) {
+        fprintf(stderr, "resilua: %s: %s\n", names[level], msg);
+    }
+}
+
+void rsl__log(struct rsl_runtime *rt, rsl_log_level level, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (rt->o.log) {
+        rt->o.log(rt->o.log_ud, level, msg);
+    } else {
+        default_log(NULL, level, msg);
+    }
+}
+
+/* ---- generations ---------------------------------------------------------------------- */
+
+void rsl__genr_unref(rsl__genr *G) {
+    if (!G || atomic_fetch_sub_explicit(&G->refs, 1, memory_order_acq_rel) != 1) {
+        return;
+    }
+    if (G->api) {
+        for (int i = 0; i < G->g->nstates; i++) {
+            rsl__lapi_free(G->api[i]);
+        }
+        free(G->api);
+    }
+    if (G->budgets) {
+        for (int i = 0; i < G->g->npolicies; i++) {
+            free(G->budgets[i]);
+        }
+        free(G->budgets);
+    }
+    rsl__gen_free(G->g);
+    free(G);
+}
+
+/* The runtime's cache for "policy/step", created on first use. Under rt->lock. */
+static rsl__cache *cache_for(struct rsl_runtime *rt, const char *policy, const char *step,
+                             int64_t max) {
+    char name[512];
+    snprintf(name, sizeof(name), "%s/%s", policy, step);
+    for (int i = 0; i < rt->ncaches; i++) {
+        if (strcmp(rt->caches[i].name, name) == 0) {
+            rsl__cache_set_max(rt->caches[i].cache, max);
+            return rt->caches[i].cache;
+        }
+    }
+    void *p = realloc(rt->caches, (size_t)(rt->ncaches + 1) * sizeof(*rt->caches));
+    if (!p) {
+        return NULL;
+    }
+    rt->caches = p;
+    rsl__cache *c = rsl__cache_new(max);
+    char *n = strdup(name);
+    if (!c || !n) {
+        rsl__cache_free(c);
+        free(n);
+        return NULL;
+    }
+    rt->caches[rt->ncaches].name = n;
+    rt->caches[rt->ncaches].cache = c;
+    rt->ncaches++;
+    return c;
+}
+
+/* Wraps a loaded generation with the runtime's per-state bindings. Takes g. */
+static rsl__genr *genr_new(struct rsl_runtime *rt, rsl__gen *g) {
+    rsl__genr *G = calloc(1, sizeof(*G));
+    if (!G) {
+        rsl__gen_free(g);
+        return NULL;
+    }
+    G->g = g;
+    G->rt = rt;
+    atomic_init(&G->refs, 1);
+    G->api = calloc((size_t)g->nstates, sizeof(*G->api));
+    G->budgets = calloc((size_t)(g->npolicies ? g->npolicies : 1), sizeof(*G->budgets));
+    if (!G->api || !G->budgets) {
+        goto fail;
+    }
+    for (int i = 0; i < g->nstates; i++) {
+        if (!(G->api[i] = rsl__lapi_new(rt, G, i))) {
+            goto fail;
+        }
+    }
+    pthread_mutex_lock(&rt->lock);
+    for (int i = 0; i < g->npolicies; i++) {
+        rsl__policy *p = &g->policies[i];
+        G->budgets[i] = calloc((size_t)(p->nsteps ? p->nsteps : 1), sizeof(rsl__budget));
+        if (!G->budgets[i]) {
+            pthread_mutex_unlock(&rt->lock);
+            goto fail;
+        }
+        for (int j = 0; j < p->nsteps; j++) {
+            rsl__step *s = &p->steps[j];
+            if (s->kind == RSL_STEP_LOCAL_CACHE) {
+                s->u.cache.cache = cache_for(rt, p->name, s->name, s->u.cache.max_entries);
+            }
+        }
+    }
+    pthread_mutex_unlock(&rt->lock);
+    return G;
+fail:
+    rsl__genr_unref(G);
+    return NULL;
+}
+
+/* The current generation, with a reference. */
+static rsl__genr *current(struct rsl_runtime *rt) {
+    pthread_mutex_lock(&rt->lock);
+    rsl__genr *G = rt->cur;
+    if (G) {
+        rsl__genr_ref(G);
+    }
+    pthread_mutex_unlock(&rt->lock);
+    return G;
+}
+
+/* ---- open and close ------------------------------------------------------------------- */
+
+int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) {
+    if (err && errlen) {
+        err[0] = 0;
+    }
+    if (!out || !o || !o->policy_dir) {
+        if (err && errlen) {
+            snprintf(err, errlen, "rsl_open: options and a policy directory are required");
+        }
+        return RSL_EINVAL;
+    }
+    *out = NULL;
+    struct rsl_runtime *rt = calloc(1, sizeof(*rt));
+    if (!rt) {
+        return RSL_ENOMEM;
+    }
+    rsl_options_init(&rt->o);
+    memcpy(&rt->o, o, o->size < sizeof(rt->o) ? o->size : sizeof(rt->o));
+    rt->o.size = sizeof(rt->o);
+    if (rt->o.workers < 1) {
+        rt->o.workers = 1;
+    }
+    rt->dir = strdup(o->policy_dir);
+    rt->o.policy_dir = rt->dir;
+    pthread_mutex_init(&rt->lock, NULL);
+    rt->guards = rsl__guards_new();
+    rt->wd = rsl__watchdog_new(0);
+    if (!rt->dir || !rt->guards || !rt->wd) {
+        rsl_close(rt);
+        return RSL_ENOMEM;
+    }
+    char dummy[1];
+    rsl__gen_opts go = {
+        .nstates = rt->o.workers,
+        .mem_limit = rt->o.lua_mem_limit,
+        .wd = rt->wd,
+        .stripes = rt->o.workers < RSL_WINDOW_MAX_STRIPES ? rt->o.workers : RSL_WINDOW_MAX_STRIPES,
+    };
+    rsl__gen *g = NULL;
+    int rc = rsl__gen_load(rt->dir, rt->guards, &go, &g, NULL, err ? err : dummy,
+                           err ? errlen : sizeof(dummy));
+    if (rc < 0) {
+        rsl_close(rt);
+        return rc;
+    }
+    g->number = ++rt->gen_number;
+    rt->cur = genr_new(rt, g);
+    if (!rt->cur) {
+        rsl_close(rt);
+        return RSL_ENOMEM;
+    }
+    rt->workers = calloc((size_t)rt->o.workers, sizeof(*rt->workers));
+    if (!rt->workers) {
+        rsl_close(rt);
+        return RSL_ENOMEM;
+    }
+    for (int i = 0; i < rt->o.workers; i++) {
+        if ((rc = rsl__worker_start(&rt->workers[i], rt, i)) < 0) {
+            rsl_close(rt);
+            return rc;
+        }
+        rt->nworkers = i + 1;
+    }
+    *out = rt;
+    return 0;
+}
+
+void rsl_close(rsl_runtime *rt) {
+    if (!rt) {
+        return;
+    }
+    atomic_store(&rt->closing, 1);
+    while (atomic_load(&rt->senders) > 0) {
+        sched_yield();
+    }
+    for (int i = 0; i < rt->nworkers; i++) {
+        rsl__worker_join(&rt->workers[i]);
+    }
+    free(rt->workers);
+    rsl__genr_unref(rt->cur);
+    rsl__watchdog_free(rt->wd);
+    rsl__guards_free(rt->guards);
+    for (int i = 0; i < rt->ncaches; i++) {
+        free(rt->caches[i].name);
+        rsl__cache_free(rt->caches[i].cache);
+    }
+    free(rt->caches);
+    for (int i = 0; i < rt->nsteps; i++) {
+        free(rt->steps[i].name);
+    }
+    free(rt->steps);
+    pthread_mutex_destroy(&rt->lock);
+    free(rt->dir);
+    free(rt);
+}
+
+/* ---- calls ---------------------------------------------------------------------------- */
+
+static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req,
+                  rsl_call_cb cb, void *ud, uint64_t *id, rsl__worker **wout) {
+    if (!rt || !policy || !cb) {
+        return RSL_EINVAL;
+    }
+    if (atomic_load(&rt->closing)) {
+        return RSL_ECLOSED;
+    }
+    rsl__genr *G = current(rt);
+    if (!G) {
+        return RSL_ECLOSED;
+    }
+    rsl__policy *p = rsl__gen_policy(G->g, policy);
+    if (!p) {
+        rsl__genr_unref(G);
+        return RSL_ENOENT;
+    }
+    rsl__call *c = calloc(1, sizeof(*c));
+    if (!c) {
+        rsl__genr_unref(G);
+        return RSL_ENOMEM;
+    }
+    c->msg.type = RSL_MSG_CALL;
+    c->rt = rt;
+    c->G = G;
+    c->p = p;
+    c->pidx = (int)(p - G->g->policies);
+    c->cb = cb;
+    c->ud = ud;
+    c->id = atomic_fetch_add_explicit(&rt->next_id, 1, memory_order_relaxed) + 1;
+    c->req = rsl__req_dup(req);
+    c->res = c->req ? rsl__result_new(c) : NULL;
+    if (!c->res) {
+        rsl__call_free(c);
+        return RSL_ENOMEM;
+    }
+    uint64_t n = atomic_fetch_add_explicit(&rt->rr, 1, memory_order_relaxed);
+    rsl__worker *w = &rt->workers[n % (uint64_t)rt->nworkers];
+    c->w = w;
+    if (id) {
+        *id = c->id;
+    }
+    if (wout) {
+        *wout = w;
+    }
+    atomic_fetch_add(&rt->senders, 1);
+    if (atomic_load(&rt->closing)) {
+        atomic_fetch_sub(&rt->senders, 1);
+        rsl__call_free(c);
+        return RSL_ECLOSED;
+    }
+    rsl__worker_post(w, &c->msg);
+    atomic_fetch_sub(&rt->senders, 1);
+    return 0;
+}
+
+int rsl_call(rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb, void *ud) {
+    return submit(rt, policy, req, cb, ud, NULL, NULL);
+}
+
+typedef struct sync_wait {
+    pthread_mutex_t m;
+    pthread_cond_t cv;
+    int done;
+    rsl_result *res;
+} sync_wait;
+
+static void sync_cb(const rsl_result *r, void *ud) {
+    sync_wait *s = ud;
+    rsl_result *mine = (rsl_result *)r;
+    mine->stolen = 1; /* the waiter frees it */
+    pthread_mutex_lock(&s->m);
+    s->res = mine;
+    s->done = 1;
+    pthread_cond_signal(&s->cv);
+    pthread_mutex_unlock(&s->m);
+}
+
+int rsl_call_sync(rsl_runtime *rt, const char *policy, const rsl_req *req, int64_t timeout_ns,
+                  rsl_result **out) {
+    if (!out || rsl__worker_self()) {
+        return RSL_EINVAL; /* on a worker thread this would wait for itself */
+    }
+    *out = NULL;
+    sync_wait s = {.done = 0, .res = NULL};
+    pthread_mutex_init(&s.m, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&s.cv, &ca);
+    pthread_condattr_destroy(&ca);
+    uint64_t id = 0;
+    rsl__worker *w = NULL;
+    int rc = submit(rt, policy, req, sync_cb, &s, &id, &w);
+    if (rc == 0) {
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        int64_t ns = (int64_t)until.tv_nsec + (timeout_ns > 0 ? timeout_ns : 0);
+        until.tv_sec += (time_t)(ns / RSL_NS_PER_S);
+        until.tv_nsec = (long)(ns % RSL_NS_PER_S);
+        pthread_mutex_lock(&s.m);
+        int timed_out = 0;
+        while (!s.done && !timed_out) {
+            if (timeout_ns > 0) {
+                timed_out = pthread_cond_timedwait(&s.cv, &s.m, &until) != 0 && !s.done;
+            } else {
+                pthread_cond_wait(&s.cv, &s.m);
+            }
+        }
+        if (timed_out) {
+            /* Cancel, then wait for the (prompt) completion: the callback runs exactly
+             * once and writes into this frame. */
+            pthread_mutex_unlock(&s.m);
+            int posted = rsl__worker_post_cancel(w, id) == 0;
+            pthread_mutex_lock(&s.m);
+            while (!s.done) {
+                if (posted) {
+                    pthread_cond_wait(&s.cv, &s.m);
+                } else {
+                    pthread_mutex_unlock(&s.m);
+                    posted = rsl__worker_post_cancel(w, id) == 0;
+                    sched_yield();
+                    pthread_mutex_lock(&s.m);
+                }
+            }
+            rsl_result_free(s.res);
+            s.res = NULL;
+            rc = RSL_ETIMEDOUT;
+        }
+        pthread_mutex_unlock(&s.m);
+        *out = s.res;
+    }
+    pthread_cond_destroy(&s.cv);
+    pthread_mutex_destroy(&s.m);
+    return rc;
+}
+
+/* ---- host steps, gauges --------------------------------------------------------------- */
+
+int rsl_register_step(rsl_runtime *rt, const char *name, rsl_step_fn fn, void *ud) {
+    if (!rt || !name || !fn) {
+        return RSL_EINVAL;
+    }
+    pthread_mutex_lock(&rt->lock);
+    for (int i = 0; i < rt->nsteps; i++) {
+        if (strcmp(rt->steps[i].name, name) == 0) {
+            rt->steps[i].fn = fn;
+            rt->steps[i].ud = ud;
+            pthread_mutex_unlock(&rt->lock);
+            return 0;
+        }
+    }
+    rsl__hoststep *p = realloc(rt->steps, (size_t)(rt->nsteps + 1) * sizeof(*p));
+    char *n = strdup(name);
+    if (!p || !n) {
+        if (p) {
+            rt->steps = p;
+        }
+        free(n);
+        pthread_mutex_unlock(&rt->lock);
+        return RSL_ENOMEM;
+    }
+    rt->steps = p;
+    rt->steps[rt->nsteps++] = (rsl__hoststep){n, fn, ud};
+    pthread_mutex_unlock(&rt->lock);
+    return 0;
+}
+
+int rsl__rt_hoststep(struct rsl_runtime *rt, const char *name, rsl__hoststep *out) {
+    int rc = RSL_ENOENT;
+    pthread_mutex_lock(&rt->lock);
+    for (int i = 0; i < rt->nsteps; i++) {
+        if (strcmp(rt->steps[i].name, name) == 0) {
+            *out = rt->steps[i];
+            rc = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&rt->lock);
+    return rc;
+}
+
+int rsl__rt_gauge_find(struct rsl_runtime *rt, const char *name, size_t len) {
+    int n = atomic_load_explicit(&rt->ngauges, memory_order_acquire);
+    for (int i = 0; i < n; i++) {
+        if (strlen(rt->gauges[i].name) == len && memcmp(rt->gauges[i].name, name, len) == 0) {
+            return i;
+        }
+    }
+    return -1;
+}
+
+double rsl__rt_gauge_get(struct rsl_runtime *rt, int i) {
+    uint64_t bits = atomic_load_explicit(&rt->gauges[i].bits, memory_order_relaxed);
+    double v;
+    memcpy(&v, &bits, sizeof(v));
+    return v;
+}
+
+int rsl_gauge_set(rsl_runtime *rt, const char *name, double value) {
+    if (!rt || !name) {
+        return RSL_EINVAL;
+    }
+    size_t len = strlen(name);
+    if (len == 0 || len >= sizeof(rt->gauges[0].name)) {
+        return RSL_EINVAL;
+    }
+    uint64_t bits;
+    memcpy(&bits, &value, sizeof(bits));
+    int i = rsl__rt_gauge_find(rt, name, len);
+    if (i < 0) {
+        pthread_mutex_lock(&rt->lock);
+        i = rsl__rt_gauge_find(rt, name, len);
+        if (i < 0) {
+            int n = atomic_load(&rt->ngauges);
+            if (n >= RSL_MAX_GAUGES) {
+                pthread_mutex_unlock(&rt->lock);
+                return RSL_ENOMEM;
+            }
+            memcpy(rt->gauges[n].name, name, len + 1);
+            atomic_store_explicit(&rt->gauges[n].bits, bits, memory_order_relaxed);
+            atomic_store_explicit(&rt->ngauges, n + 1, memory_order_release);
+            pthread_mutex_unlock(&rt->lock);
+            return 0;
+        }
+        pthread_mutex_unlock(&rt->lock);
+    }
+    atomic_store_explicit(&rt->gauges[i].bits, bits, memory_order_relaxed);
+    return 0;
+}
+
+/* ---- introspection -------------------------------------------------------------------- */
+
+char *rsl_describe_json(rsl_runtime *rt) {
+    rsl__genr *G = rt ? current(rt) : NULL;
+    if (!G) {
+        return NULL;
+    }
+    json_t *j = rsl__gen_describe(G->g);
+    char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(j);
+    rsl__genr_unref(G);
+    return s;
+}
+
+static json_t *guard_state(rsl__guard *g, int64_t now) {
+    json_t *o = json_object();
+    json_object_set_new(o, "kind", json_string(rsl__guard_kind_name(g->kind)));
+    switch (g->kind) {
+    case RSL_GUARD_BREAKER: {
+        rsl__breaker *b = g->u.breaker;
+        json_object_set_new(o, "state",
+                            json_string(rsl__breaker_state_name(rsl__breaker_state_get(b))));
+        json_object_set_new(o, "failure_rate", json_real(rsl__breaker_failure_rate(b, now)));
+        json_object_set_new(o, "slow_rate", json_real(rsl__breaker_slow_rate(b, now)));
+        json_object_set_new(o, "calls", json_integer(rsl__breaker_calls(b, now)));
+        json_object_set_new(o, "p50_ms", json_real((double)rsl__breaker_latency(b, now, 0.5) / 1e6));
+        json_object_set_new(o, "p90_ms", json_real((double)rsl__breaker_latency(b, now, 0.9) / 1e6));
+        json_object_set_new(o, "p99_ms", json_real((double)rsl__breaker_latency(b, now, 0.99) / 1e6));
+        json_object_set_new(o, "open_remaining_ms",
+                            json_real((double)rsl__breaker_open_remaining(b, now) / 1e6));
+        json_object_set_new(o, "backoff_level", json_integer(rsl__breaker_level(b)));
+        json_object_set_new(o, "probes_inflight", json_integer(rsl__breaker_probes_inflight(b)));
+        json_object_set_new(o, "rejections", json_integer((json_int_t)rsl__breaker_rejections(b)));
+        break;
+    }
+    case RSL_GUARD_LIMITER:
+        json_object_set_new(o, "tokens", json_real(rsl__limiter_tokens(g->u.limiter, now)));
+        json_object_set_new(o, "rejections",
+                            json_integer((json_int_t)rsl__limiter_rejections(g->u.limiter)));
+        break;
+    case RSL_GUARD_BULKHEAD:
+        json_object_set_new(o, "inflight", json_integer(rsl__bulkhead_inflight(g->u.bulkhead)));
+        json_object_set_new(o, "max", json_integer(rsl__bulkhead_max(g->u.bulkhead)));
+        json_object_set_new(o, "load", json_real(rsl__bulkhead_load(g->u.bulkhead)));
+        json_object_set_new(o, "rejections",
+                            json_integer((json_int_t)rsl__bulkhead_rejections(g->u.bulkhead)));
+        break;
+    }
+    return o;
+}
+
+char *rsl_state_json(rsl_runtime *rt) {
+    if (!rt) {
+        return NULL;
+    }
+    json_t *root = json_object();
+    json_t *guards = json_object();
+    int64_t now = rsl__rt_now(rt);
+    pthread_mutex_lock(&rt->lock);
+    json_object_set_new(root, "generation", json_integer((json_int_t)rt->gen_number));
+    for (size_t i = 0; i < rsl__guards_count(rt->guards); i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        json_object_set_new(guards, g->name, guard_state(g, now));
+    }
+    pthread_mutex_unlock(&rt->lock);
+    json_object_set_new(root, "guards", guards);
+    char *s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(root);
+    return s;
+}
+
+int rsl_check(const char *policy_dir, char **json, char *err, size_t errlen) {
+    char dummy[1];
+    if (json) {
+        *json = NULL;
+    }
+    if (!policy_dir) {
+        return RSL_EINVAL;
+    }
+    rsl__guards *reg = rsl__guards_new();
+    if (!reg) {
+        return RSL_ENOMEM;
+    }
+    rsl__gen_opts go = {.nstates = 1, .mem_limit = (size_t)64 << 20, .wd = NULL, .stripes = 1};
+    rsl__gen *g = NULL;
+    rsl__load_report rep = {0};
+    int rc = rsl__gen_load(policy_dir, reg, &go, &g, &rep, err ? err : dummy,
+                           err ? errlen : sizeof(dummy));
+    if (rc == 0) {
+        if (json) {
+            json_t *j = rsl__gen_describe(g);
+            if (j && rep.warnings) {
+                json_object_set_new(j, "warnings", json_string(rep.warnings));
+            }
+            *json = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+            json_decref(j);
+        }
+        rsl__gen_free(g);
+    }
+    rsl__load_report_free(&rep);
+    rsl__guards_free(reg);
+    return rc;
+}

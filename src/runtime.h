@@ -1,0 +1,270 @@
+/*
+ * runtime.h -- internals shared by the runtime's own files (runtime.c, worker.c, chain.c,
+ * lua_api.c).  Not installed; embedders see only resilua.h.
+ *
+ * Ownership: the runtime owns the guard registry, the caches, the gauges, the host step
+ * table and the workers.  A generation (rsl__genr: a loaded rsl__gen plus the runtime's
+ * per-state Lua bindings) is reference counted: the runtime's current pointer holds one,
+ * every call running on it one, every result handed out one (results borrow step and
+ * policy names from it).
+ */
+#ifndef RSL_RUNTIME_H
+#define RSL_RUNTIME_H
+
+#include "cache.h"
+#include "policy.h"
+#include "req.h"
+#include "resilua.h"
+#include "tmpl.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <uv.h>
+
+/* Longest path a call may take: route() returning more entries is a failing route. */
+#define RSL_MAX_PATH 16
+/* Guards on one step; the DSL has no limit, so a step with more answers `error`. */
+#define RSL_MAX_GUARDS 16
+
+/* ---- messages to a worker: an intrusive MPSC queue (Vyukov) + uv_async_send ---------- */
+enum { RSL_MSG_CALL, RSL_MSG_ANSWER, RSL_MSG_CANCEL, RSL_MSG_STOP };
+
+typedef struct rsl__msg {
+    _Atomic(struct rsl__msg *) next;
+    int type;
+} rsl__msg;
+
+typedef struct rsl__queue {
+    _Atomic(rsl__msg *) head; /* producers exchange here */
+    rsl__msg *tail;           /* the consumer's end */
+    rsl__msg stub;
+} rsl__queue;
+
+void rsl__queue_init(rsl__queue *q);
+void rsl__queue_push(rsl__queue *q, rsl__msg *m); /* any thread */
+rsl__msg *rsl__queue_pop(rsl__queue *q);          /* consumer only; NULL when empty */
+
+/* ---- a step's answer ------------------------------------------------------------------ */
+typedef struct rsl__answer {
+    rsl_outcome outcome;
+    int status;
+    rsl__buf body;
+    rsl__header *headers; /* malloc'd copies */
+    int nheaders;
+    char *error;          /* malloc'd; NULL when none */
+} rsl__answer;
+
+void rsl__answer_reset(rsl__answer *a);
+void rsl__answer_free(rsl__answer *a);
+/* Sets outcome/status/error (printf-style message, may be NULL). */
+void rsl__answer_fail(rsl__answer *a, rsl_outcome o, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The outcome an HTTP-like status stands for: 5xx, 4xx, else ok. */
+rsl_outcome rsl__status_outcome(int status);
+int rsl__outcome_status(rsl_outcome o);
+
+/* ---- generations ---------------------------------------------------------------------- */
+typedef struct rsl__lapi rsl__lapi; /* lua_api.c: per-state bindings */
+
+typedef struct rsl__budget {
+    /* Retry budget of one step over the last 10 s, in 1 s slots (DESIGN.md `budget`). */
+    _Atomic int64_t epoch[10];
+    _Atomic int64_t first[10];
+    _Atomic int64_t retries[10];
+} rsl__budget;
+
+typedef struct rsl__genr {
+    rsl__gen *g;
+    rsl__lapi **api;        /* per state */
+    rsl__budget **budgets;  /* [policy][step] */
+    _Atomic int refs;
+    struct rsl_runtime *rt;
+} rsl__genr;
+
+void rsl__genr_ref(rsl__genr *G);
+void rsl__genr_unref(rsl__genr *G);
+
+/* ---- results -------------------------------------------------------------------------- */
+typedef struct rsl__entry {
+    const char *step; /* borrowed from the generation */
+    rsl_outcome outcome;
+    double ms;
+    int attempts;
+    char *error;
+} rsl__entry;
+
+struct rsl_result {
+    rsl__genr *G; /* a reference: names are borrowed from it */
+    const char *policy;
+    int status;
+    rsl_outcome outcome;
+    int served_by; /* index in path, -1 for none */
+    int degraded;
+    int route_failed;
+    double elapsed_ms;
+    rsl__buf body;
+    rsl__header *headers;
+    int nheaders;
+    rsl__entry path[RSL_MAX_PATH];
+    int npath;
+    int stolen; /* set by a callback that keeps the result (rsl_call_sync) */
+};
+
+/* ---- calls ---------------------------------------------------------------------------- */
+typedef struct rsl__worker rsl__worker;
+
+enum rsl__phase {
+    RSL_PH_STEP,       /* begin the step at pos */
+    RSL_PH_ATTEMPT,    /* make one attempt */
+    RSL_PH_ATTEMPTED,  /* an attempt ended: retry, fall back or finish */
+    RSL_PH_WAIT,       /* waiting: host step answer, backoff or fault delay timer */
+    RSL_PH_DONE,
+};
+
+typedef struct rsl__call {
+    rsl__msg msg;                     /* RSL_MSG_CALL */
+    struct rsl__call *prev, *next;    /* the worker's in-flight list */
+    uint64_t id;
+    struct rsl_runtime *rt;
+    rsl__worker *w;
+    rsl__genr *G;
+    rsl__policy *p;
+    int pidx;
+    rsl_req *req;                     /* frozen copy, owned */
+    rsl_call_cb cb;
+    void *ud;
+    rsl_result *res;
+    int path[RSL_MAX_PATH];
+    int npath, pos;
+    enum rsl__phase phase;
+    int64_t start, deadline;          /* ns; deadline 0: none */
+    /* the current step */
+    int attempt;
+    int64_t step_start, attempt_start, last_sleep;
+    rsl__permit permits[RSL_MAX_GUARDS];
+    uint32_t held;                    /* bit i: guard i of the step is held */
+    rsl__answer ans;                  /* the current step's answer */
+    rsl__answer prev_ans;             /* the previous step's answer (for `prev`) */
+    int prev_step;                    /* -1: none */
+    rsl_step_call *sc;                /* pending host step */
+    uv_timer_t timer;
+    int timer_inited, timer_purpose;  /* RSL_TIMER_* */
+    int canceled;
+    int in_attempt;                   /* a host step answering from inside its function */
+    rsl__buf scratch;
+} rsl__call;
+
+enum { RSL_TIMER_NONE, RSL_TIMER_STEP_TIMEOUT, RSL_TIMER_BACKOFF, RSL_TIMER_DELAY };
+
+/* chain.c: worker thread only. */
+void rsl__call_start(rsl__call *c);
+void rsl__call_cancel(rsl__call *c);
+/* A host step's answer reached the worker (sc is released by this). */
+void rsl__call_host_answered(rsl_step_call *sc);
+/* Completes a call that never started (queued at close): outcome canceled. */
+void rsl__call_abort(rsl__call *c, rsl_outcome o, const char *msg);
+void rsl__call_free(rsl__call *c);
+/* The result a call fills (a reference on c->G); made with the call so that running out
+ * of memory fails rsl_call instead of losing a callback. */
+rsl_result *rsl__result_new(rsl__call *c);
+
+/* ---- host steps ----------------------------------------------------------------------- */
+enum { RSL_SC_PENDING, RSL_SC_ANSWERED, RSL_SC_ABANDONED };
+
+struct rsl_step_call {
+    rsl__msg msg;            /* RSL_MSG_ANSWER */
+    _Atomic int state;       /* RSL_SC_*: the first of answer/abandon wins */
+    _Atomic int refs;        /* the worker's and the host's */
+    rsl__call *call;         /* valid while the worker holds its reference */
+    rsl__worker *w;
+    rsl__answer ans;
+};
+
+void rsl__step_call_unref(rsl_step_call *sc);
+
+typedef struct rsl__hoststep {
+    char *name;
+    rsl_step_fn fn;
+    void *ud;
+} rsl__hoststep;
+
+/* ---- workers -------------------------------------------------------------------------- */
+struct rsl__worker {
+    struct rsl_runtime *rt;
+    int index;
+    uv_loop_t loop;
+    uv_async_t async;
+    pthread_t thread;
+    rsl__queue q;
+    rsl__call *calls; /* in flight */
+    int ncalls;
+    int stopping;
+    rsl__msg stop; /* RSL_MSG_STOP, posted once by rsl__worker_join */
+    uv_sem_t ready;
+};
+
+int rsl__worker_start(rsl__worker *w, struct rsl_runtime *rt, int index);
+/* Posts m and wakes the worker. Any thread. */
+void rsl__worker_post(rsl__worker *w, rsl__msg *m);
+void rsl__worker_join(rsl__worker *w);
+/* The worker running on this thread, or NULL. */
+rsl__worker *rsl__worker_self(void);
+/* Loop thread: link/unlink an in-flight call. */
+void rsl__worker_track(rsl__worker *w, rsl__call *c);
+void rsl__worker_untrack(rsl__worker *w, rsl__call *c);
+/* Loop thread: a call completed (lets a stopping worker finish). */
+void rsl__worker_call_done(rsl__worker *w);
+/* Asks the worker to cancel call `id` if it is still in flight. Any thread. */
+int rsl__worker_post_cancel(rsl__worker *w, uint64_t id);
+
+/* ---- the runtime ---------------------------------------------------------------------- */
+#define RSL_MAX_GAUGES 1024
+
+typedef struct rsl__gauge {
+    char name[64];
+    _Atomic uint64_t bits; /* a double */
+} rsl__gauge;
+
+struct rsl_runtime {
+    rsl_options o;
+    char *dir;
+    rsl__guards *guards;
+    rsl__watchdog *wd;
+    pthread_mutex_t lock;      /* current generation, host steps, caches, gauge creation */
+    rsl__genr *cur;
+    uint64_t gen_number;
+    int nworkers;
+    rsl__worker *workers;
+    _Atomic uint64_t rr;
+    _Atomic uint64_t next_id;
+    _Atomic int closing;
+    _Atomic int64_t senders;   /* threads between "may post" and the end of uv_async_send */
+    rsl__hoststep *steps;
+    int nsteps;
+    struct rsl__cache_slot {
+        char *name;            /* "policy/step" */
+        rsl__cache *cache;
+    } *caches;
+    int ncaches;
+    rsl__gauge gauges[RSL_MAX_GAUGES];
+    _Atomic int ngauges;
+};
+
+int64_t rsl__rt_now(struct rsl_runtime *rt);
+void rsl__log(struct rsl_runtime *rt, rsl_log_level level, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Host step by name (copied under the lock into *out). 0 or RSL_ENOENT. */
+int rsl__rt_hoststep(struct rsl_runtime *rt, const char *name, rsl__hoststep *out);
+/* Gauge index by name or -1; value by index. */
+int rsl__rt_gauge_find(struct rsl_runtime *rt, const char *name, size_t len);
+double rsl__rt_gauge_get(struct rsl_runtime *rt, int i);
+
+/* ---- lua_api.c: per state, worker thread ---------------------------------------------- */
+rsl__lapi *rsl__lapi_new(struct rsl_runtime *rt, rsl__genr *G, int state);
+void rsl__lapi_free(rsl__lapi *a);
+/* Runs p's route for c; fills c->path/npath. 0, or -1 with a message in err. */
+int rsl__lapi_route(rsl__lapi *a, rsl__call *c, char *err, size_t errlen);
+/* Runs Lua step s for c into c->ans. */
+void rsl__lapi_step(rsl__lapi *a, rsl__call *c, const rsl__step *s);
+
+#endif

@@ -1,0 +1,34 @@
+/*
+ * tmpl -- "${attr}" templates (cache keys, URLs).  Parsed once when a policy loads,
+ * expanded per call into a caller's buffer.  A missing attribute is an error naming it,
+ * never an empty string.  Any thread (a template is immutable once parsed).
+ */
+#ifndef RSL_TMPL_H
+#define RSL_TMPL_H
+
+#include "resilua.h"
+#include <stddef.h>
+
+typedef struct rsl__tmpl rsl__tmpl;
+
+/* NULL with a message in err on a malformed template ("${" without "}", empty name). */
+rsl__tmpl *rsl__tmpl_parse(const char *s, size_t len, char *err, size_t errlen);
+void rsl__tmpl_free(rsl__tmpl *t);
+/* 1 when the template has no ${...}. */
+int rsl__tmpl_is_literal(const rsl__tmpl *t);
+
+/* A growable byte buffer. */
+typedef struct rsl__buf {
+    char *p;
+    size_t len, cap;
+} rsl__buf;
+int rsl__buf_append(rsl__buf *b, const char *s, size_t n);
+void rsl__buf_free(rsl__buf *b);
+
+/* Appends the expansion to `out` (NUL-terminated, len excludes it).  urlencode: encode
+ * attribute values (RFC 3986 unreserved kept).  Returns 0, RSL_ENOMEM, or RSL_EINVAL with
+ * *missing pointing at the name of the missing attribute (borrowed from t). */
+int rsl__tmpl_expand(const rsl__tmpl *t, const rsl_req *req, int urlencode, rsl__buf *out,
+                     const char **missing);
+
+#endif

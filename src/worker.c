@@ -1,0 +1,222 @@
+/*
+ * worker -- a thread owning one libuv loop and, for each generation, one Lua state.
+ *
+ * Other threads reach it only through its MPSC queue + uv_async_send (which coalesces
+ * wake-ups, so each wake-up drains the whole queue).  Everything else it touches (its
+ * loop, its Lua states, its calls and their timers) belongs to it alone.
+ *
+ * Stopping: rsl_close first makes sure no thread can post a new call (runtime.c), then
+ * posts RSL_MSG_STOP.  The worker cancels what is in flight, keeps its loop turning until
+ * every call has completed (a host step answered just before its cancel still arrives as a
+ * message), waits until no other thread is inside rsl__worker_post, and only then closes
+ * its async handle.
+ */
+#include "runtime.h"
+
+#include "clock.h"
+
+#include <sched.h>
+#include <stdlib.h>
+
+static _Thread_local rsl__worker *self;
+
+rsl__worker *rsl__worker_self(void) {
+    return self;
+}
+
+/* ---- Vyukov's intrusive MPSC queue: push is one exchange; pop is wait-free except
+ * while a producer sits between its exchange and its link, when pop returns NULL and the
+ * producer's uv_async_send that follows wakes the consumer again. */
+void rsl__queue_init(rsl__queue *q) {
+    atomic_store_explicit(&q->stub.next, NULL, memory_order_relaxed);
+    atomic_store_explicit(&q->head, &q->stub, memory_order_relaxed);
+    q->tail = &q->stub;
+}
+
+void rsl__queue_push(rsl__queue *q, rsl__msg *m) {
+    atomic_store_explicit(&m->next, NULL, memory_order_relaxed);
+    rsl__msg *prev = atomic_exchange_explicit(&q->head, m, memory_order_acq_rel);
+    atomic_store_explicit(&prev->next, m, memory_order_release);
+}
+
+rsl__msg *rsl__queue_pop(rsl__queue *q) {
+    rsl__msg *tail = q->tail;
+    rsl__msg *next = atomic_load_explicit(&tail->next, memory_order_acquire);
+    if (tail == &q->stub) {
+        if (!next) {
+            return NULL;
+        }
+        q->tail = next;
+        tail = next;
+        next = atomic_load_explicit(&next->next, memory_order_acquire);
+    }
+    if (next) {
+        q->tail = next;
+        return tail;
+    }
+    if (tail != atomic_load_explicit(&q->head, memory_order_acquire)) {
+        return NULL;
+    }
+    rsl__queue_push(q, &q->stub);
+    next = atomic_load_explicit(&tail->next, memory_order_acquire);
+    if (next) {
+        q->tail = next;
+        return tail;
+    }
+    return NULL;
+}
+
+void rsl__worker_post(rsl__worker *w, rsl__msg *m) {
+    struct rsl_runtime *rt = w->rt;
+    atomic_fetch_add(&rt->senders, 1);
+    rsl__queue_push(&w->q, m);
+    uv_async_send(&w->async);
+    atomic_fetch_sub(&rt->senders, 1);
+}
+
+void rsl__worker_track(rsl__worker *w, rsl__call *c) {
+    c->prev = NULL;
+    c->next = w->calls;
+    if (w->calls) {
+        w->calls->prev = c;
+    }
+    w->calls = c;
+    w->ncalls++;
+}
+
+void rsl__worker_untrack(rsl__worker *w, rsl__call *c) {
+    if (c->prev) {
+        c->prev->next = c->next;
+    } else if (w->calls == c) {
+        w->calls = c->next;
+    }
+    if (c->next) {
+        c->next->prev = c->prev;
+    }
+    c->prev = c->next = NULL;
+    w->ncalls--;
+}
+
+typedef struct cancel_msg {
+    rsl__msg msg;
+    uint64_t id;
+} cancel_msg;
+
+static void maybe_finish(rsl__worker *w) {
+    if (!w->stopping || w->ncalls > 0 || uv_is_closing((uv_handle_t *)&w->async)) {
+        return;
+    }
+    /* Nobody may be left inside rsl__worker_post: posters of calls are excluded by the
+     * runtime before STOP; a host step answering a call we completed may still be
+     * returning from uv_async_send. */
+    while (atomic_load(&w->rt->senders) > 0) {
+        sched_yield();
+    }
+    uv_close((uv_handle_t *)&w->async, NULL);
+}
+
+static void drain(uv_async_t *h) {
+    rsl__worker *w = h->data;
+    rsl__msg *m;
+    while ((m = rsl__queue_pop(&w->q)) != NULL) {
+        switch (m->type) {
+        case RSL_MSG_CALL: {
+            rsl__call *c = (rsl__call *)m;
+            if (w->stopping) {
+                rsl__call_abort(c, RSL_OUTCOME_CANCELED, "runtime closed");
+            } else {
+                rsl__call_start(c);
+            }
+            break;
+        }
+        case RSL_MSG_ANSWER:
+            rsl__call_host_answered((rsl_step_call *)m);
+            break;
+        case RSL_MSG_CANCEL: {
+            cancel_msg *cm = (cancel_msg *)m;
+            for (rsl__call *c = w->calls; c; c = c->next) {
+                if (c->id == cm->id) {
+                    rsl__call_cancel(c);
+                    break;
+                }
+            }
+            free(cm);
+            break;
+        }
+        case RSL_MSG_STOP:
+            w->stopping = 1;
+            /* Canceling a call completes and unlinks it, or (a host answer already in
+             * flight) marks it to complete when that message arrives. */
+            for (rsl__call *c = w->calls, *next; c; c = next) {
+                next = c->next;
+                if (!c->canceled) {
+                    rsl__call_cancel(c);
+                }
+            }
+            break;
+        }
+    }
+    maybe_finish(w);
+}
+
+void rsl__worker_call_done(rsl__worker *w) {
+    maybe_finish(w);
+}
+
+int rsl__worker_post_cancel(rsl__worker *w, uint64_t id) {
+    cancel_msg *cm = malloc(sizeof(*cm));
+    if (!cm) {
+        return RSL_ENOMEM;
+    }
+    cm->msg.type = RSL_MSG_CANCEL;
+    cm->id = id;
+    rsl__worker_post(w, &cm->msg);
+    return 0;
+}
+
+static void *run(void *arg) {
+    rsl__worker *w = arg;
+    self = w;
+    rsl__rand_seed(w->rt->o.seed ? w->rt->o.seed + (uint64_t)w->index : 0);
+    uv_sem_post(&w->ready);
+    uv_run(&w->loop, UV_RUN_DEFAULT);
+    self = NULL;
+    return NULL;
+}
+
+int rsl__worker_start(rsl__worker *w, struct rsl_runtime *rt, int index) {
+    w->rt = rt;
+    w->index = index;
+    w->calls = NULL;
+    w->ncalls = 0;
+    w->stopping = 0;
+    rsl__queue_init(&w->q);
+    int rc = uv_loop_init(&w->loop);
+    if (rc < 0) {
+        return RSL_ESYS;
+    }
+    rc = uv_async_init(&w->loop, &w->async, drain);
+    if (rc < 0) {
+        uv_loop_close(&w->loop);
+        return RSL_ESYS;
+    }
+    w->async.data = w;
+    uv_sem_init(&w->ready, 0);
+    if (pthread_create(&w->thread, NULL, run, w) != 0) {
+        uv_close((uv_handle_t *)&w->async, NULL);
+        uv_run(&w->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&w->loop);
+        uv_sem_destroy(&w->ready);
+        return RSL_ESYS;
+    }
+    uv_sem_wait(&w->ready);
+    return 0;
+}
+
+void rsl__worker_join(rsl__worker *w) {
+    w->stop.type = RSL_MSG_STOP;
+    rsl__worker_post(w, &w->stop);
+    pthread_join(w->thread, NULL);
+    uv_loop_close(&w->loop);
+    uv_sem_destroy(&w->ready);
+}
