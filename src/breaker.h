@@ -64,7 +64,9 @@ void rsl__breaker_conf_default(rsl__breaker_conf *c);
 
 typedef struct rsl__breaker rsl__breaker;
 
-/* What happened, for metrics and event logs: called by the thread that made the change. */
+/* What happened, for metrics and event logs: called by the thread that made the change,
+ * right after it; `reason` e.g. "failure_rate 60.0% >= 50% over 20 calls", "probe failed",
+ * "probes succeeded", "open period elapsed", "forced open", "disabled", "reset". */
 typedef void (*rsl__breaker_hook)(void *ud, rsl__breaker *b, rsl__breaker_state from,
                                   rsl__breaker_state to, const char *reason);
 
@@ -72,6 +74,7 @@ typedef void (*rsl__breaker_hook)(void *ud, rsl__breaker *b, rsl__breaker_state 
 rsl__breaker *rsl__breaker_new(const char *name, const rsl__breaker_conf *c);
 void rsl__breaker_free(rsl__breaker *b);
 const char *rsl__breaker_name(const rsl__breaker *b);
+/* Set it before the breaker is shared: the hook is read without synchronisation. */
 void rsl__breaker_set_hook(rsl__breaker *b, rsl__breaker_hook fn, void *ud);
 /* Bytes this breaker occupies, its window included. */
 size_t rsl__breaker_size(const rsl__breaker *b);
@@ -95,7 +98,8 @@ typedef struct rsl__permit {
 
 /* 1: admitted, fill *p; 0: rejected (counted as a rejection). */
 int rsl__breaker_allow(rsl__breaker *b, int64_t now, rsl__permit *p);
-/* The call admitted with *p ended with `o` after `latency_ns`. */
+/* The call admitted with *p ended with `o` after `latency_ns`.  `rejected` (a later guard
+ * said no) and `canceled` carry no verdict on the upstream: they act as release(). */
 void rsl__breaker_record(rsl__breaker *b, const rsl__permit *p, int64_t now, rsl_outcome o,
                          int64_t latency_ns);
 /* The call admitted with *p ended without a verdict (canceled): frees a probe slot. */
@@ -116,7 +120,8 @@ int rsl__breaker_probes_inflight(const rsl__breaker *b);
 int rsl__breaker_level(const rsl__breaker *b);
 /* When open: ns until half_open is allowed (<= 0: now); else 0. */
 int64_t rsl__breaker_open_remaining(const rsl__breaker *b, int64_t now);
-/* Counters since creation (survive reload): rejections, transitions[from][to]. */
+/* Counters since creation (survive reload): rejections, transitions[from][to] (0 when
+ * from == to: an override to the current state is no transition). */
 uint64_t rsl__breaker_rejections(const rsl__breaker *b);
 uint64_t rsl__breaker_transitions(const rsl__breaker *b, rsl__breaker_state from,
                                   rsl__breaker_state to);

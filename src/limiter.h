@@ -22,8 +22,9 @@ typedef struct rsl__limiter_conf {
 rsl__limiter *rsl__limiter_new(const char *name, const rsl__limiter_conf *c);
 void rsl__limiter_free(rsl__limiter *l);
 const char *rsl__limiter_name(const rsl__limiter *l);
-/* New rate/burst in place; the bucket keeps its fill. Negative on a bad conf. */
-int rsl__limiter_configure(rsl__limiter *l, const rsl__limiter_conf *c);
+/* New rate/burst in place; the bucket keeps its fill: the tokens available at `now` stay
+ * available (at most the new burst) and refill at the new rate.  Negative on a bad conf. */
+int rsl__limiter_configure(rsl__limiter *l, const rsl__limiter_conf *c, int64_t now);
 void rsl__limiter_conf_get(const rsl__limiter *l, rsl__limiter_conf *c);
 /* 1: admitted; 0: rejected (counted). */
 int rsl__limiter_allow(rsl__limiter *l, int64_t now);

@@ -1,8 +1,591 @@
-/* main.c -- the `resilua` command (placeholder until the CLI lands). */
+/*
+ * main.c -- the `resilua` command: `check` validates a policy directory, `call` runs a
+ * policy COUNT times in one runtime and prints each result as one JSON line.
+ *
+ * Rules: this file is a client of the library like any embedder -- it uses only
+ * resilua.h (and jansson to read rsl_check's description).  Results go to stdout, one
+ * line per call, flushed per line so a pipe sees each call as it ends; diagnostics go to
+ * stderr.  Exit codes (DESIGN.md "Command line"): check 0 valid / 1 load errors; call
+ * 0 every outcome ok / 1 some outcome not ok / 2 usage error, unknown policy, or a
+ * directory that does not load.  A SIGINT or SIGTERM during `call -n` stops after the
+ * call in flight, closes the runtime (letting started cache writes finish) and exits 130.
+ */
 #include "resilua.h"
-#include <stdio.h>
 
-int main(void) {
-    fprintf(stderr, "resilua: not built yet\n");
-    return 2;
+#include <errno.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define EXIT_USAGE 2
+#define EXIT_INTERRUPTED 130
+
+/* A call that has not answered after this long is abandoned (canceled, counted not ok).
+ * Policies bound their own time with `deadline` and step timeouts, and Lua runs under
+ * the sandbox's limits, so this only catches a host step that never answers: one
+ * minute is far above any sane policy deadline. */
+#define CALL_WAIT_NS (60LL * 1000000000LL)
+
+static const char *prog = "resilua";
+static volatile sig_atomic_t stop_requested;
+
+static const char usage_text[] =
+    "usage: resilua <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  check [-p DIR]             load and validate the policy directory; list its\n"
+    "                             policies and guards (exit 1 on load errors)\n"
+    "  call [-p DIR] [-n COUNT] [--interval DURATION] [--redis HOST:PORT]\n"
+    "       POLICY [attr=value ...]\n"
+    "                             run POLICY COUNT times (default 1) in one runtime,\n"
+    "                             DURATION apart (default 0), and print each result as\n"
+    "                             one JSON object per line; body=TEXT sets the request\n"
+    "                             body, any other attr=value a request attribute\n"
+    "  serve                      the sidecar (not available yet)\n"
+    "  version                    print the version\n"
+    "\n"
+    "options:\n"
+    "  -p, --policies DIR         policy directory (default: policies)\n"
+    "  -n, --count COUNT          number of calls (call)\n"
+    "  --interval DURATION        pause between the end of a call and the start of the\n"
+    "                             next: a number with a unit us, ms, s, m or h\n"
+    "  --redis HOST:PORT          shared state in Redis (not available yet)\n"
+    "  -h, --help                 this text\n"
+    "\n"
+    "exit status: 0 ok; 1 load errors (check) or a call whose outcome is not ok (call);\n"
+    "2 usage error, unknown policy, or a policy directory that does not load (call).\n";
+
+static void usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static void usage_error(const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "%s: ", prog);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'resilua --help' for more information.\n");
+}
+
+/* ---- option parsing --------------------------------------------------------------------
+ * Options and operands may be mixed (an operand never starts with '-': attributes are
+ * name=value); "--" ends the options.  An option's value is attached ("-pDIR",
+ * "--policies=DIR") or the next argument. */
+
+typedef struct args {
+    int argc;
+    char **argv;
+    int i;            /* next argument */
+    int only_operands;/* after "--" */
+} args;
+
+/*
+ * Matches argv[a->i] against `shortopt` ("-p", or NULL) and `longopt` ("--policies", or
+ * NULL).  On a match with a value, stores it in *val, advances, returns 1.  Returns 0 when
+ * it does not match, -1 (after a usage message) when the value is missing.
+ */
+static int opt_value(args *a, const char *shortopt, const char *longopt, const char **val) {
+    const char *s = a->argv[a->i];
+    const char *name = NULL, *attached = NULL;
+    size_t sl = shortopt ? strlen(shortopt) : 0, ll = longopt ? strlen(longopt) : 0;
+    if (shortopt && strncmp(s, shortopt, sl) == 0) {
+        name = shortopt;
+        attached = s[sl] ? s + sl : NULL;
+    } else if (longopt && strncmp(s, longopt, ll) == 0 && (s[ll] == 0 || s[ll] == '=')) {
+        name = longopt;
+        attached = s[ll] == '=' ? s + ll + 1 : NULL;
+    } else {
+        return 0;
+    }
+    if (attached) {
+        *val = attached;
+        a->i++;
+        return 1;
+    }
+    if (a->i + 1 >= a->argc) {
+        usage_error("option %s needs a value", name);
+        return -1;
+    }
+    *val = a->argv[a->i + 1];
+    a->i += 2;
+    return 1;
+}
+
+static int is_help(const char *s) {
+    return strcmp(s, "-h") == 0 || strcmp(s, "--help") == 0;
+}
+
+/*
+ * Parses a duration: a non-negative decimal number and a unit (us, ms, s, m, h); "0"
+ * alone is accepted.  Returns 0 with *ns, or -1.
+ */
+static int parse_duration(const char *s, int64_t *ns) {
+    static const struct {
+        const char *unit;
+        double ns;
+    } units[] = {{"us", 1e3}, {"ms", 1e6}, {"s", 1e9}, {"m", 60e9}, {"h", 3600e9}};
+    char *end = NULL;
+    if (!s[0] || s[0] == '-' || s[0] == '+') {
+        return -1;
+    }
+    errno = 0;
+    double v = strtod(s, &end);
+    if (end == s || errno != 0 || !isfinite(v) || v < 0) {
+        return -1;
+    }
+    if (*end == 0) {
+        if (v != 0) {
+            return -1; /* a bare non-zero number: ambiguous, ask for a unit */
+        }
+        *ns = 0;
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
+        if (strcmp(end, units[i].unit) == 0) {
+            double t = v * units[i].ns;
+            if (t > (double)INT64_MAX / 2) {
+                return -1;
+            }
+            *ns = (int64_t)(t + 0.5);
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static int parse_count(const char *s, long *out) {
+    char *end = NULL;
+    if (!s[0] || s[0] == '-' || s[0] == '+') {
+        return -1;
+    }
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (*end != 0 || errno != 0 || v < 1 || v > INT_MAX) {
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* ---- check ----------------------------------------------------------------------------- */
+
+static const char *jstr(json_t *o, const char *key, const char *def) {
+    const char *s = json_string_value(json_object_get(o, key));
+    return s ? s : def;
+}
+
+/* Prints a JSON array of strings joined by `sep`; "-" when empty or absent. */
+static void print_str_list(json_t *arr, const char *sep) {
+    size_t i, n = json_array_size(arr);
+    json_t *v;
+    if (n == 0) {
+        fputs("-", stdout);
+        return;
+    }
+    json_array_foreach(arr, i, v) {
+        const char *s = json_string_value(v);
+        printf("%s%s", i ? sep : "", s ? s : "?");
+    }
+}
+
+/* A guard's configuration as "key=value ..." (every field of its description but kind). */
+static void print_guard_conf(json_t *g) {
+    const char *key;
+    json_t *v;
+    int first = 1;
+    json_object_foreach(g, key, v) {
+        if (strcmp(key, "kind") == 0) {
+            continue;
+        }
+        char *txt = NULL;
+        if (json_is_string(v)) {
+            printf("%s%s=%s", first ? "" : " ", key, json_string_value(v));
+        } else if ((txt = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(6)))) {
+            printf("%s%s=%s", first ? "" : " ", key, txt);
+            free(txt);
+        }
+        first = 0;
+    }
+}
+
+/* Prints rsl_check's description readably; returns 0, or -1 when it cannot be parsed. */
+static int print_description(const char *dir, const char *doc) {
+    json_error_t jerr;
+    json_t *root = json_loads(doc, 0, &jerr);
+    if (!root) {
+        fprintf(stderr, "%s: cannot read the policy description: %s\n", prog, jerr.text);
+        return -1;
+    }
+    json_t *pols = json_object_get(root, "policies");
+    json_t *guards = json_object_get(root, "guards");
+    size_t np = json_array_size(pols), ng = json_object_size(guards);
+
+    printf("%s: %zu %s, %zu %s\n", dir, np, np == 1 ? "policy" : "policies", ng,
+           ng == 1 ? "guard" : "guards");
+    if (np) {
+        printf("\npolicies:\n");
+    }
+    size_t i;
+    json_t *p;
+    json_array_foreach(pols, i, p) {
+        json_int_t line = json_integer_value(json_object_get(p, "line"));
+        printf("  %s  (%s:%lld)\n", jstr(p, "name", "?"), jstr(p, "file", "?"), (long long)line);
+        json_t *dl = json_object_get(p, "deadline_ms");
+        if (json_is_number(dl) && json_number_value(dl) > 0) {
+            printf("    deadline  %gms\n", json_number_value(dl));
+        }
+        printf("    chain     ");
+        print_str_list(json_object_get(p, "chain"), " -> ");
+        printf("\n    route     %s\n",
+               json_is_true(json_object_get(p, "route")) ? "yes (route(req, sig) picks the path)"
+                                                         : "no (always the chain)");
+        size_t k;
+        json_t *s;
+        json_array_foreach(json_object_get(p, "steps"), k, s) {
+            printf("    %-9s %-12s %s", k ? "" : "steps", jstr(s, "name", "?"), jstr(s, "kind", "?"));
+            json_t *sg = json_object_get(s, "guards");
+            if (json_array_size(sg)) {
+                printf("  guards: ");
+                print_str_list(sg, ", ");
+            }
+            printf("\n");
+        }
+    }
+    if (ng) {
+        printf("\nguards:\n");
+    }
+    const char *gname;
+    json_t *g;
+    json_object_foreach(guards, gname, g) {
+        printf("  %-20s %-9s ", gname, jstr(g, "kind", "?"));
+        print_guard_conf(g);
+        printf("\n");
+    }
+    json_t *ex = json_object_get(root, "expose");
+    if (json_array_size(ex)) {
+        printf("\nexposed:\n");
+        json_array_foreach(ex, i, p) {
+            printf("  %s %s -> %s\n", jstr(p, "method", "?"), jstr(p, "path", "?"),
+                   jstr(p, "policy", "?"));
+        }
+    }
+    /* Warnings (`file:line: message`, e.g. a route naming a step that does not exist)
+     * do not fail the check; they go to stderr with the errors' format. */
+    const char *warn = json_string_value(json_object_get(root, "warnings"));
+    if (warn && *warn) {
+        fflush(stdout);
+        fputs(warn, stderr);
+        if (warn[strlen(warn) - 1] != '\n') {
+            fputc('\n', stderr);
+        }
+    }
+    json_decref(root);
+    return 0;
+}
+
+/* Prints `file:line: message` lines from an error buffer, one per line. */
+static void print_errors(const char *err) {
+    if (!err[0]) {
+        return;
+    }
+    fputs(err, stderr);
+    if (err[strlen(err) - 1] != '\n') {
+        fputc('\n', stderr);
+    }
+}
+
+static int cmd_check(int argc, char **argv) {
+    args a = {argc, argv, 0, 0};
+    const char *dir = "policies", *v = NULL;
+    while (a.i < a.argc) {
+        const char *s = a.argv[a.i];
+        int r;
+        if (is_help(s)) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+        if ((r = opt_value(&a, "-p", "--policies", &v)) != 0) {
+            if (r < 0) {
+                return EXIT_USAGE;
+            }
+            dir = v;
+            continue;
+        }
+        if (s[0] == '-') {
+            usage_error("check: unknown option %s", s);
+        } else {
+            usage_error("check: unexpected argument %s", s);
+        }
+        return EXIT_USAGE;
+    }
+
+    char err[16384] = "";
+    char *doc = NULL;
+    int rc = rsl_check(dir, &doc, err, sizeof(err));
+    if (rc != 0) {
+        if (err[0]) {
+            print_errors(err);
+        } else {
+            fprintf(stderr, "%s: %s: %s\n", prog, dir, rsl_strerror(rc));
+        }
+        rsl_free(doc);
+        return 1;
+    }
+    int out = 0;
+    if (!doc) {
+        printf("%s: ok\n", dir);
+    } else if (print_description(dir, doc) < 0) {
+        out = 1;
+    }
+    rsl_free(doc);
+    fflush(stdout);
+    return out;
+}
+
+/* ---- call ------------------------------------------------------------------------------ */
+
+static void on_stop_signal(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
+
+static void install_stop_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = 0; /* no SA_RESTART: a pause between calls ends at once */
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+/* Sleeps `ns`, ending early when a stop was requested. */
+static void pause_ns(int64_t ns) {
+    struct timespec ts = {(time_t)(ns / 1000000000LL), (long)(ns % 1000000000LL)};
+    while (!stop_requested && nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+    }
+}
+
+/* Log lines from the runtime (route failures, ...): stderr, one fprintf per line so that
+ * lines from several threads do not interleave (stdio locks the stream per call). */
+static void log_line(void *ud, rsl_log_level level, const char *msg) {
+    static const char *names[] = {"error", "warning", "info", "debug"};
+    (void)ud;
+    if (level > RSL_LOG_WARN) {
+        return;
+    }
+    fprintf(stderr, "%s: %s: %s\n", prog, names[level], msg);
+}
+
+/* "policy a, b, c" from the runtime's description, for an unknown-policy message. */
+static void print_known_policies(rsl_runtime *rt) {
+    char *doc = rsl_describe_json(rt);
+    json_t *root = doc ? json_loads(doc, 0, NULL) : NULL;
+    json_t *pols = json_object_get(root, "policies");
+    if (json_array_size(pols)) {
+        size_t i;
+        json_t *p;
+        fprintf(stderr, "%s: known policies:", prog);
+        json_array_foreach(pols, i, p) {
+            fprintf(stderr, "%s %s", i ? "," : "", jstr(p, "name", "?"));
+        }
+        fputc('\n', stderr);
+    }
+    json_decref(root);
+    rsl_free(doc);
+}
+
+static int cmd_call(int argc, char **argv) {
+    args a = {argc, argv, 0, 0};
+    const char *dir = "policies", *policy = NULL, *redis = NULL, *v = NULL;
+    long count = 1;
+    int64_t interval_ns = 0;
+    int rc, exit_code = EXIT_USAGE;
+    rsl_req *req = rsl_req_new();
+    rsl_runtime *rt = NULL;
+
+    if (!req) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return EXIT_USAGE;
+    }
+    while (a.i < a.argc) {
+        const char *s = a.argv[a.i];
+        int r = 0;
+        if (!a.only_operands && s[0] == '-' && s[1] != 0) {
+            if (strcmp(s, "--") == 0) {
+                a.only_operands = 1;
+                a.i++;
+                continue;
+            }
+            if (is_help(s)) {
+                fputs(usage_text, stdout);
+                exit_code = 0;
+                goto out;
+            }
+            if ((r = opt_value(&a, "-p", "--policies", &v)) > 0) {
+                dir = v;
+            } else if (r == 0 && (r = opt_value(&a, "-n", "--count", &v)) > 0) {
+                if (parse_count(v, &count) < 0) {
+                    usage_error("call: -n wants a positive whole number, got \"%s\"", v);
+                    goto out;
+                }
+            } else if (r == 0 && (r = opt_value(&a, NULL, "--interval", &v)) > 0) {
+                if (parse_duration(v, &interval_ns) < 0) {
+                    usage_error("call: --interval wants a duration such as 100ms, 1s, 250us "
+                                "or 2m, got \"%s\"",
+                                v);
+                    goto out;
+                }
+            } else if (r == 0 && (r = opt_value(&a, NULL, "--redis", &v)) > 0) {
+                redis = v;
+            } else if (r == 0) {
+                usage_error("call: unknown option %s", s);
+                goto out;
+            }
+            if (r < 0) {
+                goto out;
+            }
+            continue;
+        }
+        a.i++;
+        if (!policy) {
+            policy = s;
+            continue;
+        }
+        const char *eq = strchr(s, '=');
+        if (!eq || eq == s) {
+            usage_error("call: expected attr=value after the policy name, got \"%s\"", s);
+            goto out;
+        }
+        size_t nlen = (size_t)(eq - s);
+        if (nlen == 4 && strncmp(s, "body", 4) == 0) {
+            rc = rsl_req_set_body(req, eq + 1, strlen(eq + 1));
+        } else {
+            char *name = strndup(s, nlen);
+            rc = name ? rsl_req_set(req, name, eq + 1, strlen(eq + 1)) : RSL_ENOMEM;
+            free(name);
+        }
+        if (rc != 0) {
+            usage_error("call: cannot set \"%s\": %s", s, rsl_strerror(rc));
+            goto out;
+        }
+    }
+    if (!policy) {
+        usage_error("call: which policy? (resilua call [options] POLICY [attr=value ...])");
+        goto out;
+    }
+    if (redis) {
+        fprintf(stderr, "%s: --redis: Redis support is not available yet\n", prog);
+        goto out;
+    }
+
+    rsl_options o;
+    rsl_options_init(&o);
+    o.policy_dir = dir;
+    o.workers = 1; /* DESIGN.md: one worker, so module-level locals persist across calls */
+    o.log = log_line;
+    char err[16384] = "";
+    rc = rsl_open(&rt, &o, err, sizeof(err));
+    if (rc != 0) {
+        if (err[0]) {
+            print_errors(err);
+        }
+        fprintf(stderr, "%s: %s: %s\n", prog, dir, rsl_strerror(rc));
+        rt = NULL;
+        goto out;
+    }
+
+    install_stop_handlers();
+    exit_code = 0;
+    for (long n = 0; n < count && !stop_requested; n++) {
+        if (n > 0 && interval_ns > 0) {
+            pause_ns(interval_ns);
+            if (stop_requested) {
+                break;
+            }
+        }
+        rsl_result *res = NULL;
+        rc = rsl_call_sync(rt, policy, req, CALL_WAIT_NS, &res);
+        if (rc == RSL_ENOENT) {
+            fprintf(stderr, "%s: unknown policy \"%s\" in %s\n", prog, policy, dir);
+            print_known_policies(rt);
+            exit_code = EXIT_USAGE;
+            break;
+        }
+        if (rc != 0) {
+            fprintf(stderr, "%s: call %ld of %s: %s\n", prog, n + 1, policy, rsl_strerror(rc));
+            exit_code = 1;
+            if (rc == RSL_ETIMEDOUT) {
+                continue; /* canceled; the next call may well answer */
+            }
+            break;
+        }
+        char *line = rsl_result_json(res);
+        if (line) {
+            fputs(line, stdout);
+            fputc('\n', stdout);
+            fflush(stdout);
+        } else {
+            fprintf(stderr, "%s: call %ld: cannot render the result\n", prog, n + 1);
+            exit_code = 1;
+        }
+        if (rsl_result_outcome(res) != RSL_OUTCOME_OK) {
+            exit_code = 1;
+        }
+        rsl_free(line);
+        rsl_result_free(res);
+    }
+    if (stop_requested) {
+        exit_code = EXIT_INTERRUPTED;
+    }
+
+out:
+    /* rsl_close lets writes that calls started (cache write-through) finish. */
+    rsl_close(rt);
+    rsl_req_free(req);
+    return exit_code;
+}
+
+/* ---- main ------------------------------------------------------------------------------ */
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fputs(usage_text, stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (is_help(cmd) || strcmp(cmd, "help") == 0) {
+        fputs(usage_text, stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
+        printf("resilua %d.%d.%d\n", RSL_VERSION_MAJOR, RSL_VERSION_MINOR, RSL_VERSION_PATCH);
+        return 0;
+    }
+    if (strcmp(cmd, "check") == 0) {
+        return cmd_check(argc - 2, argv + 2);
+    }
+    if (strcmp(cmd, "call") == 0) {
+        return cmd_call(argc - 2, argv + 2);
+    }
+    if (strcmp(cmd, "serve") == 0) {
+        for (int i = 2; i < argc; i++) {
+            if (is_help(argv[i])) {
+                fputs(usage_text, stdout);
+                return 0;
+            }
+        }
+        fprintf(stderr, "%s: serve: the sidecar is not available yet (it comes in a later "
+                        "release; use `resilua call` meanwhile)\n",
+                prog);
+        return EXIT_USAGE;
+    }
+    usage_error("unknown command \"%s\"", cmd);
+    return EXIT_USAGE;
 }

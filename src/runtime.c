@@ -300,8 +300,8 @@ void rsl_close(rsl_runtime *rt) {
 
 /* ---- calls ---------------------------------------------------------------------------- */
 
-static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req,
-                  rsl_call_cb cb, void *ud, uint64_t *id, rsl__worker **wout) {
+int rsl__call_new(struct rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb,
+                  void *ud, rsl__call **out) {
     if (!rt || !policy || !cb) {
         return RSL_EINVAL;
     }
@@ -335,6 +335,17 @@ static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req
     if (!c->res) {
         rsl__call_free(c);
         return RSL_ENOMEM;
+    }
+    *out = c;
+    return 0;
+}
+
+static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req,
+                  rsl_call_cb cb, void *ud, uint64_t *id, rsl__worker **wout) {
+    rsl__call *c = NULL;
+    int rc = rsl__call_new(rt, policy, req, cb, ud, &c);
+    if (rc < 0) {
+        return rc;
     }
     uint64_t n = atomic_fetch_add_explicit(&rt->rr, 1, memory_order_relaxed);
     rsl__worker *w = &rt->workers[n % (uint64_t)rt->nworkers];

@@ -251,6 +251,10 @@ struct rsl_runtime {
 };
 
 int64_t rsl__rt_now(struct rsl_runtime *rt);
+/* A call of `policy` on the current generation, not yet given to a worker (set c->w, then
+ * post it, or on that worker's thread rsl__call_start it). */
+int rsl__call_new(struct rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb,
+                  void *ud, rsl__call **out);
 void rsl__log(struct rsl_runtime *rt, rsl_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Host step by name (copied under the lock into *out). 0 or RSL_ENOENT. */

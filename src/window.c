@@ -8,7 +8,8 @@
  * bucket with atomic exchange and subtract exactly what they took, so a total always equals
  * the sum of its buckets once in-flight records land (a record racing an eviction may be
  * lost, never double-counted).  Reads advance stale heads too, so an idle window reads
- * empty.  Ownership: rsl__window_new allocates one 64-byte-aligned block; _free frees it.
+ * empty.  Ownership: rsl__window_new allocates one 64-byte-aligned block, _free frees it;
+ * rsl__window_init builds one in the caller's memory (a breaker's own block).
  */
 #include "window.h"
 
@@ -32,10 +33,13 @@ _Static_assert((RSL_WINDOW_MAX_STRIPES & (RSL_WINDOW_MAX_STRIPES - 1)) == 0,
                "stripe slots are a thread index masked by RSL_WINDOW_MAX_STRIPES - 1");
 _Static_assert(RSL_WINDOW_MAX_BUCKETS < (1 << HEAD_IDX_BITS), "bucket index fits the head");
 
-/* 168 bytes: no per-bucket call count, the bins sum to it (counted again on eviction). */
+/* 172 bytes.  No per-bucket call count: the bins sum to it (summed again on eviction).
+ * max_us caps the interpolation in the top bin: without it, p99 of latencies uniform in
+ * 1..100 ms reads 126 ms (the bin spans 92.7..131 ms). */
 typedef struct bucket {
     _Atomic uint32_t failures;
     _Atomic uint32_t slow;
+    _Atomic uint32_t max_us; /* largest latency recorded, rounded up to a us; 0: none */
     _Atomic uint32_t bins[RSL_WINDOW_BINS];
 } bucket;
 
@@ -68,16 +72,16 @@ _Static_assert(sizeof(struct rsl__window) <= LINE, "window header fits one line"
  * >= 2^19 * 32 us (16.8 s).  Odd entries rounded to the nearest ns.
  */
 static const int64_t bin_lo[RSL_WINDOW_BINS - 1] = {
-    INT64_C(32000),       INT64_C(45255),      INT64_C(64000),       INT64_C(90510),
-    INT64_C(128000),      INT64_C(181019),     INT64_C(256000),      INT64_C(362039),
-    INT64_C(512000),      INT64_C(724077),     INT64_C(1024000),     INT64_C(1448155),
-    INT64_C(2048000),     INT64_C(2896309),    INT64_C(4096000),     INT64_C(5792619),
-    INT64_C(8192000),     INT64_C(11585238),   INT64_C(16384000),    INT64_C(23170475),
-    INT64_C(32768000),    INT64_C(46340950),   INT64_C(65536000),    INT64_C(92681900),
-    INT64_C(131072000),   INT64_C(185363800),  INT64_C(262144000),   INT64_C(370727600),
-    INT64_C(524288000),   INT64_C(741455200),  INT64_C(1048576000),  INT64_C(1482910400),
-    INT64_C(2097152000),  INT64_C(2965820801), INT64_C(4194304000),  INT64_C(5931641602),
-    INT64_C(8388608000),  INT64_C(11863283203), INT64_C(16777216000),
+    INT64_C(32000),      INT64_C(45255),       INT64_C(64000),       INT64_C(90510),
+    INT64_C(128000),     INT64_C(181019),      INT64_C(256000),      INT64_C(362039),
+    INT64_C(512000),     INT64_C(724077),      INT64_C(1024000),     INT64_C(1448155),
+    INT64_C(2048000),    INT64_C(2896309),     INT64_C(4096000),     INT64_C(5792619),
+    INT64_C(8192000),    INT64_C(11585238),    INT64_C(16384000),    INT64_C(23170475),
+    INT64_C(32768000),   INT64_C(46340950),    INT64_C(65536000),    INT64_C(92681900),
+    INT64_C(131072000),  INT64_C(185363800),   INT64_C(262144000),   INT64_C(370727600),
+    INT64_C(524288000),  INT64_C(741455200),   INT64_C(1048576000),  INT64_C(1482910400),
+    INT64_C(2097152000), INT64_C(2965820801),  INT64_C(4194304000),  INT64_C(5931641602),
+    INT64_C(8388608000), INT64_C(11863283203), INT64_C(16777216000),
 };
 
 static int bin_of(int64_t ns) {
@@ -91,6 +95,14 @@ static int bin_of(int64_t ns) {
     }
     int k = 2 * o + (ns >= bin_lo[2 * o + 1]);
     return 1 + k;
+}
+
+static uint32_t latency_us(int64_t ns) {
+    if (ns <= 0) {
+        return 0;
+    }
+    int64_t us = (ns + 999) / 1000; /* rounded up: the max never cuts a sample off */
+    return us > UINT32_MAX ? UINT32_MAX : (uint32_t)us;
 }
 
 /* Threads get consecutive slots on first use, so two threads land on different stripes. */
@@ -139,6 +151,7 @@ static void evict(stripe *s, bucket *b) {
     }
     int64_t f = take(&b->failures);
     int64_t sl = take(&b->slow);
+    take(&b->max_us);
     if (calls) {
         atomic_fetch_sub_explicit(&s->calls, calls, memory_order_relaxed);
     }
@@ -180,23 +193,30 @@ static void catch_up(const rsl__window *w, stripe *s, int64_t e) {
     }
 }
 
-rsl__window *rsl__window_new(int64_t width_ns, int buckets, int stripes) {
+static size_t stride_of(int buckets) {
+    size_t stride = sizeof(stripe) + (size_t)buckets * sizeof(bucket);
+    return (stride + LINE - 1) / LINE * LINE;
+}
+
+size_t rsl__window_footprint(int64_t width_ns, int buckets, int stripes) {
     if (width_ns <= 0 || buckets < 1 || buckets > RSL_WINDOW_MAX_BUCKETS || stripes < 1 ||
         stripes > RSL_WINDOW_MAX_STRIPES || width_ns / buckets < MIN_BUCKET_NS) {
+        return 0;
+    }
+    return LINE + (size_t)stripes * stride_of(buckets); /* a multiple of LINE */
+}
+
+rsl__window *rsl__window_init(void *mem, int64_t width_ns, int buckets, int stripes) {
+    size_t size = rsl__window_footprint(width_ns, buckets, stripes);
+    if (!mem || !size || (uintptr_t)mem % LINE != 0) {
         return NULL;
     }
-    size_t stride = sizeof(stripe) + (size_t)buckets * sizeof(bucket);
-    stride = (stride + LINE - 1) / LINE * LINE;
-    size_t size = LINE + (size_t)stripes * stride;
-    rsl__window *w = aligned_alloc(LINE, size); /* size is a multiple of LINE, as C11 wants */
-    if (!w) {
-        return NULL;
-    }
+    rsl__window *w = mem;
     memset(w, 0, size); /* all-zero atomics: empty buckets, heads at epoch 0 index 0 */
     w->width_ns = width_ns;
     w->bucket_ns = width_ns / buckets;
     w->recip = UINT64_MAX / (uint64_t)w->bucket_ns;
-    w->stride = stride;
+    w->stride = stride_of(buckets);
     w->size = size;
     w->buckets = buckets;
     w->stripes = stripes;
@@ -204,6 +224,18 @@ rsl__window *rsl__window_new(int64_t width_ns, int buckets, int stripes) {
         w->stripe_of[i] = (uint8_t)(i % stripes);
     }
     return w;
+}
+
+rsl__window *rsl__window_new(int64_t width_ns, int buckets, int stripes) {
+    size_t size = rsl__window_footprint(width_ns, buckets, stripes);
+    if (!size) {
+        return NULL;
+    }
+    void *mem = aligned_alloc(LINE, size); /* size is a multiple of LINE, as C11 wants */
+    if (!mem) {
+        return NULL;
+    }
+    return rsl__window_init(mem, width_ns, buckets, stripes);
 }
 
 void rsl__window_free(rsl__window *w) {
@@ -214,34 +246,52 @@ size_t rsl__window_size(const rsl__window *w) {
     return w ? w->size : 0;
 }
 
-int64_t rsl__window_record(rsl__window *w, int64_t now, int failed, int slow, int64_t latency_ns) {
-    stripe *s = my_stripe(w);
-    int64_t e = epoch_of(w, now);
-    int moved = 0;
-    int idx;
+/*
+ * The bucket for epoch e when it is not the head's (once per bucket width per stripe, or a
+ * late record): moves the head forward when e is newer, *moved = 1 when this thread did.
+ * -1 when e is older than the window.  Out of line so the common path stays small.
+ */
+__attribute__((noinline)) static int locate(const rsl__window *w, stripe *s, int64_t e,
+                                            int *moved) {
     for (;;) {
         uint64_t hw = atomic_load_explicit(&s->head, memory_order_acquire);
         int64_t he = (int64_t)(hw >> HEAD_IDX_BITS);
         if (e == he) {
-            idx = (int)(hw & HEAD_IDX_MASK);
-            break;
+            return (int)(hw & HEAD_IDX_MASK);
         }
         if (e > he) {
             if (advance(w, s, hw, e)) {
-                moved = 1;
-                idx = (int)(e % w->buckets);
-                break;
+                *moved = 1;
+                return (int)(e % w->buckets);
             }
             continue; /* another thread moved it: look again */
         }
         if (e > he - w->buckets) {
-            idx = (int)(e % w->buckets); /* late, but its bucket is still in the window */
-            break;
+            return (int)(e % w->buckets); /* late, but its bucket is still in the window */
         }
-        return atomic_load_explicit(&s->calls, memory_order_relaxed); /* older than the window */
+        return -1;
+    }
+}
+
+int64_t rsl__window_record(rsl__window *w, int64_t now, int failed, int slow, int64_t latency_ns) {
+    stripe *s = my_stripe(w);
+    int64_t e = epoch_of(w, now);
+    int moved = 0;
+    uint64_t hw = atomic_load_explicit(&s->head, memory_order_acquire);
+    int idx = (int)(hw & HEAD_IDX_MASK);
+    if (__builtin_expect((int64_t)(hw >> HEAD_IDX_BITS) != e, 0)) {
+        idx = locate(w, s, e, &moved);
+        if (idx < 0) {
+            return atomic_load_explicit(&s->calls, memory_order_relaxed); /* too old */
+        }
     }
     bucket *b = &s->b[idx];
     atomic_fetch_add_explicit(&b->bins[bin_of(latency_ns)], 1, memory_order_relaxed);
+    uint32_t us = latency_us(latency_ns);
+    uint32_t m = atomic_load_explicit(&b->max_us, memory_order_relaxed);
+    while (us > m && !atomic_compare_exchange_weak_explicit(
+                         &b->max_us, &m, us, memory_order_relaxed, memory_order_relaxed)) {
+    }
     if (failed) {
         atomic_fetch_add_explicit(&b->failures, 1, memory_order_relaxed);
         atomic_fetch_add_explicit(&s->failures, 1, memory_order_relaxed);
@@ -275,10 +325,13 @@ int64_t rsl__window_quantile(rsl__window *w, int64_t now, double q) {
     int64_t e = epoch_of(w, now);
     uint64_t bins[RSL_WINDOW_BINS] = {0};
     uint64_t total = 0;
+    uint32_t max_us = 0;
     for (int i = 0; i < w->stripes; i++) {
         stripe *s = stripe_at(w, i);
         catch_up(w, s, e);
         for (int k = 0; k < w->buckets; k++) {
+            uint32_t m = atomic_load_explicit(&s->b[k].max_us, memory_order_relaxed);
+            max_us = m > max_us ? m : max_us;
             for (int j = 0; j < RSL_WINDOW_BINS; j++) {
                 uint32_t c = atomic_load_explicit(&s->b[k].bins[j], memory_order_relaxed);
                 bins[j] += c;
@@ -299,8 +352,13 @@ int64_t rsl__window_quantile(rsl__window *w, int64_t now, double q) {
         double c = (double)bins[j];
         if (cum + c >= rank) {
             double lo = j == 0 ? 0 : (double)bin_lo[j - 1];
-            /* The last bin is open-ended: take it one octave wide. */
+            /* The last bin is open-ended: one octave wide unless the max says better;
+             * any bin ends at the largest latency seen when that falls inside it. */
             double hi = j == RSL_WINDOW_BINS - 1 ? 2 * lo : (double)bin_lo[j];
+            double max = (double)max_us * 1000.0;
+            if (max > lo && max < hi) {
+                hi = max;
+            }
             double frac = (rank - cum) / c;
             return (int64_t)(lo + frac * (hi - lo));
         }

@@ -15,11 +15,13 @@
  * may be lost: the window is a statistic, never a ledger.
  *
  * Histogram: bins two per octave of microseconds (factor sqrt(2)), RSL_WINDOW_BINS bins
- * from <32 us to >16 s; quantiles interpolate inside a bin (error well under 20%).
+ * from <32 us to >16 s, and each bucket's largest latency; quantiles interpolate inside a
+ * bin, ending the top bin at that largest latency (error well under 20%).
  */
 #ifndef RSL_WINDOW_H
 #define RSL_WINDOW_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define RSL_WINDOW_BINS 40
@@ -39,6 +41,14 @@ typedef struct rsl__window_counts {
  * memory.  Times (`now`) are >= 0 (CLOCK_MONOTONIC); a negative one is taken as 0. */
 rsl__window *rsl__window_new(int64_t width_ns, int buckets, int stripes);
 void rsl__window_free(rsl__window *w);
+/*
+ * Embedding a window in a larger allocation (a breaker keeps its window in its own block,
+ * saving an allocation's overhead): _footprint is the bytes needed (0 on bad arguments),
+ * _init builds the window in `mem`, which must be 64-byte aligned and that large.  The
+ * caller owns `mem`: never rsl__window_free such a window.
+ */
+size_t rsl__window_footprint(int64_t width_ns, int buckets, int stripes);
+rsl__window *rsl__window_init(void *mem, int64_t width_ns, int buckets, int stripes);
 /* Bytes this window occupies (for the memory-per-breaker figure). */
 size_t rsl__window_size(const rsl__window *w);
 

@@ -1,0 +1,194 @@
+/*
+ * guard -- the registry of named guards (guard.h): a dynamic array of guard pointers kept
+ * sorted by name, found by binary search; each guard is reference counted and frees its
+ * breaker, limiter or bulkhead at the last unref.
+ *
+ * Threads: the registry is changed by one loader at a time (the runtime's reload lock) and
+ * read by it; refs are atomic because generations on other threads drop theirs.
+ * Ownership: the registry holds one reference per guard it lists.
+ */
+#include "guard.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct rsl__guards {
+    rsl__guard **v; /* sorted by name */
+    size_t n;
+    size_t cap;
+};
+
+const char *rsl__guard_kind_name(rsl__guard_kind k) {
+    switch (k) {
+    case RSL_GUARD_BREAKER:
+        return "breaker";
+    case RSL_GUARD_LIMITER:
+        return "limiter";
+    case RSL_GUARD_BULKHEAD:
+        return "bulkhead";
+    }
+    return "unknown";
+}
+
+static rsl__guard *wrap(rsl__guard_kind kind, void *obj) {
+    if (!obj) {
+        return NULL;
+    }
+    rsl__guard *g = calloc(1, sizeof(*g));
+    if (!g) {
+        return NULL;
+    }
+    g->kind = kind;
+    atomic_init(&g->refs, 1);
+    return g;
+}
+
+rsl__guard *rsl__guard_new_breaker(const char *name, const rsl__breaker_conf *c) {
+    rsl__breaker *b = rsl__breaker_new(name, c);
+    rsl__guard *g = wrap(RSL_GUARD_BREAKER, b);
+    if (!g) {
+        rsl__breaker_free(b);
+        return NULL;
+    }
+    g->u.breaker = b;
+    g->name = rsl__breaker_name(b);
+    return g;
+}
+
+rsl__guard *rsl__guard_new_limiter(const char *name, const rsl__limiter_conf *c) {
+    rsl__limiter *l = rsl__limiter_new(name, c);
+    rsl__guard *g = wrap(RSL_GUARD_LIMITER, l);
+    if (!g) {
+        rsl__limiter_free(l);
+        return NULL;
+    }
+    g->u.limiter = l;
+    g->name = rsl__limiter_name(l);
+    return g;
+}
+
+rsl__guard *rsl__guard_new_bulkhead(const char *name, int64_t max) {
+    rsl__bulkhead *b = rsl__bulkhead_new(name, max);
+    rsl__guard *g = wrap(RSL_GUARD_BULKHEAD, b);
+    if (!g) {
+        rsl__bulkhead_free(b);
+        return NULL;
+    }
+    g->u.bulkhead = b;
+    g->name = rsl__bulkhead_name(b);
+    return g;
+}
+
+void rsl__guard_ref(rsl__guard *g) {
+    atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
+}
+
+void rsl__guard_unref(rsl__guard *g) {
+    if (!g) {
+        return;
+    }
+    /* acq_rel: the last holder must see every other holder's writes before freeing. */
+    if (atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1) {
+        return;
+    }
+    switch (g->kind) {
+    case RSL_GUARD_BREAKER:
+        rsl__breaker_free(g->u.breaker);
+        break;
+    case RSL_GUARD_LIMITER:
+        rsl__limiter_free(g->u.limiter);
+        break;
+    case RSL_GUARD_BULKHEAD:
+        rsl__bulkhead_free(g->u.bulkhead);
+        break;
+    }
+    free(g);
+}
+
+rsl__guards *rsl__guards_new(void) {
+    return calloc(1, sizeof(rsl__guards));
+}
+
+void rsl__guards_free(rsl__guards *r) {
+    if (!r) {
+        return;
+    }
+    for (size_t i = 0; i < r->n; i++) {
+        rsl__guard_unref(r->v[i]);
+    }
+    free(r->v);
+    free(r);
+}
+
+/* Index of `name`, or of where it would go; *found says which. */
+static size_t search(const rsl__guards *r, const char *name, int *found) {
+    size_t lo = 0, hi = r->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(r->v[mid]->name, name);
+        if (c == 0) {
+            *found = 1;
+            return mid;
+        }
+        if (c < 0) {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    *found = 0;
+    return lo;
+}
+
+rsl__guard *rsl__guards_find(const rsl__guards *r, const char *name) {
+    int found;
+    size_t i = search(r, name, &found);
+    return found ? r->v[i] : NULL;
+}
+
+int rsl__guards_add(rsl__guards *r, rsl__guard *g) {
+    if (!g || !g->name) {
+        return RSL_EINVAL;
+    }
+    int found;
+    size_t i = search(r, g->name, &found);
+    if (found) {
+        return RSL_EEXIST;
+    }
+    if (r->n == r->cap) {
+        /* Doubling from 8: a policy directory declares tens of guards, rarely thousands. */
+        size_t cap = r->cap ? r->cap * 2 : 8;
+        rsl__guard **v = realloc(r->v, cap * sizeof(*v));
+        if (!v) {
+            return RSL_ENOMEM;
+        }
+        r->v = v;
+        r->cap = cap;
+    }
+    memmove(&r->v[i + 1], &r->v[i], (r->n - i) * sizeof(*r->v));
+    r->v[i] = g;
+    r->n++;
+    rsl__guard_ref(g);
+    return 0;
+}
+
+void rsl__guards_remove(rsl__guards *r, const char *name) {
+    int found;
+    size_t i = search(r, name, &found);
+    if (!found) {
+        return;
+    }
+    rsl__guard *g = r->v[i];
+    memmove(&r->v[i], &r->v[i + 1], (r->n - i - 1) * sizeof(*r->v));
+    r->n--;
+    rsl__guard_unref(g);
+}
+
+size_t rsl__guards_count(const rsl__guards *r) {
+    return r->n;
+}
+
+rsl__guard *rsl__guards_at(const rsl__guards *r, size_t i) {
+    return i < r->n ? r->v[i] : NULL;
+}

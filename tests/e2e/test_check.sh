@@ -1,0 +1,259 @@
+#!/usr/bin/env bash
+# `resilua check` as a policy author uses it: the shipped policies pass and are listed;
+# broken policy files fail with exit 1 and exact `file:line: message` lines on stderr;
+# usage errors exit 2.
+source "$(dirname "$0")/lib.sh"
+SHIPPED=$RSL_SOURCE_DIR/policies
+
+t "check lists the shipped policies and guards"
+run check -p "$SHIPPED"
+expect_rc 0
+for name in catalog.product search.query pricing.quote \
+            catalog-api search-rps search-conc pricing-api; do
+  expect_out "$name"
+done
+expect_out "breaker"
+expect_out "limiter"
+expect_out "bulkhead"
+expect_out "primary -> cache -> stub"
+[ ! -s "$TMP/err" ] || fail "the shipped policies should check without warnings"
+ok
+
+t "check defaults to ./policies"
+(cd "$RSL_SOURCE_DIR" && run check && [ "$rc" -eq 0 ]) || fail "check in the source dir failed"
+ok
+
+t "check --policies=DIR and -pDIR"
+run check --policies="$SHIPPED"
+expect_rc 0
+run check "-p$SHIPPED"
+expect_rc 0
+ok
+
+t "failure_rate out of range: exact file:line: message"
+D=$TMP/rate
+policy "$D" p.lua <<'LUA'
+local r = require "resilua"
+
+r.breaker "b" { window = "10s", failure_rate = 150 }
+LUA
+run check -p "$D"
+expect_rc 1
+expect_err_line "$D/p.lua:3: breaker \"b\": failure_rate must be in 0..100, got 150"
+expect_empty_out
+ok
+
+t "the line is the declaration's, further down a file"
+D=$TMP/line
+policy "$D" p.lua <<'LUA'
+local r = require "resilua"
+r.breaker "fine" { window = "10s", failure_rate = 50 }
+r.limiter "l" { rate = 10, per = "1s" }
+-- a comment
+
+r.breaker "bad" {
+  window = "10s",
+  failure_rate = 101,
+}
+LUA
+run check -p "$D"
+expect_rc 1
+expect_err_line "$D/p.lua:6: breaker \"bad\": failure_rate must be in 0..100, got 101"
+ok
+
+t "unknown field is an error naming it"
+D=$TMP/unknown
+policy "$D" p.lua <<'LUA'
+local r = require "resilua"
+r.breaker "b" { window = "10s", colour = "red" }
+LUA
+run check -p "$D"
+expect_rc 1
+expect_err "$D/p.lua:2: "
+expect_err "colour"
+ok
+
+t "unknown field in a step is an error naming it"
+D=$TMP/stepfield
+policy "$D" p.lua <<'LUA'
+local r = require "resilua"
+r.policy "p" {
+  steps = { s = r.stub { status = 200, bodyy = "x" } },
+  chain = { "s" },
+}
+LUA
+run check -p "$D"
+expect_rc 1
+expect_err "$D/p.lua:"
+expect_err "bodyy"
+ok
+
+t "unknown step in chain"
+D=$TMP/chain
+policy "$D" p.lua <<'LUA'
+local r = require "resilua"
+r.policy "p" {
+  steps = { primary = r.stub { status = 200, body = "x" } },
+  chain = { "primary", "nope" },
+}
+LUA
+run check -p "$D"
+expect_rc 1
+expect_err "$D/p.lua:2: "
+expect_err "nope"
+ok
+
+t "a guard that is not declared"
+D=$TMP/guard
+policy "$D" p.lua <<'LUA'
+local r = require "resilua"
+r.policy "p" {
+  steps = { primary = r.lua { run = function() return { status = 200 } end, guards = { "ghost" } } },
+  chain = { "primary" },
+}
+LUA
+run check -p "$D"
+expect_rc 1
+expect_err "$D/p.lua:"
+expect_err "ghost"
+ok
+
+t "a duration without a unit"
+D=$TMP/dur
+policy "$D" p.lua <<'LUA'
+local r = require "resilua"
+r.breaker "b" { open_for = 5 }
+LUA
+run check -p "$D"
+expect_rc 1
+expect_err "$D/p.lua:2: "
+expect_err "open_for"
+ok
+
+t "r.http is not available yet: a load error, not a crash"
+D=$TMP/http
+policy "$D" p.lua <<'LUA'
+local r = require "resilua"
+r.policy "p" {
+  steps = { primary = r.http { url = "http://127.0.0.1:9/x", timeout = "100ms" } },
+  chain = { "primary" },
+}
+LUA
+run check -p "$D"
+expect_rc 1
+expect_err "$D/p.lua:"
+expect_err "not available yet"
+ok
+
+t "a Lua syntax error names file and line"
+D=$TMP/syntax
+policy "$D" p.lua <<'LUA'
+local r = require "resilua"
+
+r.policy "p" {
+  steps = { s = r.stub { status = 200 } ,,
+}
+LUA
+run check -p "$D"
+expect_rc 1
+expect_err "$D/p.lua:4:"
+ok
+
+t "the sandbox: no io, no os.execute, no require of other modules"
+for code in 'io.open("/etc/passwd")' 'os.execute("true")' 'require "os"' 'loadstring("return 1")'; do
+  D=$TMP/sandbox$RANDOM
+  printf 'local r = require "resilua"\n%s\n' "$code" | policy "$D" p.lua
+  run check -p "$D"
+  [ "$rc" -eq 1 ] || fail "policy code '$code' should fail to load, exit $rc"
+  expect_err "$D/p.lua:2:"
+done
+ok
+
+t "assigning a global is an error"
+D=$TMP/global
+policy "$D" p.lua <<'LUA'
+local r = require "resilua"
+counter = 0
+LUA
+run check -p "$D"
+expect_rc 1
+expect_err "$D/p.lua:2:"
+ok
+
+t "the error names the right file among several"
+D=$TMP/multi
+policy "$D" a.lua <<'LUA'
+local r = require "resilua"
+r.breaker "a" { window = "10s" }
+LUA
+policy "$D" b.lua <<'LUA'
+local r = require "resilua"
+r.limiter "l" { rate = 10, per = "1s" }
+r.breaker "b" { failure_rate = -1 }
+LUA
+run check -p "$D"
+expect_rc 1
+expect_err_line "$D/b.lua:3: breaker \"b\": failure_rate must be in 0..100, got -1"
+grep -qF "$D/a.lua" "$TMP/err" && fail "a.lua is fine and should not be named"
+ok
+
+t "a valid temp policy is listed with its steps and guards"
+D=$TMP/valid
+policy "$D" p.lua <<'LUA'
+local r = require "resilua"
+r.breaker "up" { window = "10s", min_calls = 5, failure_rate = 50, open_for = "1s" }
+r.policy "demo.p" {
+  deadline = "200ms",
+  steps = {
+    primary = r.lua { run = function(req) return { status = 200, body = "hi" } end, guards = { "up" } },
+    stub = r.stub { status = 503, body = "later" },
+  },
+  chain = { "primary", "stub" },
+}
+LUA
+run check -p "$D"
+expect_rc 0
+expect_out "demo.p"
+expect_out "$D/p.lua:3"
+expect_out "primary -> stub"
+expect_out "up"
+ok
+
+t "a directory that does not exist"
+run check -p "$TMP/nowhere"
+expect_rc 1
+expect_err "nowhere"
+ok
+
+t "usage errors exit 2"
+run check --bogus
+expect_rc 2
+expect_err "unknown option --bogus"
+run check -p "$SHIPPED" extra
+expect_rc 2
+run check -p
+expect_rc 2
+expect_err "needs a value"
+run
+expect_rc 2
+run frobnicate
+expect_rc 2
+expect_err "unknown command"
+ok
+
+t "help, version, serve"
+run --help
+expect_rc 0
+expect_out "usage: resilua"
+run check -h
+expect_rc 0
+expect_out "usage: resilua"
+run version
+expect_rc 0
+grep -qE '^resilua [0-9]+\.[0-9]+\.[0-9]+$' "$TMP/out" || fail "version line"
+run serve
+expect_rc 2
+expect_err "not available yet"
+ok
+
+done_all

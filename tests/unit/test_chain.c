@@ -1,0 +1,547 @@
+/*
+ * The chain through the public API: policies written to a temp dir, a runtime with one
+ * worker on an injected clock, calls and their outcomes and paths.  Behaviour cases are
+ * data: a policy, then calls (clock advance, attributes, expected outcome and path).
+ */
+// ctest-labels: tsan
+#include "resilua.h"
+#include "test.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <unistd.h>
+
+static _Atomic int64_t fake_now = 1000000000000; /* 1000 s: far from 0 */
+
+static int64_t fake_clock(void *ud) {
+    return atomic_load(&fake_now);
+}
+
+static void advance_ms(int64_t ms) {
+    atomic_fetch_add(&fake_now, ms * 1000000);
+}
+
+static rsl_runtime *open_policy(const char *text) {
+    const char *dir = rsl_test_tmpdir();
+    rsl_test_write(dir, "p.lua", text);
+    rsl_options o;
+    rsl_options_init(&o);
+    o.policy_dir = dir;
+    o.clock = fake_clock;
+    o.seed = 42;
+    o.route_limit_ns = 20 * 1000000;
+    o.lua_step_limit_ns = 50 * 1000000;
+    rsl_runtime *rt = NULL;
+    char err[1024];
+    int rc = rsl_open(&rt, &o, err, sizeof(err));
+    if (rc != 0) {
+        rsl_test_fail(__FILE__, __LINE__, "rsl_open: %s: %s", rsl_strerror(rc), err);
+    }
+    return rt;
+}
+
+/* "step=outcome,step=outcome" */
+static void path_str(const rsl_result *r, char *out, size_t n) {
+    out[0] = 0;
+    for (size_t i = 0; i < rsl_result_path_len(r); i++) {
+        rsl_path_entry e;
+        rsl_result_path(r, i, &e);
+        size_t l = strlen(out);
+        snprintf(out + l, n - l, "%s%s=%s", i ? "," : "", e.step, rsl_outcome_name(e.outcome));
+    }
+}
+
+/* Calls `policy` with "k=v" attributes (NULL-terminated). */
+static rsl_result *call(rsl_runtime *rt, const char *policy, ...) {
+    rsl_req *req = rsl_req_new();
+    va_list ap;
+    va_start(ap, policy);
+    const char *kv;
+    while ((kv = va_arg(ap, const char *)) != NULL) {
+        const char *eq = strchr(kv, '=');
+        char name[64];
+        snprintf(name, sizeof(name), "%.*s", (int)(eq - kv), kv);
+        rsl_req_set(req, name, eq + 1, strlen(eq + 1));
+    }
+    va_end(ap);
+    rsl_result *r = NULL;
+    int rc = rsl_call_sync(rt, policy, req, 5000000000LL, &r);
+    rsl_req_free(req);
+    if (rc != 0) {
+        rsl_test_fail(__FILE__, __LINE__, "call %s: %s", policy, rsl_strerror(rc));
+    }
+    return r;
+}
+
+static void expect(rsl_result *r, const char *outcome, const char *path) {
+    char p[512];
+    path_str(r, p, sizeof(p));
+    if (strcmp(rsl_outcome_name(rsl_result_outcome(r)), outcome) != 0 || strcmp(p, path) != 0) {
+        char *j = rsl_result_json(r);
+        rsl_test_fail(__FILE__, __LINE__, "expected %s [%s], got %s", outcome, path, j);
+    }
+}
+
+/* ---- data-driven cases ---------------------------------------------------------------- */
+
+typedef struct step_case {
+    int64_t advance_ms;
+    const char *attrs[4];
+    const char *outcome;
+    const char *path;
+} step_case;
+
+typedef struct policy_case {
+    const char *name;
+    const char *policy;
+    step_case calls[24];
+} policy_case;
+
+#define END {.advance_ms = -1}
+
+static const char *flaky_breaker =
+    "local r = require 'resilua'\n"
+    "r.breaker 'b' { window = '10s', buckets = 10, min_calls = 4, failure_rate = 50,\n"
+    "  open_for = '1s', backoff = { factor = 2, max = '4s', jitter = 0 }, probes = 1 }\n"
+    "r.policy 'p' {\n"
+    "  steps = {\n"
+    "    primary = r.lua { run = function(req) if req.fail == '1' then return nil, '5xx' end\n"
+    "                      return { status = 200, body = 'fresh' } end, guards = { 'b' } },\n"
+    "    stub = r.stub { status = 503, body = 'later' },\n"
+    "  },\n"
+    "  chain = { 'primary', 'stub' },\n"
+    "}\n";
+
+static const policy_case cases[] = {
+    {"stub_only",
+     "local r = require 'resilua'\n"
+     "r.policy 'p' { steps = { s = r.stub { status = 200, body = 'hi' } } }\n",
+     {{0, {NULL}, "ok", "s=ok"}, END}},
+    {"fallback_on_5xx_and_4xx_passes",
+     "local r = require 'resilua'\n"
+     "r.policy 'p' {\n"
+     "  steps = { a = r.lua(function(req) return { status = tonumber(req.st) } end),\n"
+     "            b = r.stub { body = 'fallback' } },\n"
+     "  chain = { 'a', 'b' } }\n",
+     {{0, {"st=502"}, "ok", "a=5xx,b=ok"},
+      {0, {"st=404"}, "4xx", "a=4xx"},
+      {0, {"st=200"}, "ok", "a=ok"},
+      END}},
+    {"outcomes_from_lua",
+     "local r = require 'resilua'\n"
+     "r.policy 'p' {\n"
+     "  steps = { a = r.lua(function(req) return nil, req.o end), b = r.stub {} },\n"
+     "  chain = { 'a', 'b' } }\n",
+     {{0, {"o=timeout"}, "ok", "a=timeout,b=ok"},
+      {0, {"o=miss"}, "ok", "a=miss,b=ok"},
+      {0, {"o=canceled"}, "canceled", "a=canceled"},
+      {0, {"o=bogus"}, "ok", "a=error,b=ok"},
+      END}},
+    {"custom_fallback_on",
+     "local r = require 'resilua'\n"
+     "r.policy 'p' {\n"
+     "  steps = { a = r.lua(function(req) return nil, req.o end), b = r.stub {} },\n"
+     "  chain = { 'a', 'b' }, fallback_on = { 'timeout' } }\n",
+     {{0, {"o=timeout"}, "ok", "a=timeout,b=ok"}, {0, {"o=5xx"}, "5xx", "a=5xx"}, END}},
+    {"route_vip_free",
+     "local r = require 'resilua'\n"
+     "r.policy 'p' {\n"
+     "  steps = { primary = r.lua(function() return nil, '5xx' end),\n"
+     "            cache = r.stub { body = 'cached' }, stub = r.stub { status = 503 } },\n"
+     "  chain = { 'primary', 'stub' },\n"
+     "  route = function(req, sig)\n"
+     "    if req.tier == 'vip' then return { 'primary', 'cache', 'stub' } end\n"
+     "    return { 'primary', 'stub' } end }\n",
+     {{0, {"tier=vip"}, "ok", "primary=5xx,cache=ok"},
+      {0, {"tier=free"}, "5xx", "primary=5xx,stub=5xx"},
+      END}},
+    {"failing_routes_take_chain",
+     "local r = require 'resilua'\n"
+     "r.policy 'p' {\n"
+     "  steps = { a = r.stub { body = 'a' }, b = r.stub { body = 'b' } },\n"
+     "  chain = { 'b' },\n"
+     "  route = function(req)\n"
+     "    if req.m == 'raise' then error('boom') end\n"
+     "    if req.m == 'loop' then while true do end end\n"
+     "    if req.m == 'pcall' then pcall(function() while true do end end) return { 'a' } end\n"
+     "    if req.m == 'garbage' then return 42 end\n"
+     "    if req.m == 'unknown' then return { 'zzz' } end\n"
+     "    if req.m == 'empty' then return {} end\n"
+     "    if req.m == 'mem' then local t = {} while true do t[#t + 1] = string.rep('x', 65536) .. #t end end\n"
+     "    return { 'a' } end }\n",
+     {{0, {"m=raise"}, "ok", "b=ok"},
+      {0, {"m=loop"}, "ok", "b=ok"},
+      {0, {"m=pcall"}, "ok", "b=ok"},
+      {0, {"m=garbage"}, "ok", "b=ok"},
+      {0, {"m=unknown"}, "ok", "b=ok"},
+      {0, {"m=empty"}, "ok", "b=ok"},
+      {0, {"m=mem"}, "ok", "b=ok"},
+      {0, {"m=fine"}, "ok", "a=ok"},
+      END}},
+    {"breaker_trips_and_recovers",
+     NULL, /* flaky_breaker */
+     {{0, {"fail=1"}, "5xx", "primary=5xx,stub=5xx"},
+      {0, {"fail=1"}, "5xx", "primary=5xx,stub=5xx"},
+      {0, {"fail=1"}, "5xx", "primary=5xx,stub=5xx"},
+      {0, {"fail=1"}, "5xx", "primary=5xx,stub=5xx"}, /* 4 calls, 100% failures: open */
+      {0, {"fail=0"}, "5xx", "primary=rejected,stub=5xx"},
+      {999, {"fail=0"}, "5xx", "primary=rejected,stub=5xx"},
+      {2, {"fail=1"}, "5xx", "primary=5xx,stub=5xx"}, /* the probe fails: open for 2 s */
+      {1500, {"fail=0"}, "5xx", "primary=rejected,stub=5xx"},
+      {600, {"fail=0"}, "ok", "primary=ok"}, /* the probe succeeds: closed */
+      {0, {"fail=1"}, "5xx", "primary=5xx,stub=5xx"}, /* a fresh window: no verdict yet */
+      {0, {"fail=0"}, "ok", "primary=ok"},
+      END}},
+    {"local_cache_write_through_and_ttl",
+     "local r = require 'resilua'\n"
+     "r.policy 'p' {\n"
+     "  steps = { primary = r.lua(function(req) if req.down == '1' then return nil, 'connect' end\n"
+     "                              return { body = 'user ' .. req.id } end),\n"
+     "            cache = r.local_cache { key = 'u:${id}', ttl = '10s' },\n"
+     "            stub = r.stub { status = 503 } },\n"
+     "  chain = { 'primary', 'cache', 'stub' } }\n",
+     {{0, {"id=7", "down=1"}, "5xx", "primary=connect,cache=miss,stub=5xx"},
+      {0, {"id=7", "down=0"}, "ok", "primary=ok"},
+      {0, {"id=7", "down=1"}, "ok", "primary=connect,cache=ok"},
+      {0, {"id=8", "down=1"}, "5xx", "primary=connect,cache=miss,stub=5xx"},
+      {10001, {"id=7", "down=1"}, "5xx", "primary=connect,cache=miss,stub=5xx"},
+      {0, {"down=1"}, "5xx", "primary=connect,cache=error,stub=5xx"},
+      END}},
+    {"signals",
+     "local r = require 'resilua'\n"
+     "r.breaker 'b' { min_calls = 1 }\n"
+     "r.limiter 'l' { rate = 10, per = '1s', burst = 2 }\n"
+     "r.bulkhead 'h' { max = 4 }\n"
+     "r.policy 'p' {\n"
+     "  steps = { ok = r.stub { body = 'ok' }, bad = r.stub { status = 500 } },\n"
+     "  chain = { 'bad' },\n"
+     "  route = function(req, sig)\n"
+     "    local s = req.s\n"
+     "    if s == 'state' then return sig.state('b') == 'closed' and { 'ok' } or { 'bad' } end\n"
+     "    if s == 'load' then return sig.load('h') == 0 and sig.inflight('h') == 0 and { 'ok' } or { 'bad' } end\n"
+     "    if s == 'tokens' then return sig.tokens('l') == 2 and { 'ok' } or { 'bad' } end\n"
+     "    if s == 'gauge' then return sig.gauge('cpu') == 0.5 and sig.gauge('nope') == nil and { 'ok' } or { 'bad' } end\n"
+     "    if s == 'rates' then return sig.failure_rate('b') == 0 and sig.slow_rate('b') == 0 and sig.calls('b') == 0\n"
+     "                                and sig.latency('b', 0.99) == 0 and { 'ok' } or { 'bad' } end\n"
+     "    if s == 'now' then return sig.now() == 1000000 and { 'ok' } or { 'bad' } end\n"
+     "    if s == 'wrongkind' then return { tostring(sig.load('b')) } end\n"
+     "    return { 'bad' } end }\n",
+     {{0, {"s=state"}, "ok", "ok=ok"},
+      {0, {"s=load"}, "ok", "ok=ok"},
+      {0, {"s=tokens"}, "ok", "ok=ok"},
+      {0, {"s=gauge"}, "ok", "ok=ok"},
+      {0, {"s=rates"}, "ok", "ok=ok"},
+      {0, {"s=now"}, "ok", "ok=ok"},
+      {0, {"s=wrongkind"}, "5xx", "bad=5xx"},
+      END}},
+    {"prev_and_lua_errors",
+     "local r = require 'resilua'\n"
+     "local n = 0\n"
+     "r.policy 'p' {\n"
+     "  steps = { a = r.lua(function(req) n = n + 1\n"
+     "              if req.m == 'raise' then error('bad thing') end\n"
+     "              if req.m == 'loop' then while true do end end\n"
+     "              if req.m == 'type' then return 'str' end\n"
+     "              if req.m == 'status' then return { status = 'x' } end\n"
+     "              return nil, '5xx' end),\n"
+     "            b = r.lua(function(req, prev) return { body = prev.step .. ':' .. prev.outcome .. ':' .. n } end) },\n"
+     "  chain = { 'a', 'b' } }\n",
+     {{0, {"m=5xx"}, "ok", "a=5xx,b=ok"},
+      {0, {"m=raise"}, "ok", "a=error,b=ok"},
+      {0, {"m=loop"}, "ok", "a=error,b=ok"},
+      {0, {"m=type"}, "ok", "a=error,b=ok"},
+      {0, {"m=status"}, "ok", "a=error,b=ok"},
+      END}},
+    {"fault_abort",
+     "local r = require 'resilua'\n"
+     "r.policy 'p' {\n"
+     "  steps = { a = r.stub { fault = { abort = '5xx', abort_percent = 100 } }, b = r.stub { body = 'b' } },\n"
+     "  chain = { 'a', 'b' } }\n",
+     {{0, {NULL}, "ok", "a=5xx,b=ok"}, END}},
+    {"guards_reject",
+     "local r = require 'resilua'\n"
+     "r.limiter 'l' { rate = 1, per = '10s', burst = 1 }\n"
+     "r.policy 'p' {\n"
+     "  steps = { a = r.stub { guards = { 'l' } }, b = r.stub { body = 'b' } },\n"
+     "  chain = { 'a', 'b' } }\n",
+     {{0, {NULL}, "ok", "a=ok"}, {0, {NULL}, "ok", "a=rejected,b=ok"},
+      {10000, {NULL}, "ok", "a=ok"}, END}},
+};
+
+static void run_case(const policy_case *pc) {
+    atomic_store(&fake_now, 1000000000000);
+    rsl_runtime *rt = open_policy(pc->policy ? pc->policy : flaky_breaker);
+    rsl_gauge_set(rt, "cpu", 0.5);
+    for (int i = 0; pc->calls[i].advance_ms >= 0; i++) {
+        const step_case *sc = &pc->calls[i];
+        advance_ms(sc->advance_ms);
+        rsl_result *r = call(rt, "p", sc->attrs[0], sc->attrs[1], sc->attrs[2], NULL);
+        char p[512];
+        path_str(r, p, sizeof(p));
+        if (strcmp(rsl_outcome_name(rsl_result_outcome(r)), sc->outcome) != 0 ||
+            strcmp(p, sc->path) != 0) {
+            char *j = rsl_result_json(r);
+            rsl_test_fail(__FILE__, __LINE__, "%s call %d: expected %s [%s], got %s", pc->name,
+                          i + 1, sc->outcome, sc->path, j);
+        }
+        rsl_result_free(r);
+    }
+    rsl_close(rt);
+}
+
+TEST(policy_cases) {
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        run_case(&cases[i]);
+    }
+}
+
+/* ---- details the table does not show ---------------------------------------------------- */
+
+TEST(result_fields_and_json) {
+    rsl_runtime *rt = open_policy(
+        "local r = require 'resilua'\n"
+        "r.policy 'p' {\n"
+        "  steps = { a = r.lua(function() return nil, '5xx', 'upstream said no' end),\n"
+        "            b = r.stub { status = 200, body = 'b\"ody', headers = { ['X-A'] = '1' } } },\n"
+        "  chain = { 'a', 'b' } }\n");
+    rsl_result *r = call(rt, "p", NULL);
+    ASSERT_EQ(rsl_result_status(r), 200);
+    size_t len;
+    ASSERT_STR_EQ(rsl_result_body(r, &len), "b\"ody");
+    ASSERT_STR_EQ(rsl_result_served_by(r), "b");
+    ASSERT_EQ(rsl_result_degraded(r), 1);
+    ASSERT_EQ(rsl_result_header_count(r), 1);
+    rsl_path_entry e;
+    rsl_result_path(r, 0, &e);
+    ASSERT_STR_EQ(e.error, "upstream said no");
+    ASSERT_EQ(e.attempts, 1);
+    char *j = rsl_result_json(r);
+    ASSERT_CONTAINS(j, "\"policy\":\"p\",\"status\":200,\"outcome\":\"ok\",\"served_by\":\"b\","
+                       "\"degraded\":true,\"body\":\"b\\\"ody\"");
+    ASSERT_CONTAINS(j, "{\"step\":\"a\",\"outcome\":\"5xx\"");
+    ASSERT_CONTAINS(j, "\"error\":\"upstream said no\"");
+    rsl_free(j);
+    rsl_result_free(r);
+    rsl_close(rt);
+}
+
+TEST(missing_attribute_names_it) {
+    rsl_runtime *rt = open_policy(
+        "local r = require 'resilua'\n"
+        "r.policy 'p' { steps = { c = r.local_cache { key = 'k:${id}' }, s = r.stub {} },\n"
+        "  chain = { 'c', 's' } }\n");
+    rsl_result *r = call(rt, "p", NULL);
+    rsl_path_entry e;
+    rsl_result_path(r, 0, &e);
+    ASSERT_EQ(e.outcome, RSL_OUTCOME_ERROR);
+    ASSERT_STR_EQ(e.error, "missing attribute \"id\"");
+    rsl_result_free(r);
+    rsl_close(rt);
+}
+
+TEST(unknown_policy_and_bad_dir) {
+    rsl_runtime *rt = open_policy("local r = require 'resilua'\n"
+                                  "r.policy 'p' { steps = { s = r.stub {} } }\n");
+    rsl_result *r = NULL;
+    ASSERT_EQ(rsl_call_sync(rt, "nope", NULL, 0, &r), RSL_ENOENT);
+    ASSERT(r == NULL);
+    rsl_close(rt);
+    rsl_options o;
+    rsl_options_init(&o);
+    o.policy_dir = "/nonexistent/dir";
+    char err[512];
+    ASSERT_EQ(rsl_open(&rt, &o, err, sizeof(err)), RSL_ELOAD);
+    ASSERT_CONTAINS(err, "/nonexistent/dir");
+}
+
+TEST(retries_attempts_and_budget) {
+    rsl_runtime *rt = open_policy(
+        "local r = require 'resilua'\n"
+        "local tries = 0\n"
+        "r.policy 'p' {\n"
+        "  steps = { a = r.lua { run = function(req) tries = tries + 1\n"
+        "              if req.count then return { body = tostring(tries) } end\n"
+        "              return nil, '5xx' end,\n"
+        "            retry = { attempts = 3, base = '1ms', max = '2ms', on = { '5xx' }, budget = 0.2 } },\n"
+        "            s = r.stub { body = 'stub' } },\n"
+        "  chain = { 'a', 's' } }\n");
+    rsl_result *r = call(rt, "p", NULL);
+    rsl_path_entry e;
+    rsl_result_path(r, 0, &e);
+    ASSERT_EQ(e.attempts, 3);
+    rsl_result_free(r);
+    /* 100 more failing calls in the same 10 s: retries <= 0.2 * first attempts + 10. */
+    for (int i = 0; i < 100; i++) {
+        rsl_result_free(call(rt, "p", NULL));
+    }
+    r = call(rt, "p", "count=1", NULL);
+    int tries = atoi(rsl_result_body(r, NULL));
+    rsl_result_free(r);
+    int first = 102, retries = tries - first;
+    ASSERT(retries >= 10);
+    ASSERT(retries <= (int)(0.2 * first) + 10 + 2);
+    rsl_close(rt);
+}
+
+/* ---- host steps ------------------------------------------------------------------------- */
+
+static _Atomic int host_calls;
+
+static void answer_now(rsl_step_call *sc, const rsl_req *req, void *ud) {
+    atomic_fetch_add(&host_calls, 1);
+    size_t n;
+    const char *v = rsl_req_get(req, "v", &n);
+    rsl_step_answer(sc, 200, v ? v : "none", v ? n : 4);
+    ASSERT_EQ(rsl_step_answer(sc, 200, "again", 5), RSL_EALREADY);
+}
+
+static void *answer_later_thread(void *arg) {
+    usleep(20000);
+    rsl_step_answer(arg, 201, "later", 5);
+    return NULL;
+}
+
+static void answer_later(rsl_step_call *sc, const rsl_req *req, void *ud) {
+    pthread_t t;
+    pthread_create(&t, NULL, answer_later_thread, sc);
+    pthread_detach(t);
+}
+
+static rsl_step_call *parked[64];
+static _Atomic int nparked;
+
+static void never_answer(rsl_step_call *sc, const rsl_req *req, void *ud) {
+    parked[atomic_fetch_add(&nparked, 1)] = sc;
+}
+
+static void slow_clock_step(rsl_step_call *sc, const rsl_req *req, void *ud) {
+    advance_ms(500);
+    rsl_step_answer(sc, 500, "slow", 4);
+}
+
+static const char *host_policy =
+    "local r = require 'resilua'\n"
+    "r.policy 'now' { steps = { h = r.c 'now' } }\n"
+    "r.policy 'later' { steps = { h = r.c { name = 'later', timeout = '2s' } } }\n"
+    "r.policy 'never' { steps = { h = r.c { name = 'never', timeout = '30ms' }, s = r.stub { body = 's' } },\n"
+    "  chain = { 'h', 's' } }\n"
+    "r.policy 'never_untimed' { steps = { h = r.c 'never' } }\n"
+    "r.policy 'unregistered' { steps = { h = r.c 'nobody', s = r.stub {} }, chain = { 'h', 's' } }\n"
+    "r.policy 'deadline' { deadline = '300ms',\n"
+    "  steps = { slow = r.c 'slow', other = r.c 'now', l = r.lua(function() return nil, 'miss' end),\n"
+    "            s = r.stub { body = 'stub' } },\n"
+    "  chain = { 'slow', 'other', 'l', 's' } }\n";
+
+static rsl_runtime *open_host(void) {
+    rsl_runtime *rt = open_policy(host_policy);
+    ASSERT_EQ(rsl_register_step(rt, "now", answer_now, NULL), 0);
+    ASSERT_EQ(rsl_register_step(rt, "later", answer_later, NULL), 0);
+    ASSERT_EQ(rsl_register_step(rt, "never", never_answer, NULL), 0);
+    ASSERT_EQ(rsl_register_step(rt, "slow", slow_clock_step, NULL), 0);
+    return rt;
+}
+
+TEST(host_steps) {
+    rsl_runtime *rt = open_host();
+    rsl_result *r = call(rt, "now", "v=hello", NULL);
+    expect(r, "ok", "h=ok");
+    ASSERT_STR_EQ(rsl_result_body(r, NULL), "hello");
+    rsl_result_free(r);
+    r = call(rt, "later", NULL);
+    expect(r, "ok", "h=ok");
+    ASSERT_EQ(rsl_result_status(r), 201);
+    rsl_result_free(r);
+    r = call(rt, "never", NULL);
+    expect(r, "ok", "h=timeout,s=ok");
+    rsl_result_free(r);
+    /* The late answer to the timed-out step is accepted and dropped. */
+    ASSERT_EQ(rsl_step_answer(parked[0], 200, "late", 4), RSL_EALREADY);
+    r = call(rt, "unregistered", NULL);
+    expect(r, "ok", "h=error,s=ok");
+    rsl_result_free(r);
+    /* Deadline: after the slow step the I/O step is skipped, the Lua step and stub run. */
+    r = call(rt, "deadline", NULL);
+    expect(r, "ok", "slow=5xx,other=timeout,l=miss,s=ok");
+    rsl_path_entry e;
+    rsl_result_path(r, 1, &e);
+    ASSERT_EQ(e.attempts, 0);
+    rsl_result_free(r);
+    rsl_close(rt);
+}
+
+TEST(sync_timeout_cancels) {
+    rsl_runtime *rt = open_host();
+    rsl_result *r = NULL;
+    atomic_store(&nparked, 0);
+    ASSERT_EQ(rsl_call_sync(rt, "never_untimed", NULL, 30 * 1000000, &r), RSL_ETIMEDOUT);
+    ASSERT(r == NULL);
+    ASSERT_EQ(rsl_step_answer(parked[0], 200, "late", 4), RSL_EALREADY);
+    rsl_close(rt);
+}
+
+static _Atomic int completions;
+static _Atomic int canceled_n;
+
+static void count_cb(const rsl_result *r, void *ud) {
+    atomic_fetch_add(&completions, 1);
+    if (rsl_result_outcome(r) == RSL_OUTCOME_CANCELED) {
+        atomic_fetch_add(&canceled_n, 1);
+    }
+}
+
+TEST(close_completes_every_call_once) {
+    rsl_runtime *rt = open_host();
+    atomic_store(&nparked, 0);
+    atomic_store(&completions, 0);
+    atomic_store(&canceled_n, 0);
+    for (int i = 0; i < 10; i++) {
+        ASSERT_EQ(rsl_call(rt, "never_untimed", NULL, count_cb, NULL), 0);
+    }
+    for (int i = 0; i < 1000; i++) {
+        ASSERT_EQ(rsl_call(rt, "now", NULL, count_cb, NULL), 0);
+    }
+    while (atomic_load(&nparked) < 10) {
+        usleep(1000);
+    }
+    rsl_close(rt);
+    ASSERT_EQ(atomic_load(&completions), 1010);
+    ASSERT_EQ(atomic_load(&canceled_n), 10);
+    for (int i = 0; i < 10; i++) {
+        ASSERT_EQ(rsl_step_answer(parked[i], 200, "late", 4), RSL_EALREADY);
+    }
+}
+
+static rsl_runtime *shared_rt;
+
+static void *caller(void *arg) {
+    for (int i = 0; i < 300; i++) {
+        rsl_result *r = NULL;
+        rsl_req *req = rsl_req_new();
+        rsl_req_set(req, "v", "x", 1);
+        int rc = rsl_call_sync(shared_rt, "now", req, 0, &r);
+        rsl_req_free(req);
+        if (rc == 0 && rsl_result_outcome(r) == RSL_OUTCOME_OK) {
+            atomic_fetch_add(&completions, 1);
+        }
+        rsl_result_free(r);
+        if (i % 10 == 0) {
+            ASSERT_EQ(rsl_call(shared_rt, "later", NULL, count_cb, NULL), 0);
+        }
+    }
+    return NULL;
+}
+
+TEST(threads_call_at_once) {
+    shared_rt = open_host();
+    atomic_store(&completions, 0);
+    pthread_t t[4];
+    for (int i = 0; i < 4; i++) {
+        pthread_create(&t[i], NULL, caller, NULL);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(t[i], NULL);
+    }
+    rsl_close(shared_rt);
+    ASSERT_EQ(atomic_load(&completions), 4 * 300 + 4 * 30);
+}
