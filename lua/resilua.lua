@@ -15,7 +15,7 @@ step learns its name in r.policy, which validates it then (`policy "p": step "s"
 at the step's own line).  After the last file, ctl.finish() checks what spans files
 (guards named by steps, policies named by r.expose) and returns every declaration
 normalized for C: durations in ns, outcome lists as bit masks (bit i = outcome i),
-policies and steps sorted by name, chains as 0-based step indices.
+policies and steps sorted by name.
 
 Policy code cannot reach this module's internals: the public table is proxied, step
 declarations are opaque tokens, and settings tables are read (and copied) at declaration
@@ -622,7 +622,7 @@ local function policy(ctx, name, c)
     if not index[s] then
       fail(ctx, "chain: unknown step %s", show(s))
     end
-    p.chain[i] = index[s]
+    p.chain[i] = s
   end
 
   p.fallback_mask = outcomes(ctx, c.fallback_on, "fallback_on", FALLBACK_DEFAULT, set { "ok" })

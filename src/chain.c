@@ -124,8 +124,6 @@ rsl_result *rsl__result_new(rsl__call *c) {
     if (!r) {
         return NULL;
     }
-    rsl__genr_ref(c->G);
-    r->G = c->G;
     r->policy = c->p->name;
     r->served_by = -1;
     return r;
@@ -144,7 +142,10 @@ void rsl_result_free(rsl_result *r) {
     }
     free(r->headers);
     rsl__buf_free(&r->body);
-    rsl__genr_unref(r->G);
+    free(r->names);
+    if (r->G) {
+        rsl__genr_unref(r->G);
+    }
     free(r);
 }
 
@@ -286,6 +287,30 @@ static void cache_write(rsl__call *c, const rsl__step *s, const rsl_result *r) {
                    r->body.p ? r->body.p : "", r->body.len, now + s->u.cache.ttl_ns);
 }
 
+/* Copies the names the result borrows from the generation into one block. */
+static void result_own_names(rsl__call *c, rsl_result *r) {
+    size_t need = strlen(r->policy) + 1;
+    for (int i = 0; i < r->npath; i++) {
+        need += strlen(r->path[i].step) + 1;
+    }
+    char *p = r->names = malloc(need);
+    if (!p) {
+        rsl__genr_ref(c->G);
+        r->G = c->G;
+        return;
+    }
+    size_t n = strlen(r->policy) + 1;
+    memcpy(p, r->policy, n);
+    r->policy = p;
+    p += n;
+    for (int i = 0; i < r->npath; i++) {
+        n = strlen(r->path[i].step) + 1;
+        memcpy(p, r->path[i].step, n);
+        r->path[i].step = p;
+        p += n;
+    }
+}
+
 /* The answer is final: build the result, run the callback, write caches, free. */
 static void finish(rsl__call *c) {
     rsl_result *r = c->res;
@@ -315,11 +340,12 @@ static void finish(rsl__call *c) {
             }
         }
     }
+    result_own_names(c, r);
     rsl__worker_untrack(c->w, c);
-    c->cb(r, c->ud);
-    if (r->stolen) {
-        c->res = NULL;
+    if (c->cb_keeps_result) {
+        c->res = NULL; /* the callback's now: r may be freed before cb even returns */
     }
+    c->cb(r, c->ud);
     rsl__worker *w = c->w;
     if (c->timer_inited) {
         uv_close((uv_handle_t *)&c->timer, on_timer_closed);

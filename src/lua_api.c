@@ -153,6 +153,10 @@ static int sig_now(lua_State *L) {
     return 1;
 }
 
+static int sig_readonly(lua_State *L) {
+    return luaL_error(L, "sig is read-only");
+}
+
 static const luaL_Reg sig_fns[] = {
     {"state", sig_state},       {"failure_rate", sig_failure_rate},
     {"slow_rate", sig_slow_rate}, {"latency", sig_latency},
@@ -197,8 +201,20 @@ rsl__lapi *rsl__lapi_new(struct rsl_runtime *rt, rsl__genr *G, int state) {
         lua_pushcclosure(L, f->func, n);
         lua_setfield(L, -2, f->name);
     }
+    /* sig is shared by every policy of the state: hand out a read-only view of it so one
+     * route cannot break another (policy code has no rawset/setmetatable). */
+    int fns = lua_gettop(L);
+    lua_newtable(L); /* the view */
+    lua_createtable(L, 0, 3);
+    lua_pushvalue(L, fns);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, sig_readonly);
+    lua_setfield(L, -2, "__newindex");
+    lua_pushboolean(L, 0);
+    lua_setfield(L, -2, "__metatable");
+    lua_setmetatable(L, -2);
     a->sig_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pop(L, 1); /* guards (the closures keep it) */
+    lua_pop(L, 2); /* the functions, guards (the view and the closures keep them) */
 
     lua_newtable(L);
     a->req_ref = luaL_ref(L, LUA_REGISTRYINDEX);

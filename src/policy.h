@@ -122,11 +122,22 @@ typedef struct rsl__expose {
 typedef struct rsl__gen_opts {
     int nstates;           /* Lua states to load: one per worker; >= 1 */
     size_t mem_limit;      /* per state */
-    rsl__watchdog *wd;     /* may be NULL */
+    rsl__watchdog *wd;     /* may be NULL; when set, each policy file may run 1 s at most */
     int stripes;           /* window stripes for new breakers */
+    rsl_clock_fn clock;    /* "now" for limiters reconfigured in place (their token
+                              buckets live on the runtime's clock); NULL: rsl__clock_now */
+    void *clock_ud;
 } rsl__gen_opts;
 
-/* What a load did to the guard registry. Names are newline-separated lists. */
+/* Limits the DSL enforces at load (a longer chain or guard list is a load error); the
+ * chain's RSL_MAX_PATH and RSL_MAX_GUARDS must not be smaller. */
+#define RSL_POLICY_MAX_CHAIN 16
+#define RSL_POLICY_MAX_GUARDS 16
+
+/* What a load did to the guard registry. Names are newline-separated lists: kept (same
+ * kind and settings), changed (settings applied in place, or kind changed: a new object),
+ * added, removed; reset lists the changed guards whose state restarted (a breaker whose
+ * window changed, or a guard whose kind changed). */
 typedef struct rsl__load_report {
     char *kept, *changed, *added, *removed, *reset; /* malloc'd, may be NULL */
     char *warnings;        /* `file:line: message` lines `check` shows; may be NULL */

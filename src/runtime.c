@@ -238,6 +238,8 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
         .nstates = rt->o.workers,
         .mem_limit = rt->o.lua_mem_limit,
         .wd = rt->wd,
+        .clock = rt->o.clock,
+        .clock_ud = rt->o.clock_ud,
         .stripes = rt->o.workers < RSL_WINDOW_MAX_STRIPES ? rt->o.workers : RSL_WINDOW_MAX_STRIPES,
     };
     rsl__gen *g = NULL;
@@ -300,6 +302,8 @@ void rsl_close(rsl_runtime *rt) {
 
 /* ---- calls ---------------------------------------------------------------------------- */
 
+static void sync_cb(const rsl_result *r, void *ud);
+
 int rsl__call_new(struct rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb,
                   void *ud, rsl__call **out) {
     if (!rt || !policy || !cb) {
@@ -347,6 +351,7 @@ static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req
     if (rc < 0) {
         return rc;
     }
+    c->cb_keeps_result = cb == sync_cb;
     uint64_t n = atomic_fetch_add_explicit(&rt->rr, 1, memory_order_relaxed);
     rsl__worker *w = &rt->workers[n % (uint64_t)rt->nworkers];
     c->w = w;
@@ -380,8 +385,7 @@ typedef struct sync_wait {
 
 static void sync_cb(const rsl_result *r, void *ud) {
     sync_wait *s = ud;
-    rsl_result *mine = (rsl_result *)r;
-    mine->stolen = 1; /* the waiter frees it */
+    rsl_result *mine = (rsl_result *)r; /* cb_keeps_result: the waiter frees it */
     pthread_mutex_lock(&s->m);
     s->res = mine;
     s->done = 1;
@@ -622,10 +626,15 @@ int rsl_check(const char *policy_dir, char **json, char *err, size_t errlen) {
         return RSL_EINVAL;
     }
     rsl__guards *reg = rsl__guards_new();
-    if (!reg) {
+    rsl__watchdog *wd = rsl__watchdog_new(0); /* a policy file looping at load is stopped */
+    if (!reg || !wd) {
+        rsl__guards_free(reg);
+        rsl__watchdog_free(wd);
         return RSL_ENOMEM;
     }
-    rsl__gen_opts go = {.nstates = 1, .mem_limit = (size_t)64 << 20, .wd = NULL, .stripes = 1};
+    rsl_options d;
+    rsl_options_init(&d);
+    rsl__gen_opts go = {.nstates = 1, .mem_limit = d.lua_mem_limit, .wd = wd, .stripes = 1};
     rsl__gen *g = NULL;
     rsl__load_report rep = {0};
     int rc = rsl__gen_load(policy_dir, reg, &go, &g, &rep, err ? err : dummy,
@@ -643,5 +652,6 @@ int rsl_check(const char *policy_dir, char **json, char *err, size_t errlen) {
     }
     rsl__load_report_free(&rep);
     rsl__guards_free(reg);
+    rsl__watchdog_free(wd);
     return rc;
 }

@@ -22,9 +22,9 @@
 #include <uv.h>
 
 /* Longest path a call may take: route() returning more entries is a failing route. */
-#define RSL_MAX_PATH 16
-/* Guards on one step; the DSL has no limit, so a step with more answers `error`. */
-#define RSL_MAX_GUARDS 16
+#define RSL_MAX_PATH RSL_POLICY_MAX_CHAIN
+/* Guards on one step (the DSL refuses more). */
+#define RSL_MAX_GUARDS RSL_POLICY_MAX_GUARDS
 
 /* ---- messages to a worker: an intrusive MPSC queue (Vyukov) + uv_async_send ---------- */
 enum { RSL_MSG_CALL, RSL_MSG_ANSWER, RSL_MSG_CANCEL, RSL_MSG_STOP };
@@ -94,7 +94,8 @@ typedef struct rsl__entry {
 } rsl__entry;
 
 struct rsl_result {
-    rsl__genr *G; /* a reference: names are borrowed from it */
+    char *names;  /* the policy and step names, copied when the call finishes */
+    rsl__genr *G; /* only when that copy failed: a reference keeping the names alive */
     const char *policy;
     int status;
     rsl_outcome outcome;
@@ -107,7 +108,6 @@ struct rsl_result {
     int nheaders;
     rsl__entry path[RSL_MAX_PATH];
     int npath;
-    int stolen; /* set by a callback that keeps the result (rsl_call_sync) */
 };
 
 /* ---- calls ---------------------------------------------------------------------------- */
@@ -133,6 +133,7 @@ typedef struct rsl__call {
     rsl_req *req;                     /* frozen copy, owned */
     rsl_call_cb cb;
     void *ud;
+    int cb_keeps_result;              /* the callback takes the result (rsl_call_sync) */
     rsl_result *res;
     int path[RSL_MAX_PATH];
     int npath, pos;
@@ -164,8 +165,9 @@ void rsl__call_host_answered(rsl_step_call *sc);
 /* Completes a call that never started (queued at close): outcome canceled. */
 void rsl__call_abort(rsl__call *c, rsl_outcome o, const char *msg);
 void rsl__call_free(rsl__call *c);
-/* The result a call fills (a reference on c->G); made with the call so that running out
- * of memory fails rsl_call instead of losing a callback. */
+/* The result a call fills; made with the call so that running out of memory fails
+ * rsl_call instead of losing a callback.  Names are borrowed from the generation until
+ * the call finishes, then copied: a result may outlive its runtime. */
 rsl_result *rsl__result_new(rsl__call *c);
 
 /* ---- host steps ----------------------------------------------------------------------- */
