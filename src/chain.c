@@ -239,7 +239,7 @@ char *rsl_result_json(const rsl_result *r) {
     json_object_set_new(o, "path", path);
     /* A body that is not UTF-8 is escaped by jansson only when valid; ensure_ascii keeps
      * the line printable whatever the bytes. */
-    char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER);
+    char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
     json_decref(o);
     return s;
 }
@@ -495,11 +495,24 @@ static int host_answer(rsl_step_call *sc) {
     return 0;
 }
 
+/* The host's first answer: 1 to go on, 0 when it is a second answer, or a late one
+ * (the worker gave up: the host's reference is dropped here). */
+static int host_first(rsl_step_call *sc) {
+    if (atomic_exchange(&sc->host_done, 1)) {
+        return 0;
+    }
+    if (atomic_load(&sc->state) != RSL_SC_PENDING) {
+        rsl__step_call_unref(sc);
+        return 0;
+    }
+    return 1;
+}
+
 int rsl_step_answer(rsl_step_call *sc, int status, const char *body, size_t len) {
     if (!sc || (!body && len)) {
         return RSL_EINVAL;
     }
-    if (atomic_load(&sc->state) != RSL_SC_PENDING) {
+    if (!host_first(sc)) {
         return RSL_EALREADY;
     }
     /* Only the host writes sc->ans, and only before it wins the state CAS. */
@@ -516,7 +529,7 @@ int rsl_step_fail(rsl_step_call *sc, rsl_outcome o, const char *msg) {
     if (!sc || (unsigned)o >= RSL_OUTCOME__COUNT) {
         return RSL_EINVAL;
     }
-    if (atomic_load(&sc->state) != RSL_SC_PENDING) {
+    if (!host_first(sc)) {
         return RSL_EALREADY;
     }
     rsl__answer_fail(&sc->ans, o, "%s", msg ? msg : rsl_outcome_name(o));

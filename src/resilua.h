@@ -216,7 +216,10 @@ typedef void (*rsl_step_fn)(rsl_step_call *sc, const rsl_req *req, void *ud);
 
 /* Registers (or replaces) C step `name`. Any thread. */
 int rsl_register_step(rsl_runtime *rt, const char *name, rsl_step_fn fn, void *ud);
-/* Answers with a status and body (copied). Any thread; once. RSL_EALREADY on a second. */
+/* Answers with a status and body (copied). Any thread, once: the first answer frees the
+ * handle, so a second call is only allowed from inside the step function (it returns
+ * RSL_EALREADY).  An answer after the step timed out or the call was canceled returns
+ * RSL_EALREADY too: it is accepted and dropped. */
 int rsl_step_answer(rsl_step_call *sc, int status, const char *body, size_t len);
 /* Answers with an outcome that is not a status (timeout, connect, miss, error...). */
 int rsl_step_fail(rsl_step_call *sc, rsl_outcome o, const char *msg);

@@ -177,6 +177,7 @@ struct rsl_step_call {
     rsl__msg msg;            /* RSL_MSG_ANSWER */
     _Atomic int state;       /* RSL_SC_*: the first of answer/abandon wins */
     _Atomic int refs;        /* the worker's and the host's */
+    _Atomic int host_done;   /* the host has answered (its first answer wins) */
     rsl__call *call;         /* valid while the worker holds its reference */
     rsl__worker *w;
     rsl__answer ans;

@@ -244,6 +244,7 @@ static const policy_case cases[] = {
      "              if req.m == 'loop' then while true do end end\n"
      "              if req.m == 'type' then return 'str' end\n"
      "              if req.m == 'status' then return { status = 'x' } end\n"
+     "              if req.m == 'mem' then local t = {} while true do t[#t + 1] = string.rep('y', 65536) .. #t end end\n"
      "              return nil, '5xx' end),\n"
      "            b = r.lua(function(req, prev) return { body = prev.step .. ':' .. prev.outcome .. ':' .. n } end) },\n"
      "  chain = { 'a', 'b' } }\n",
@@ -252,6 +253,8 @@ static const policy_case cases[] = {
       {0, {"m=loop"}, "ok", "a=error,b=ok"},
       {0, {"m=type"}, "ok", "a=error,b=ok"},
       {0, {"m=status"}, "ok", "a=error,b=ok"},
+      {0, {"m=mem"}, "ok", "a=error,b=ok"},
+      {0, {"m=5xx"}, "ok", "a=5xx,b=ok"}, /* the state still serves */
       END}},
     {"fault_abort",
      "local r = require 'resilua'\n"
@@ -402,10 +405,21 @@ static void *answer_later_thread(void *arg) {
     return NULL;
 }
 
+static pthread_t later_threads[512];
+static _Atomic int nlater;
+
 static void answer_later(rsl_step_call *sc, const rsl_req *req, void *ud) {
-    pthread_t t;
-    pthread_create(&t, NULL, answer_later_thread, sc);
-    pthread_detach(t);
+    int i = atomic_fetch_add(&nlater, 1);
+    ASSERT(i < 512);
+    pthread_create(&later_threads[i], NULL, answer_later_thread, sc);
+}
+
+/* Every answering thread has answered (late answers after close included). */
+static void join_later(void) {
+    for (int i = 0; i < atomic_load(&nlater); i++) {
+        pthread_join(later_threads[i], NULL);
+    }
+    atomic_store(&nlater, 0);
 }
 
 static rsl_step_call *parked[64];
@@ -452,6 +466,7 @@ TEST(host_steps) {
     expect(r, "ok", "h=ok");
     ASSERT_EQ(rsl_result_status(r), 201);
     rsl_result_free(r);
+    join_later();
     r = call(rt, "never", NULL);
     expect(r, "ok", "h=timeout,s=ok");
     rsl_result_free(r);
@@ -543,5 +558,6 @@ TEST(threads_call_at_once) {
         pthread_join(t[i], NULL);
     }
     rsl_close(shared_rt);
+    join_later();
     ASSERT_EQ(atomic_load(&completions), 4 * 300 + 4 * 30);
 }
