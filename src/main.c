@@ -194,23 +194,79 @@ static void print_str_list(json_t *arr, const char *sep) {
     }
 }
 
-/* A guard's configuration as "key=value ..." (every field of its description but kind). */
-static void print_guard_conf(json_t *g) {
+/* A duration in ms as the DSL writes it: "10s", "800ms", "250us", "2m". */
+static void print_ms(double ms) {
+    if (ms >= 3600000 && fmod(ms, 3600000) == 0) {
+        printf("%gh", ms / 3600000);
+    } else if (ms >= 60000 && fmod(ms, 60000) == 0) {
+        printf("%gm", ms / 60000);
+    } else if (ms >= 1000 && fmod(ms, 1000) == 0) {
+        printf("%gs", ms / 1000);
+    } else if (ms == floor(ms)) {
+        printf("%gms", ms);
+    } else {
+        printf("%gus", ms * 1000);
+    }
+}
+
+/*
+ * A configuration value from the description, compactly: numbers without a useless ".0",
+ * `NAME_ms` fields as durations under NAME, lists as a,b,c and objects as {k=v ...}.
+ */
+static void print_conf_value(const char *key, json_t *v);
+
+static void print_conf_fields(json_t *obj, const char *skip) {
     const char *key;
     json_t *v;
     int first = 1;
-    json_object_foreach(g, key, v) {
-        if (strcmp(key, "kind") == 0) {
+    json_object_foreach(obj, key, v) {
+        if (skip && strcmp(key, skip) == 0) {
             continue;
         }
-        char *txt = NULL;
-        if (json_is_string(v)) {
-            printf("%s%s=%s", first ? "" : " ", key, json_string_value(v));
-        } else if ((txt = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY | JSON_REAL_PRECISION(6)))) {
-            printf("%s%s=%s", first ? "" : " ", key, txt);
-            free(txt);
-        }
+        size_t kl = strlen(key);
+        int is_ms = kl > 3 && strcmp(key + kl - 3, "_ms") == 0 && json_is_number(v);
+        printf("%s%.*s=", first ? "" : " ", (int)(is_ms ? kl - 3 : kl), key);
+        print_conf_value(key, v);
         first = 0;
+    }
+}
+
+static void print_conf_value(const char *key, json_t *v) {
+    size_t kl = key ? strlen(key) : 0;
+    size_t i;
+    json_t *e;
+    switch (json_typeof(v)) {
+    case JSON_STRING:
+        fputs(json_string_value(v), stdout);
+        break;
+    case JSON_INTEGER:
+    case JSON_REAL:
+        if (kl > 3 && strcmp(key + kl - 3, "_ms") == 0) {
+            print_ms(json_number_value(v));
+        } else {
+            printf("%g", json_number_value(v));
+        }
+        break;
+    case JSON_TRUE:
+    case JSON_FALSE:
+        fputs(json_is_true(v) ? "true" : "false", stdout);
+        break;
+    case JSON_ARRAY:
+        json_array_foreach(v, i, e) {
+            if (i) {
+                fputc(',', stdout);
+            }
+            print_conf_value(NULL, e);
+        }
+        break;
+    case JSON_OBJECT:
+        fputc('{', stdout);
+        print_conf_fields(v, NULL);
+        fputc('}', stdout);
+        break;
+    default:
+        fputs("null", stdout);
+        break;
     }
 }
 
@@ -264,7 +320,7 @@ static int print_description(const char *dir, const char *doc) {
     json_t *g;
     json_object_foreach(guards, gname, g) {
         printf("  %-20s %-9s ", gname, jstr(g, "kind", "?"));
-        print_guard_conf(g);
+        print_conf_fields(g, "kind");
         printf("\n");
     }
     json_t *ex = json_object_get(root, "expose");

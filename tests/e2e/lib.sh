@@ -5,7 +5,8 @@
 # command printed), and ends with "N passed, 0 failed".
 #
 #   t "name"                 starts a check
-#   run ARGS...              runs resilua: $rc, $TMP/out (stdout), $TMP/err (stderr)
+#   run ARGS...              runs resilua: $rc, $TMP/out (stdout), $TMP/err (stderr);
+#                            fails on any sanitizer report in stderr
 #   expect_rc N              exit status
 #   expect_out STR / expect_err STR        stdout/stderr contains STR (fixed string)
 #   expect_err_line LINE     stderr has exactly this line
@@ -50,6 +51,15 @@ run() {
   "$RESILUA" "$@" >"$TMP/out" 2>"$TMP/err"
   rc=$?
   set -e
+  no_sanitizer_report "$TMP/err"
+}
+
+# Under ASan/UBSan/TSan a report may not change the exit status the test expects (ASan
+# exits 1, like a failing check): look for one in what the binary printed.
+no_sanitizer_report() {
+  if grep -qE "ERROR: (Address|Leak|Thread|Memory)Sanitizer|WARNING: ThreadSanitizer|runtime error: " "$1"; then
+    fail "sanitizer report in $1"
+  fi
 }
 
 expect_rc() {
@@ -105,6 +115,7 @@ for n, l in enumerate(lines, 1):
         die("line %d is not JSON (%s): %s" % (n, e, l))
     if not isinstance(r, dict):
         die("line %d is not an object: %s" % (n, l))
+    R.append(r)
     want = {"policy": str, "status": int, "outcome": str, "degraded": bool, "body": str,
             "elapsed_ms": (int, float), "path": list}
     for k, ty in want.items():

@@ -250,7 +250,7 @@ ok
 
 t "results are flushed line by line"
 set +e
-"$RESILUA" call -p "$P" -n 4 --interval 400ms echo >"$TMP/stream" 2>/dev/null &
+"$RESILUA" call -p "$P" -n 4 --interval 400ms echo >"$TMP/stream" 2>"$TMP/err" &
 pid=$!
 set -e
 sleep 0.6
@@ -258,6 +258,7 @@ lines=$(wc -l <"$TMP/stream")
 wait "$pid" || fail "streaming call failed"
 [ "$lines" -ge 1 ] && [ "$lines" -lt 4 ] || fail "after 0.6 s stdout had $lines lines (want 1..3)"
 [ "$(wc -l <"$TMP/stream")" -eq 4 ] || fail "4 lines in the end"
+no_sanitizer_report "$TMP/err"
 ok
 
 t "SIGINT stops after the call in flight: exit 130, complete lines"
@@ -270,6 +271,7 @@ wait "$pid"
 rc=$?
 set -e
 expect_rc 130
+no_sanitizer_report "$TMP/err"
 expect_json 'len(R) >= 1 and len(R) < 1000'
 ok
 

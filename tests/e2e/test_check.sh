@@ -69,8 +69,7 @@ r.breaker "b" { window = "10s", colour = "red" }
 LUA
 run check -p "$D"
 expect_rc 1
-expect_err "$D/p.lua:2: "
-expect_err "colour"
+expect_err_line "$D/p.lua:2: breaker \"b\": unknown field \"colour\""
 ok
 
 t "unknown field in a step is an error naming it"
@@ -84,8 +83,7 @@ r.policy "p" {
 LUA
 run check -p "$D"
 expect_rc 1
-expect_err "$D/p.lua:"
-expect_err "bodyy"
+expect_err_line "$D/p.lua:3: policy \"p\": step \"s\": unknown field \"bodyy\""
 ok
 
 t "unknown step in chain"
@@ -99,8 +97,7 @@ r.policy "p" {
 LUA
 run check -p "$D"
 expect_rc 1
-expect_err "$D/p.lua:2: "
-expect_err "nope"
+expect_err_line "$D/p.lua:2: policy \"p\": chain: unknown step \"nope\""
 ok
 
 t "a guard that is not declared"
@@ -114,8 +111,7 @@ r.policy "p" {
 LUA
 run check -p "$D"
 expect_rc 1
-expect_err "$D/p.lua:"
-expect_err "ghost"
+expect_err_line "$D/p.lua:2: policy \"p\": step \"primary\": unknown guard \"ghost\""
 ok
 
 t "a duration without a unit"
@@ -126,8 +122,7 @@ r.breaker "b" { open_for = 5 }
 LUA
 run check -p "$D"
 expect_rc 1
-expect_err "$D/p.lua:2: "
-expect_err "open_for"
+expect_err_line "$D/p.lua:2: breaker \"b\": open_for must be a duration like \"150ms\", got 5"
 ok
 
 t "r.http is not available yet: a load error, not a crash"
@@ -141,8 +136,7 @@ r.policy "p" {
 LUA
 run check -p "$D"
 expect_rc 1
-expect_err "$D/p.lua:"
-expect_err "not available yet"
+expect_err "$D/p.lua:3: policy \"p\": step \"primary\": r.http is not available yet"
 ok
 
 t "a Lua syntax error names file and line"
@@ -177,7 +171,7 @@ counter = 0
 LUA
 run check -p "$D"
 expect_rc 1
-expect_err "$D/p.lua:2:"
+expect_err_line "$D/p.lua:2: assignment to undeclared global \"counter\""
 ok
 
 t "the error names the right file among several"
@@ -219,10 +213,14 @@ expect_out "primary -> stub"
 expect_out "up"
 ok
 
-t "a directory that does not exist"
+t "a directory that does not exist, or holds no policy"
 run check -p "$TMP/nowhere"
 expect_rc 1
-expect_err "nowhere"
+expect_err "$TMP/nowhere: cannot open the policy directory"
+mkdir -p "$TMP/empty"
+run check -p "$TMP/empty"
+expect_rc 1
+expect_err "no policy files"
 ok
 
 t "usage errors exit 2"

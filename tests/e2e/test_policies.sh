@@ -5,7 +5,7 @@
 # pricing retries injected faults.
 source "$(dirname "$0")/lib.sh"
 P=$RSL_SOURCE_DIR/policies
-REJ='lambda r: entry(r, "primary")["outcome"] == "rejected"'
+REJ='(lambda r: entry(r, "primary")["outcome"] == "rejected")'
 
 t "catalog, VIP, 40 calls 100ms apart: trip, cache while open, recover"
 run call -p "$P" -n 40 --interval 100ms catalog.product id=42 tier=vip
