@@ -180,6 +180,14 @@ static void *run(void *arg) {
     rsl__rand_seed(w->rt->o.seed ? w->rt->o.seed + (uint64_t)w->index : 0);
     uv_sem_post(&w->ready);
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    /* Only a cancel posted by a waiter racing the close can be left: calls and answers
+     * keep the loop alive until they are processed. */
+    rsl__msg *m;
+    while ((m = rsl__queue_pop(&w->q)) != NULL) {
+        if (m->type == RSL_MSG_CANCEL) {
+            free(m);
+        }
+    }
     self = NULL;
     return NULL;
 }

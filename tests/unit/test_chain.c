@@ -561,3 +561,18 @@ TEST(threads_call_at_once) {
     join_later();
     ASSERT_EQ(atomic_load(&completions), 4 * 300 + 4 * 30);
 }
+
+TEST(binary_body_still_encodes) {
+    rsl_runtime *rt = open_policy(
+        "local r = require 'resilua'\n"
+        "r.policy 'p' { steps = { s = r.lua(function() return { body = 'a\\255\\0b' } end) } }\n");
+    rsl_result *r = call(rt, "p", NULL);
+    size_t len;
+    rsl_result_body(r, &len);
+    ASSERT_EQ(len, 4);
+    char *j = rsl_result_json(r);
+    ASSERT_CONTAINS(j, "\"body\":\"a\\uFFFD\\u0000b\"");
+    rsl_free(j);
+    rsl_result_free(r);
+    rsl_close(rt);
+}
