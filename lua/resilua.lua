@@ -708,9 +708,41 @@ end
 -- Lists of strings a route can return, seen without running it: table constants of the
 -- route function and the functions nested in it, and tables it holds as upvalues.  A list
 -- naming at least one step of the policy is a path; its other strings are suspects.
+-- The opcodes of "return { ... }": read off a probe function, so no opcode table of a
+-- particular LuaJIT version is needed.
+local OP_TDUP, OP_RET1, OP_UCLO
+do
+  local probe = function() return { "x" } end
+  OP_TDUP = jutil.funcbc(probe, 1) % 256
+  OP_RET1 = jutil.funcbc(probe, 2) % 256
+  -- With a closure in scope, the return first closes upvalues: TDUP, UCLO, RET1.
+  local probe2 = function(a)
+    local g = function() return a end
+    if a then return { "x" } end
+    return g
+  end
+  local pc = 1
+  while true do
+    local ins = jutil.funcbc(probe2, pc)
+    if not ins then
+      break
+    end
+    if ins % 256 == OP_TDUP then
+      local nxt = jutil.funcbc(probe2, pc + 1)
+      if nxt and nxt % 256 ~= OP_RET1 then
+        OP_UCLO = nxt % 256
+      end
+      break
+    end
+    pc = pc + 1
+  end
+end
+
 local function route_warnings(p, out)
   local seen = {}
-  local function check(list, line)
+  -- strict: a literal the route returns as it is ("return { ... }"): every string in it
+  -- must be a step, even when none is.
+  local function check(list, line, strict)
     if seen[list] then
       return
     end
@@ -725,7 +757,7 @@ local function route_warnings(p, out)
       end
       known = known or p.index[list[i]] ~= nil
     end
-    if not known then
+    if not known and not strict then
       return
     end
     for i = 1, n do
@@ -742,18 +774,32 @@ local function route_warnings(p, out)
       return
     end
     -- Lines of the TDUP instructions that instantiate each table constant.
-    local lines = {}
+    local lines, returned = {}, {}
     local pc = 1
     while true do
       local ins = jutil.funcbc(fn, pc)
       if not ins then
         break
       end
-      local d = floor(ins / 65536) -- the D operand: a constant index for TDUP
-      local k = jutil.funck(fn, -d - 1)
-      if type(k) == "table" and not lines[k] then
-        local li = jutil.funcinfo(fn, pc)
-        lines[k] = li and li.currentline
+      if ins % 256 == OP_TDUP then
+        local d = floor(ins / 65536) -- the D operand: a constant index for TDUP
+        local k = jutil.funck(fn, -d - 1)
+        if type(k) == "table" then
+          if not lines[k] then
+            local li = jutil.funcinfo(fn, pc)
+            lines[k] = li and li.currentline
+          end
+          local at = pc + 1
+          local nxt = jutil.funcbc(fn, at)
+          while nxt and nxt % 256 == OP_UCLO do
+            at = at + 1
+            nxt = jutil.funcbc(fn, at)
+          end
+          local a = floor(ins / 256) % 256
+          if nxt and nxt % 256 == OP_RET1 and floor(nxt / 256) % 256 == a then
+            returned[k] = true
+          end
+        end
       end
       pc = pc + 1
     end
@@ -764,7 +810,7 @@ local function route_warnings(p, out)
         break
       end
       if type(k) == "table" then
-        check(k, lines[k] or fi.linedefined)
+        check(k, lines[k] or fi.linedefined, returned[k] and depth == 0)
       elseif type(k) == "proto" then
         walk(k, depth + 1)
       end

@@ -582,6 +582,14 @@ int rsl__breaker_level(const rsl__breaker *b) {
     return w_level(load_word(b));
 }
 
+rsl__breaker_state rsl__breaker_state_at(const rsl__breaker *b, int64_t now) {
+    rsl__breaker_state st = rsl__breaker_state_get(b);
+    if (st == RSL_BREAKER_OPEN && rsl__breaker_open_remaining(b, now) <= 0) {
+        return RSL_BREAKER_HALF_OPEN;
+    }
+    return st;
+}
+
 int64_t rsl__breaker_open_remaining(const rsl__breaker *b, int64_t now) {
     uint64_t s = load_word(b);
     if (w_state(s) != RSL_BREAKER_OPEN) {

@@ -112,6 +112,10 @@ void rsl__breaker_reset(rsl__breaker *b, int64_t now);
 
 /* Reads, cheap, any thread. Rates are percents over the window at `now`. */
 rsl__breaker_state rsl__breaker_state_get(const rsl__breaker *b);
+/* The state a call would meet at `now`: "open" whose period has run out reads
+ * "half_open" (the next admitted call probes), so a route that avoids an open breaker
+ * still lets it recover. */
+rsl__breaker_state rsl__breaker_state_at(const rsl__breaker *b, int64_t now);
 double rsl__breaker_failure_rate(rsl__breaker *b, int64_t now);
 double rsl__breaker_slow_rate(rsl__breaker *b, int64_t now);
 int64_t rsl__breaker_calls(rsl__breaker *b, int64_t now);

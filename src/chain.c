@@ -696,6 +696,7 @@ static int attempt(rsl__call *c, const rsl__step *s, int64_t now) {
     if (!acquire_guards(c, s, now)) {
         return 1;
     }
+    c->tries++;
     if (s->has_fault) {
         if (s->fault.abort >= 0 && rsl__rand01() * 100.0 < s->fault.abort_percent) {
             rsl_outcome o = (rsl_outcome)s->fault.abort;
@@ -810,7 +811,7 @@ static void end_step(rsl__call *c, int64_t now) {
     e->step = c->p->steps[c->path[c->pos]].name;
     e->outcome = c->ans.outcome;
     e->ms = ms_since(c->step_start, now);
-    e->attempts = c->attempt;
+    e->attempts = c->tries; /* a rejection or a skipped step is no try */
     if (c->ans.outcome != RSL_OUTCOME_OK) {
         e->error = c->ans.error ? strdup(c->ans.error) : strdup(rsl_outcome_name(e->outcome));
     }
@@ -828,6 +829,7 @@ static void advance(rsl__call *c) {
             }
             c->step_start = now;
             c->attempt = 0;
+            c->tries = 0;
             c->last_sleep = 0;
             if (c->canceled) {
                 rsl__answer_fail(&c->ans, RSL_OUTCOME_CANCELED, "call canceled");

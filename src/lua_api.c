@@ -62,7 +62,7 @@ static rsl__lapi *api(lua_State *L) {
  * per call). */
 static int sig_state(lua_State *L) {
     rsl__guard *g = arg_guard(L, BREAKER, "state");
-    lua_pushvalue(L, lua_upvalueindex(3 + (int)rsl__breaker_state_get(g->u.breaker)));
+    lua_pushvalue(L, lua_upvalueindex(3 + (int)rsl__breaker_state_at(g->u.breaker, api(L)->now)));
     return 1;
 }
 

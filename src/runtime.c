@@ -567,7 +567,7 @@ static json_t *guard_state(rsl__guard *g, int64_t now) {
     case RSL_GUARD_BREAKER: {
         rsl__breaker *b = g->u.breaker;
         json_object_set_new(o, "state",
-                            json_string(rsl__breaker_state_name(rsl__breaker_state_get(b))));
+                            json_string(rsl__breaker_state_name(rsl__breaker_state_at(b, now))));
         json_object_set_new(o, "failure_rate", json_real(rsl__breaker_failure_rate(b, now)));
         json_object_set_new(o, "slow_rate", json_real(rsl__breaker_slow_rate(b, now)));
         json_object_set_new(o, "calls", json_integer(rsl__breaker_calls(b, now)));

@@ -140,7 +140,8 @@ typedef struct rsl__call {
     enum rsl__phase phase;
     int64_t start, deadline;          /* ns; deadline 0: none */
     /* the current step */
-    int attempt;
+    int attempt;                      /* attempts begun, rejected ones included */
+    int tries;                        /* attempts that passed the guards */
     int64_t step_start, attempt_start, last_sleep;
     rsl__permit permits[RSL_MAX_GUARDS];
     uint32_t held;                    /* bit i: guard i of the step is held */

@@ -30,6 +30,25 @@ run check "-p$SHIPPED"
 expect_rc 0
 ok
 
+t "a route returning a step that does not exist is reported where it can be seen"
+D=$TMP/routewarn
+policy "$D" p.lua <<'LUA'
+local r = require "resilua"
+r.policy "p" {
+  steps = { primary = r.stub {}, stub = r.stub {} },
+  chain = { "primary", "stub" },
+  route = function(req)
+    if req.tier == "vip" then return { "primary", "cahce" } end
+    return { "stubb" }
+  end,
+}
+LUA
+run check -p "$D"
+expect_rc 0
+expect_err_line "$D/p.lua:6: policy \"p\": route may return unknown step \"cahce\""
+expect_err_line "$D/p.lua:7: policy \"p\": route may return unknown step \"stubb\""
+ok
+
 t "failure_rate out of range: exact file:line: message"
 D=$TMP/rate
 policy "$D" p.lua <<'LUA'

@@ -193,6 +193,24 @@ static const policy_case cases[] = {
       {0, {"fail=1"}, "5xx", "primary=5xx,stub=5xx"}, /* a fresh window: no verdict yet */
       {0, {"fail=0"}, "ok", "primary=ok"},
       END}},
+    {"route_avoiding_an_open_breaker_still_lets_it_recover",
+     "local r = require 'resilua'\n"
+     "r.breaker 'b' { min_calls = 2, failure_rate = 50, open_for = '1s',\n"
+     "  backoff = { factor = 2, max = '4s', jitter = 0 } }\n"
+     "local BOTH, STUB = { 'primary', 'stub' }, { 'stub' }\n"
+     "r.policy 'p' {\n"
+     "  steps = { primary = r.lua { run = function(req) if req.fail == '1' then return nil, '5xx' end\n"
+     "                              return { body = 'ok' } end, guards = { 'b' } },\n"
+     "            stub = r.stub { status = 503 } },\n"
+     "  chain = { 'primary', 'stub' },\n"
+     "  route = function(req, sig) if sig.state('b') == 'open' then return STUB end return BOTH end }\n",
+     {{0, {"fail=1"}, "5xx", "primary=5xx,stub=5xx"},
+      {0, {"fail=1"}, "5xx", "primary=5xx,stub=5xx"},
+      {0, {"fail=0"}, "5xx", "stub=5xx"},
+      {999, {"fail=0"}, "5xx", "stub=5xx"},
+      {2, {"fail=0"}, "ok", "primary=ok"}, /* reads half_open: the probe goes through */
+      {0, {"fail=0"}, "ok", "primary=ok"},
+      END}},
     {"local_cache_write_through_and_ttl",
      "local r = require 'resilua'\n"
      "r.policy 'p' {\n"

@@ -868,6 +868,8 @@ TEST(static_route_warnings) {
                      "    local pick = function() return { 'stub', 'primry' } end\n"
                      "    if req.x then return pick() end\n"
                      "    if req.w then return WORDS end\n"
+                     "    if req.t then return { 'typo' } end\n"
+                     "    if req.u then local l = { 'green' } return l end\n"
                      "    return { 'primary', 'stub' }\n"
                      "  end,\n"
                      "}\n",
@@ -876,8 +878,10 @@ TEST(static_route_warnings) {
     char want[2048];
     snprintf(want, sizeof(want),
              "%s:7: policy \"p\": route may return unknown step \"cahce\"\n"
-             "%s:9: policy \"p\": route may return unknown step \"primry\"",
-             file, file);
+             "%s:9: policy \"p\": route may return unknown step \"primry\"\n"
+             "%s:12: policy \"p\": route may return unknown step \"typo\"\n"
+             "%s:13: policy \"p\": route may return unknown step \"green\"",
+             file, file, file, file);
     ASSERT_STR_EQ(rep.warnings, want);
     rsl__load_report_free(&rep);
     rsl__gen_free(g);
