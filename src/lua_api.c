@@ -23,7 +23,8 @@ struct rsl__lapi {
     rsl__genr *G;
     int state;
     lua_State *L;
-    int req_ref, sig_ref, prev_ref, gauges_ref;
+    int req_ref, prev_ref, gauges_ref;
+    int *sig_refs; /* per policy */
     uint64_t req_call; /* id of the call whose request fills `req` */
     int64_t now;       /* the running call's start: sig.now() and rates use it */
 };
@@ -153,10 +154,6 @@ static int sig_now(lua_State *L) {
     return 1;
 }
 
-static int sig_readonly(lua_State *L) {
-    return luaL_error(L, "sig is read-only");
-}
-
 static const luaL_Reg sig_fns[] = {
     {"state", sig_state},       {"failure_rate", sig_failure_rate},
     {"slow_rate", sig_slow_rate}, {"latency", sig_latency},
@@ -201,20 +198,28 @@ rsl__lapi *rsl__lapi_new(struct rsl_runtime *rt, rsl__genr *G, int state) {
         lua_pushcclosure(L, f->func, n);
         lua_setfield(L, -2, f->name);
     }
-    /* sig is shared by every policy of the state: hand out a read-only view of it so one
-     * route cannot break another (policy code has no rawset/setmetatable). */
+    /* One plain sig table per policy, sharing the closures: a route that overwrites a
+     * field of its sig breaks only itself, and reads cost no metamethod (a read-only
+     * proxy cost ~20 ns per route of three signals). */
     int fns = lua_gettop(L);
-    lua_newtable(L); /* the view */
-    lua_createtable(L, 0, 3);
-    lua_pushvalue(L, fns);
-    lua_setfield(L, -2, "__index");
-    lua_pushcfunction(L, sig_readonly);
-    lua_setfield(L, -2, "__newindex");
-    lua_pushboolean(L, 0);
-    lua_setfield(L, -2, "__metatable");
-    lua_setmetatable(L, -2);
-    a->sig_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    lua_pop(L, 2); /* the functions, guards (the view and the closures keep them) */
+    int np = G->g->npolicies;
+    a->sig_refs = calloc((size_t)(np ? np : 1), sizeof(int));
+    if (!a->sig_refs) {
+        lua_settop(L, top);
+        free(a);
+        return NULL;
+    }
+    for (int i = 0; i < np; i++) {
+        lua_createtable(L, 0, 10);
+        lua_pushnil(L);
+        while (lua_next(L, fns)) {
+            lua_pushvalue(L, -2);
+            lua_insert(L, -2);
+            lua_rawset(L, -4);
+        }
+        a->sig_refs[i] = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    lua_pop(L, 2); /* the functions, guards (the tables and the closures keep them) */
 
     lua_newtable(L);
     a->req_ref = luaL_ref(L, LUA_REGISTRYINDEX);
@@ -227,6 +232,9 @@ rsl__lapi *rsl__lapi_new(struct rsl_runtime *rt, rsl__genr *G, int state) {
 }
 
 void rsl__lapi_free(rsl__lapi *a) {
+    if (a) {
+        free(a->sig_refs);
+    }
     free(a); /* the refs live in the state, which closes with its generation */
 }
 
@@ -278,7 +286,7 @@ int rsl__lapi_route(rsl__lapi *a, rsl__call *c, char *err, size_t errlen) {
     a->now = c->start;
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->p->route_refs[a->state]);
     push_req(a, c);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, a->sig_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, a->sig_refs[c->pidx]);
     int64_t limit = a->rt->o.route_limit_ns;
     int rc = rsl__sandbox_pcall(L, 2, 1, limit);
     if (rc != 0) {

@@ -594,3 +594,24 @@ TEST(binary_body_still_encodes) {
     rsl_result_free(r);
     rsl_close(rt);
 }
+
+TEST(a_route_breaking_its_sig_breaks_only_itself) {
+    rsl_runtime *rt = open_policy(
+        "local r = require 'resilua'\n"
+        "r.breaker 'b' {}\n"
+        "r.policy 'vandal' { steps = { s = r.stub { body = 's' }, t = r.stub { body = 't' } },\n"
+        "  chain = { 't' }, route = function(req, sig) sig.state = nil return { 's' } end }\n"
+        "r.policy 'victim' { steps = { s = r.stub { body = 's' }, t = r.stub { body = 't' } },\n"
+        "  chain = { 't' }, route = function(req, sig)\n"
+        "    return sig.state('b') == 'closed' and { 's' } or { 't' } end }\n");
+    for (int i = 0; i < 3; i++) {
+        rsl_result *r = call(rt, "vandal", NULL);
+        expect(r, "ok", "s=ok");
+        rsl_result_free(r);
+        r = call(rt, "victim", NULL);
+        expect(r, "ok", "s=ok");
+        ASSERT_EQ(rsl_result_route_failed(r), 0);
+        rsl_result_free(r);
+    }
+    rsl_close(rt);
+}
