@@ -456,7 +456,12 @@ void rsl__lapi_step(rsl__lapi *a, rsl__call *c, const rsl__step *s) {
         } else if (lua_type(L, r1 + 2) == LUA_TSTRING) {
             rsl__answer_fail(&c->ans, (rsl_outcome)oc, "%s", lua_tostring(L, r1 + 2));
         } else {
-            rsl__answer_fail(&c->ans, (rsl_outcome)oc, "lua step answered %s", o);
+            static const char *const answered[] = {
+#define RSL_X_(e, s, st) "lua step answered " s,
+                RSL_OUTCOMES(RSL_X_)
+#undef RSL_X_
+            };
+            rsl__answer_fail(&c->ans, (rsl_outcome)oc, "%s", answered[oc]);
         }
     } else {
         rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR,
