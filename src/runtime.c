@@ -612,7 +612,7 @@ char *rsl_state_json(rsl_runtime *rt) {
     }
     pthread_mutex_unlock(&rt->lock);
     json_object_set_new(root, "guards", guards);
-    char *s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
     json_decref(root);
     return s;
 }
