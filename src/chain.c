@@ -357,6 +357,10 @@ static void finish(rsl__call *c, int64_t now) {
     c->ans.nheaders = 0;
     r->served_by = r->npath > 0 ? r->npath - 1 : -1;
     r->degraded = r->served_by > 0;
+    rsl__pview *v = c->p->stats;
+    if (v && (unsigned)r->outcome < RSL_OUTCOME__COUNT) {
+        atomic_fetch_add_explicit(&v->ps->calls[r->outcome], 1, memory_order_relaxed);
+    }
 
     /* Write-through: every cache step after the one that answered ok learns the answer.
      * A local cache write is a hash insert; it happens before the callback only so that
@@ -803,6 +807,10 @@ static int maybe_retry(rsl__call *c, const rsl__step *s, int64_t now) {
     if (!budget_take_retry(&c->G->budgets[c->pidx][c->path[c->pos]], r->budget, now)) {
         return 0;
     }
+    if (c->p->stats) {
+        rsl__pview *v = c->p->stats;
+        atomic_fetch_add_explicit(&v->steps[c->path[c->pos]]->retries, 1, memory_order_relaxed);
+    }
     timer_start(c, RSL_TIMER_BACKOFF, wait);
     return 1;
 }
@@ -815,6 +823,10 @@ static void end_step(rsl__call *c, int64_t now) {
     e->outcome = c->ans.outcome;
     e->ms = ms_since(c->step_start, now);
     e->attempts = c->tries; /* a rejection or a skipped step is no try */
+    rsl__pview *v = c->p->stats;
+    if (v) {
+        rsl__stepstats_observe(v->steps[c->path[c->pos]], e->outcome, now - c->step_start);
+    }
     if (c->ans.outcome != RSL_OUTCOME_OK) {
         e->error = c->ans.error ? strdup(c->ans.error) : strdup(rsl_outcome_name(e->outcome));
     }
@@ -868,6 +880,11 @@ static void advance(rsl__call *c, int64_t now) {
             end_step(c, now);
             if (c->ans.outcome != RSL_OUTCOME_CANCELED &&
                 (c->p->fallback_mask & (1u << c->ans.outcome)) && c->pos + 1 < c->npath) {
+                if (c->p->stats) {
+                    rsl__pview *v = c->p->stats;
+                    atomic_fetch_add_explicit(&v->steps[c->path[c->pos]]->fallbacks, 1,
+                                              memory_order_relaxed);
+                }
                 answer_move(&c->prev_ans, &c->ans);
                 c->prev_step = c->path[c->pos];
                 c->pos++;
@@ -946,6 +963,10 @@ void rsl__call_start(rsl__call *c) {
             rsl__log(c->rt, RSL_LOG_WARN, "%s:%d: policy \"%s\": route failed, taking chain: %s",
                      c->p->file, c->p->line, c->p->name, err);
             c->res->route_failed = 1;
+            if (c->p->stats) {
+                rsl__pview *v = c->p->stats;
+                atomic_fetch_add_explicit(&v->ps->route_failures, 1, memory_order_relaxed);
+            }
             c->npath = 0;
         }
     }

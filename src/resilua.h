@@ -235,6 +235,15 @@ int rsl_gauge_set(rsl_runtime *rt, const char *name, double value);
  *        "guards":{"NAME":{"kind":...}}}. Free with rsl_free. Any thread. */
 char *rsl_describe_json(rsl_runtime *rt);
 
+/* Prometheus text format (version 0.0.4) of DESIGN.md's series: resilua_calls_total,
+ * resilua_step_calls_total, resilua_step_duration_seconds, resilua_fallbacks_total,
+ * resilua_retries_total, resilua_route_failures_total, resilua_breaker_state,
+ * resilua_breaker_transitions_total, resilua_guard_rejections_total,
+ * resilua_bulkhead_inflight, resilua_reloads_total, resilua_policy_generation.  No request
+ * attribute is ever a label; counters are never reset by a reload.  Free with rsl_free.
+ * Any thread. */
+char *rsl_metrics_text(rsl_runtime *rt);
+
 /* JSON of every guard's live state (state, rates, calls, quantiles, tokens, inflight).
  * Free with rsl_free. Any thread. */
 char *rsl_state_json(rsl_runtime *rt);

@@ -115,6 +115,10 @@ void rsl__genr_unref(rsl__genr *G) {
         }
         free(G->budgets);
     }
+    for (int i = 0; i < G->g->npolicies; i++) {
+        rsl__pview_free(G->g->policies[i].stats);
+        G->g->policies[i].stats = NULL;
+    }
     rsl__gen_free(G->g);
     free(G);
 }
@@ -176,11 +180,23 @@ static rsl__genr *genr_new(struct rsl_runtime *rt, rsl__gen *g) {
             pthread_mutex_unlock(&rt->lock);
             goto fail;
         }
+        const char **names = calloc((size_t)(p->nsteps ? p->nsteps : 1), sizeof(*names));
+        if (!names) {
+            pthread_mutex_unlock(&rt->lock);
+            goto fail;
+        }
         for (int j = 0; j < p->nsteps; j++) {
             rsl__step *s = &p->steps[j];
             if (s->kind == RSL_STEP_LOCAL_CACHE) {
                 s->u.cache.cache = cache_for(rt, p->name, s->name, s->u.cache.max_entries);
             }
+            names[j] = s->name;
+        }
+        p->stats = rsl__metrics_view(&rt->metrics, p->name, names, p->nsteps);
+        free(names);
+        if (!p->stats) {
+            pthread_mutex_unlock(&rt->lock);
+            goto fail;
         }
     }
     pthread_mutex_unlock(&rt->lock);
@@ -286,6 +302,7 @@ void rsl_close(rsl_runtime *rt) {
     rsl__genr_unref(rt->cur);
     rsl__watchdog_free(rt->wd);
     rsl__guards_free(rt->guards);
+    rsl__metrics_free(&rt->metrics);
     for (int i = 0; i < rt->ncaches; i++) {
         free(rt->caches[i].name);
         rsl__cache_free(rt->caches[i].cache);
@@ -615,6 +632,117 @@ char *rsl_state_json(rsl_runtime *rt) {
     char *s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
     json_decref(root);
     return s;
+}
+
+static int metric_guard(rsl__buf *b, const char *name, const char *label, const char *guard,
+                        const char *l2, const char *v2, const char *l3, const char *v3,
+                        uint64_t value) {
+    int rc = rsl__buf_append(b, name, strlen(name));
+    rc |= rsl__buf_append(b, "{", 1);
+    rc |= rsl__buf_append(b, label, strlen(label));
+    rc |= rsl__buf_append(b, "=", 1);
+    rc |= rsl__metrics_label(b, guard);
+    if (l2) {
+        rc |= rsl__buf_append(b, ",", 1);
+        rc |= rsl__buf_append(b, l2, strlen(l2));
+        rc |= rsl__buf_append(b, "=", 1);
+        rc |= rsl__metrics_label(b, v2);
+    }
+    if (l3) {
+        rc |= rsl__buf_append(b, ",", 1);
+        rc |= rsl__buf_append(b, l3, strlen(l3));
+        rc |= rsl__buf_append(b, "=", 1);
+        rc |= rsl__metrics_label(b, v3);
+    }
+    char num[32];
+    int n = snprintf(num, sizeof(num), "} %llu\n", (unsigned long long)value);
+    rc |= rsl__buf_append(b, num, (size_t)n);
+    return rc;
+}
+
+#define HELP(b, name, type, text)                                                          \
+    rsl__buf_append(b, "# HELP " name " " text "\n# TYPE " name " " type "\n",            \
+                    strlen("# HELP " name " " text "\n# TYPE " name " " type "\n"))
+
+char *rsl_metrics_text(rsl_runtime *rt) {
+    if (!rt) {
+        return NULL;
+    }
+    rsl__buf b = {0};
+    int rc = 0;
+    int64_t now = rsl__rt_now(rt);
+    pthread_mutex_lock(&rt->lock);
+    rc |= rsl__metrics_render(&rt->metrics, &b);
+    size_t ng = rsl__guards_count(rt->guards);
+    rc |= HELP(&b, "resilua_breaker_state", "gauge", "1 for the breaker's current state.");
+    for (size_t i = 0; i < ng; i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        if (g->kind == RSL_GUARD_BREAKER) {
+            rsl__breaker_state st = rsl__breaker_state_at(g->u.breaker, now);
+            for (int s = 0; s < RSL_BREAKER__COUNT; s++) {
+                rc |= metric_guard(&b, "resilua_breaker_state", "breaker", g->name, "state",
+                                   rsl__breaker_state_name((rsl__breaker_state)s), NULL, NULL,
+                                   (int)st == s);
+            }
+        }
+    }
+    rc |= HELP(&b, "resilua_breaker_transitions_total", "counter", "Breaker state changes.");
+    for (size_t i = 0; i < ng; i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        if (g->kind != RSL_GUARD_BREAKER) {
+            continue;
+        }
+        for (int f = 0; f < RSL_BREAKER__COUNT; f++) {
+            for (int t = 0; t < RSL_BREAKER__COUNT; t++) {
+                uint64_t v = f == t ? 0
+                                    : rsl__breaker_transitions(g->u.breaker, (rsl__breaker_state)f,
+                                                               (rsl__breaker_state)t);
+                if (v) {
+                    rc |= metric_guard(&b, "resilua_breaker_transitions_total", "breaker",
+                                       g->name, "from",
+                                       rsl__breaker_state_name((rsl__breaker_state)f), "to",
+                                       rsl__breaker_state_name((rsl__breaker_state)t), v);
+                }
+            }
+        }
+    }
+    rc |= HELP(&b, "resilua_guard_rejections_total", "counter", "Calls a guard said no to.");
+    for (size_t i = 0; i < ng; i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        uint64_t v = g->kind == RSL_GUARD_BREAKER   ? rsl__breaker_rejections(g->u.breaker)
+                     : g->kind == RSL_GUARD_LIMITER ? rsl__limiter_rejections(g->u.limiter)
+                                                    : rsl__bulkhead_rejections(g->u.bulkhead);
+        rc |= metric_guard(&b, "resilua_guard_rejections_total", "guard", g->name, NULL, NULL,
+                           NULL, NULL, v);
+    }
+    rc |= HELP(&b, "resilua_bulkhead_inflight", "gauge", "Calls inside a bulkhead now.");
+    for (size_t i = 0; i < ng; i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        if (g->kind == RSL_GUARD_BULKHEAD) {
+            int64_t v = rsl__bulkhead_inflight(g->u.bulkhead);
+            rc |= metric_guard(&b, "resilua_bulkhead_inflight", "bulkhead", g->name, NULL, NULL,
+                               NULL, NULL, v > 0 ? (uint64_t)v : 0);
+        }
+    }
+    char tail[512];
+    int n = snprintf(tail, sizeof(tail),
+                     "# HELP resilua_reloads_total Policy reloads, by result.\n"
+                     "# TYPE resilua_reloads_total counter\n"
+                     "resilua_reloads_total{result=\"ok\"} %llu\n"
+                     "resilua_reloads_total{result=\"error\"} %llu\n"
+                     "# HELP resilua_policy_generation The policy generation serving now.\n"
+                     "# TYPE resilua_policy_generation gauge\n"
+                     "resilua_policy_generation %llu\n",
+                     (unsigned long long)atomic_load(&rt->metrics.reloads[0]),
+                     (unsigned long long)atomic_load(&rt->metrics.reloads[1]),
+                     (unsigned long long)rt->gen_number);
+    rc |= rsl__buf_append(&b, tail, (size_t)n);
+    pthread_mutex_unlock(&rt->lock);
+    if (rc) {
+        rsl__buf_free(&b);
+        return NULL;
+    }
+    return b.p;
 }
 
 int rsl_check(const char *policy_dir, char **json, char *err, size_t errlen) {

@@ -12,6 +12,7 @@
 #define RSL_RUNTIME_H
 
 #include "cache.h"
+#include "metrics.h"
 #include "policy.h"
 #include "req.h"
 #include "resilua.h"
@@ -250,6 +251,7 @@ struct rsl_runtime {
         rsl__cache *cache;
     } *caches;
     int ncaches;
+    rsl__metrics metrics;      /* under lock: creation and rendering */
     rsl__gauge gauges[RSL_MAX_GAUGES];
     _Atomic int ngauges;
 };

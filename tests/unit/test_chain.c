@@ -615,3 +615,52 @@ TEST(a_route_breaking_its_sig_breaks_only_itself) {
     }
     rsl_close(rt);
 }
+
+TEST(metrics_text) {
+    rsl_runtime *rt = open_policy(
+        "local r = require 'resilua'\n"
+        "r.breaker 'b' { min_calls = 1, failure_rate = 50 }\n"
+        "r.bulkhead 'h' { max = 2 }\n"
+        "r.policy 'p' {\n"
+        "  steps = { a = r.lua { run = function() return nil, '5xx' end, guards = { 'b', 'h' },\n"
+        "                        retry = { attempts = 2, base = '1ms' } },\n"
+        "            s = r.stub { body = 's' } },\n"
+        "  chain = { 'a', 's' }, route = function(req) if req.bad then error('x') end\n"
+        "                                             return { 'a', 's' } end }\n");
+    /* a: 5xx (trips the breaker), the retry is rejected; s: ok */
+    rsl_result_free(call(rt, "p", NULL));
+    /* the route fails, the chain is taken; a: rejected; s: ok */
+    rsl_result_free(call(rt, "p", "bad=1", NULL));
+    char *m = rsl_metrics_text(rt);
+    ASSERT(m != NULL);
+    ASSERT_CONTAINS(m, "# TYPE resilua_calls_total counter\n");
+    ASSERT_CONTAINS(m, "resilua_calls_total{policy=\"p\",outcome=\"ok\"} 2\n");
+    ASSERT_CONTAINS(m, "resilua_route_failures_total{policy=\"p\"} 1\n");
+    ASSERT_CONTAINS(m, "resilua_step_calls_total{policy=\"p\",step=\"a\",outcome=\"rejected\"} 2\n");
+    ASSERT_CONTAINS(m, "resilua_step_duration_seconds_bucket{policy=\"p\",step=\"s\",le=\"+Inf\"} 2\n");
+    ASSERT_CONTAINS(m, "resilua_step_duration_seconds_count{policy=\"p\",step=\"a\"} 2\n");
+    ASSERT_CONTAINS(m, "resilua_fallbacks_total{policy=\"p\",step=\"a\"} 2\n");
+    ASSERT_CONTAINS(m, "resilua_retries_total{policy=\"p\",step=\"a\"} 1\n");
+    ASSERT_CONTAINS(m, "resilua_breaker_state{breaker=\"b\",state=\"open\"} 1\n");
+    ASSERT_CONTAINS(m, "resilua_breaker_state{breaker=\"b\",state=\"closed\"} 0\n");
+    ASSERT_CONTAINS(m, "resilua_breaker_transitions_total{breaker=\"b\",from=\"closed\",to=\"open\"} 1\n");
+    ASSERT_CONTAINS(m, "resilua_guard_rejections_total{guard=\"b\"} 2\n");
+    ASSERT_CONTAINS(m, "resilua_bulkhead_inflight{bulkhead=\"h\"} 0\n");
+    ASSERT_CONTAINS(m, "resilua_reloads_total{result=\"ok\"} 0\n");
+    ASSERT_CONTAINS(m, "resilua_policy_generation 1\n");
+    /* Every sample line: name{labels} value, with nothing of the request in it. */
+    for (char *line = strtok(m, "\n"); line; line = strtok(NULL, "\n")) {
+        if (line[0] == '#') {
+            continue;
+        }
+        ASSERT(strncmp(line, "resilua_", 8) == 0);
+        ASSERT(strstr(line, "bad") == NULL);
+        char *sp = strrchr(line, ' ');
+        ASSERT(sp != NULL);
+        char *end;
+        strtod(sp + 1, &end);
+        ASSERT(*end == 0);
+    }
+    rsl_free(m);
+    rsl_close(rt);
+}
