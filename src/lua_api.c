@@ -434,12 +434,20 @@ void rsl__lapi_step(rsl__lapi *a, rsl__call *c, const rsl__step *s) {
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->u.lua.refs[a->state]);
     push_req(a, c);
     push_prev(a, c);
+    /* The step's own timeout bounds it too, and running past that is a `timeout`; running
+     * past the runtime's limit is an `error` (a runaway, not a slow answer). */
     int64_t limit = a->rt->o.lua_step_limit_ns;
+    int own = s->timeout_ns > 0 && (limit <= 0 || s->timeout_ns < limit);
+    if (own) {
+        limit = s->timeout_ns;
+    }
     int rc = rsl__sandbox_pcall(L, 2, 3, limit);
     if (rc != 0) {
         char err[512];
-        take_error(L, rc, "lua step", limit, err, sizeof(err));
-        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "%s", err);
+        take_error(L, rc, own ? "lua step (its timeout)" : "lua step", limit, err, sizeof(err));
+        rsl__answer_fail(&c->ans,
+                         own && rc == RSL_SANDBOX_ELIMIT ? RSL_OUTCOME_TIMEOUT : RSL_OUTCOME_ERROR,
+                         "%s", err);
         lua_settop(L, top);
         return;
     }

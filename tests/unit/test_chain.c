@@ -274,6 +274,13 @@ static const policy_case cases[] = {
       {0, {"m=mem"}, "ok", "a=error,b=ok"},
       {0, {"m=5xx"}, "ok", "a=5xx,b=ok"}, /* the state still serves */
       END}},
+    {"lua_step_timeout_is_a_timeout",
+     "local r = require 'resilua'\n"
+     "r.policy 'p' {\n"
+     "  steps = { a = r.lua { run = function() while true do end end, timeout = '10ms' },\n"
+     "            b = r.stub { body = 'b' } },\n"
+     "  chain = { 'a', 'b' } }\n",
+     {{0, {NULL}, "ok", "a=timeout,b=ok"}, END}},
     {"fault_abort",
      "local r = require 'resilua'\n"
      "r.policy 'p' {\n"
