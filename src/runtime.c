@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- names ---------------------------------------------------------------------------- */
 
@@ -201,6 +202,53 @@ static rsl__genr *current(struct rsl_runtime *rt) {
     return G;
 }
 
+/* The load options of this runtime: rsl_open and rsl_reload load the same way. */
+static rsl__gen_opts gen_opts(struct rsl_runtime *rt) {
+    rsl__gen_opts go = {
+        .nstates = rt->o.workers,
+        .mem_limit = rt->o.lua_mem_limit,
+        .wd = rt->wd,
+        .clock = rt->o.clock,
+        .clock_ud = rt->o.clock_ud,
+        .stripes = rt->o.workers < RSL_WINDOW_MAX_STRIPES ? rt->o.workers : RSL_WINDOW_MAX_STRIPES,
+        .registry_lock = &rt->reg_lock,
+    };
+    return go;
+}
+
+/* A newline-separated list (may be NULL) as a JSON array of strings. */
+static json_t *name_list(const char *lines) {
+    json_t *a = json_array();
+    for (const char *p = lines; p && *p;) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        if (n) {
+            json_array_append_new(a, json_stringn(p, n));
+        }
+        p = nl ? nl + 1 : p + n;
+    }
+    return a;
+}
+
+/* The record of one load (DESIGN.md's /state "last_reload"): a new object, NULL when out of
+ * memory.  `error` is NULL on success; `rep` may be NULL on failure. */
+static json_t *load_record(int ok, const char *error, const rsl__load_report *rep) {
+    json_t *o = json_object();
+    if (!o) {
+        return NULL;
+    }
+    json_object_set_new(o, "ok", json_boolean(ok));
+    json_object_set_new(o, "error", error ? json_string(error) : json_null());
+    json_object_set_new(o, "at", json_integer((json_int_t)time(NULL)));
+    json_object_set_new(o, "kept", name_list(rep ? rep->kept : NULL));
+    json_object_set_new(o, "changed", name_list(rep ? rep->changed : NULL));
+    json_object_set_new(o, "added", name_list(rep ? rep->added : NULL));
+    json_object_set_new(o, "removed", name_list(rep ? rep->removed : NULL));
+    json_object_set_new(o, "reset", name_list(rep ? rep->reset : NULL));
+    json_object_set_new(o, "warnings", name_list(rep ? rep->warnings : NULL));
+    return o;
+}
+
 /* ---- open and close ------------------------------------------------------------------- */
 
 int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) {
@@ -227,6 +275,8 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
     rt->dir = strdup(o->policy_dir);
     rt->o.policy_dir = rt->dir;
     pthread_mutex_init(&rt->lock, NULL);
+    pthread_mutex_init(&rt->reload_lock, NULL);
+    pthread_mutex_init(&rt->reg_lock, NULL);
     rt->guards = rsl__guards_new();
     rt->wd = rsl__watchdog_new(0);
     if (!rt->dir || !rt->guards || !rt->wd) {
@@ -234,21 +284,18 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
         return RSL_ENOMEM;
     }
     char dummy[1];
-    rsl__gen_opts go = {
-        .nstates = rt->o.workers,
-        .mem_limit = rt->o.lua_mem_limit,
-        .wd = rt->wd,
-        .clock = rt->o.clock,
-        .clock_ud = rt->o.clock_ud,
-        .stripes = rt->o.workers < RSL_WINDOW_MAX_STRIPES ? rt->o.workers : RSL_WINDOW_MAX_STRIPES,
-    };
+    rsl__gen_opts go = gen_opts(rt);
     rsl__gen *g = NULL;
-    int rc = rsl__gen_load(rt->dir, rt->guards, &go, &g, NULL, err ? err : dummy,
+    rsl__load_report rep = {0};
+    int rc = rsl__gen_load(rt->dir, rt->guards, &go, &g, &rep, err ? err : dummy,
                            err ? errlen : sizeof(dummy));
     if (rc < 0) {
         rsl_close(rt);
         return rc;
     }
+    /* The open is the first load: /state shows what it created until the first reload. */
+    rt->last_reload = load_record(1, NULL, &rep);
+    rsl__load_report_free(&rep);
     g->number = ++rt->gen_number;
     rt->cur = genr_new(rt, g);
     if (!rt->cur) {
@@ -295,9 +342,85 @@ void rsl_close(rsl_runtime *rt) {
         free(rt->steps[i].name);
     }
     free(rt->steps);
+    json_decref(rt->last_reload);
+    pthread_mutex_destroy(&rt->reg_lock);
+    pthread_mutex_destroy(&rt->reload_lock);
     pthread_mutex_destroy(&rt->lock);
     free(rt->dir);
     free(rt);
+}
+
+/* ---- reload --------------------------------------------------------------------------- */
+
+int rsl_reload(rsl_runtime *rt, char *err, size_t errlen) {
+    char dummy[1];
+    if (!err || !errlen) {
+        err = dummy;
+        errlen = sizeof(dummy);
+    }
+    err[0] = 0;
+    if (!rt) {
+        return RSL_EINVAL;
+    }
+    if (rsl__worker_self()) {
+        /* A worker would stall every call queued behind it for the whole load. */
+        snprintf(err, errlen, "rsl_reload: not on a worker thread");
+        return RSL_EINVAL;
+    }
+    if (atomic_load(&rt->closing)) {
+        return RSL_ECLOSED;
+    }
+    pthread_mutex_lock(&rt->reload_lock);
+    /* The load runs without rt->lock: calls keep starting on the current generation.  It
+     * changes the registry only once the whole directory validated (under reg_lock). */
+    rsl__gen_opts go = gen_opts(rt);
+    rsl__gen *g = NULL;
+    rsl__load_report rep = {0};
+    int rc = rsl__gen_load(rt->dir, rt->guards, &go, &g, &rep, err, errlen);
+    rsl__genr *G = NULL;
+    if (rc == 0 && !(G = genr_new(rt, g))) {
+        /* The registry already holds the new guards (thresholds applied); the old
+         * generation keeps serving with the guard objects it references.  The next reload
+         * that succeeds makes the two agree again. */
+        snprintf(err, errlen, "%s: out of memory making the new generation current", rt->dir);
+        rc = RSL_ENOMEM;
+    }
+    json_t *rec = load_record(rc == 0, rc == 0 ? NULL : err, rc == 0 ? &rep : NULL);
+    rsl__load_report_free(&rep);
+    rsl__genr *old = NULL;
+    pthread_mutex_lock(&rt->lock);
+    if (G) {
+        G->g->number = ++rt->gen_number;
+        old = rt->cur;
+        rt->cur = G;
+        rt->reloads_ok++;
+    } else {
+        rt->reloads_failed++;
+    }
+    json_t *prev = rt->last_reload;
+    rt->last_reload = rec ? rec : prev;
+    uint64_t number = rt->gen_number;
+    pthread_mutex_unlock(&rt->lock);
+    if (rec) {
+        json_decref(prev);
+    }
+    /* Calls still running on the old generation hold their own references: the last one
+     * to finish frees it (its Lua states, on whichever thread that is). */
+    rsl__genr_unref(old);
+    if (rc == 0) {
+        rsl__log(rt, RSL_LOG_INFO, "%s: reloaded, generation %llu", rt->dir,
+                 (unsigned long long)number);
+    } else {
+        rsl__log(rt, RSL_LOG_ERROR, "%s: reload failed, generation %llu keeps serving: %s",
+                 rt->dir, (unsigned long long)number, err[0] ? err : rsl_strerror(rc));
+    }
+    if (rt->o.on_reload) {
+        char *js = rec ? json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        rt->o.on_reload(rt->o.on_reload_ud, rc == 0, js ? js : "null");
+        free(js);
+    }
+    pthread_mutex_unlock(&rt->reload_lock);
+    return rc;
 }
 
 /* ---- calls ---------------------------------------------------------------------------- */
@@ -606,11 +729,21 @@ char *rsl_state_json(rsl_runtime *rt) {
     int64_t now = rsl__rt_now(rt);
     pthread_mutex_lock(&rt->lock);
     json_object_set_new(root, "generation", json_integer((json_int_t)rt->gen_number));
+    /* A copy: the record is replaced (and freed) by the next reload. */
+    json_object_set_new(root, "last_reload",
+                        rt->last_reload ? json_deep_copy(rt->last_reload) : json_null());
+    json_t *reloads = json_object();
+    json_object_set_new(reloads, "ok", json_integer((json_int_t)rt->reloads_ok));
+    json_object_set_new(reloads, "failed", json_integer((json_int_t)rt->reloads_failed));
+    json_object_set_new(root, "reloads", reloads);
+    pthread_mutex_unlock(&rt->lock);
+    /* The registry lock, not rt->lock: walking every guard must not stall calls. */
+    pthread_mutex_lock(&rt->reg_lock);
     for (size_t i = 0; i < rsl__guards_count(rt->guards); i++) {
         rsl__guard *g = rsl__guards_at(rt->guards, i);
         json_object_set_new(guards, g->name, guard_state(g, now));
     }
-    pthread_mutex_unlock(&rt->lock);
+    pthread_mutex_unlock(&rt->reg_lock);
     json_object_set_new(root, "guards", guards);
     char *s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(root);
