@@ -100,10 +100,13 @@ void rsl__log(struct rsl_runtime *rt, rsl_log_level level, const char *fmt, ...)
 
 /* ---- generations ---------------------------------------------------------------------- */
 
+_Atomic int rsl__genr_live;
+
 void rsl__genr_unref(rsl__genr *G) {
     if (!G || atomic_fetch_sub_explicit(&G->refs, 1, memory_order_acq_rel) != 1) {
         return;
     }
+    atomic_fetch_sub_explicit(&rsl__genr_live, 1, memory_order_relaxed);
     if (G->api) {
         for (int i = 0; i < G->g->nstates; i++) {
             rsl__lapi_free(G->api[i]);
@@ -159,6 +162,7 @@ static rsl__genr *genr_new(struct rsl_runtime *rt, rsl__gen *g) {
     G->g = g;
     G->rt = rt;
     atomic_init(&G->refs, 1);
+    atomic_fetch_add_explicit(&rsl__genr_live, 1, memory_order_relaxed);
     G->api = calloc((size_t)g->nstates, sizeof(*G->api));
     G->budgets = calloc((size_t)(g->npolicies ? g->npolicies : 1), sizeof(*G->budgets));
     if (!G->api || !G->budgets) {

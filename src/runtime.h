@@ -83,6 +83,9 @@ typedef struct rsl__genr {
 
 void rsl__genr_ref(rsl__genr *G);
 void rsl__genr_unref(rsl__genr *G);
+/* Generations alive in this process (every runtime's current one plus the ones draining):
+ * lets tests see that an old generation is freed when its last call ends. */
+extern _Atomic int rsl__genr_live;
 
 /* ---- results -------------------------------------------------------------------------- */
 typedef struct rsl__entry {
