@@ -525,3 +525,53 @@ TEST(stress_reload_while_calling) {
                     "reloads in %" PRId64 " ms\n",
             total, seen_a, seen_b, reload_ms);
 }
+
+/* A reload that reshapes a breaker's window (new window size) while calls record into it:
+ * the calls of the old generation may still hold the old window; it must stay valid. */
+static void *reshape_caller(void *arg) {
+    stress_thread *t = arg;
+    while (!atomic_load(&stress_stop) && t->ncalls < STRESS_MAX_CALLS) {
+        rsl_result *r = NULL;
+        int rc = rsl_call_sync(t->rt, "p", NULL, 10000000000LL, &r);
+        if (rc != 0 || rsl_result_outcome(r) != RSL_OUTCOME_OK) {
+            atomic_fetch_add(&t->bad, 1);
+        }
+        rsl_result_free(r);
+        t->ncalls++;
+    }
+    return NULL;
+}
+
+TEST(reload_reshaping_a_window_while_calling) {
+    const char *dir = rsl_test_tmpdir();
+    static const char *fmt = "local r = require 'resilua'\n"
+                             "r.breaker 'b' { window = '%ds', buckets = %d }\n"
+                             "r.policy 'p' { steps = {\n"
+                             "  s = r.lua { run = function(req) return { status = 200 } end,\n"
+                             "              guards = { 'b' } } } }\n";
+    char text[512];
+    snprintf(text, sizeof(text), fmt, 10, 10);
+    rsl_test_write(dir, "p.lua", text);
+    rsl_runtime *rt = open_dir(dir, 2);
+    static stress_thread th[2];
+    for (int i = 0; i < 2; i++) {
+        th[i].rt = rt;
+        ASSERT_EQ(pthread_create(&th[i].tid, NULL, reshape_caller, &th[i]), 0);
+    }
+    for (int i = 1; i <= 40; i++) {
+        snprintf(text, sizeof(text), fmt, 10 + i, i % 2 ? 20 : 10);
+        rsl_test_write(dir, "p.lua", text);
+        reload_ok(rt);
+        char *s = state(rt);
+        ASSERT_CONTAINS(s, "\"reset\":[\"b\"]");
+        rsl_free(s);
+        usleep(2000);
+    }
+    atomic_store(&stress_stop, 1);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i].tid, NULL);
+        ASSERT_EQ(atomic_load(&th[i].bad), 0);
+        ASSERT(th[i].ncalls > 0);
+    }
+    rsl_close(rt);
+}
