@@ -544,13 +544,16 @@ static void *reshape_caller(void *arg) {
 
 TEST(reload_reshaping_a_window_while_calling) {
     const char *dir = rsl_test_tmpdir();
+    /* The limiter and the bulkhead take new settings in place on every reload too. */
     static const char *fmt = "local r = require 'resilua'\n"
                              "r.breaker 'b' { window = '%ds', buckets = %d }\n"
+                             "r.limiter 'l' { rate = %d, burst = 1e9 }\n"
+                             "r.bulkhead 'h' { max = %d }\n"
                              "r.policy 'p' { steps = {\n"
                              "  s = r.lua { run = function(req) return { status = 200 } end,\n"
-                             "              guards = { 'b' } } } }\n";
+                             "              guards = { 'l', 'h', 'b' } } } }\n";
     char text[512];
-    snprintf(text, sizeof(text), fmt, 10, 10);
+    snprintf(text, sizeof(text), fmt, 10, 10, 1000000, 1000);
     rsl_test_write(dir, "p.lua", text);
     rsl_runtime *rt = open_dir(dir, 2);
     static stress_thread th[2];
@@ -559,10 +562,11 @@ TEST(reload_reshaping_a_window_while_calling) {
         ASSERT_EQ(pthread_create(&th[i].tid, NULL, reshape_caller, &th[i]), 0);
     }
     for (int i = 1; i <= 40; i++) {
-        snprintf(text, sizeof(text), fmt, 10 + i, i % 2 ? 20 : 10);
+        snprintf(text, sizeof(text), fmt, 10 + i, i % 2 ? 20 : 10, 1000000 + i, 1000 + i);
         rsl_test_write(dir, "p.lua", text);
         reload_ok(rt);
         char *s = state(rt);
+        ASSERT_CONTAINS(s, "\"changed\":[\"b\",\"h\",\"l\"]");
         ASSERT_CONTAINS(s, "\"reset\":[\"b\"]");
         rsl_free(s);
         usleep(2000);
