@@ -159,6 +159,19 @@ void rsl_close(rsl_runtime *rt);
  */
 int rsl_reload(rsl_runtime *rt, char *err, size_t errlen);
 
+/*
+ * Opts into reloading on SIGHUP: starts one small thread with its own libuv loop watching
+ * SIGHUP (uv_signal_t; libuv installs its process-wide handler, shared with any other
+ * libuv loop that watches SIGHUP, and restores the default when rsl_close stops the
+ * watch).  Each SIGHUP then runs rsl_reload on that thread: failures are logged, kept in
+ * rsl_state_json's "last_reload" and passed to on_reload.  Signals that arrive during a
+ * reload may coalesce into one more reload.  The host must not block SIGHUP in every
+ * thread nor install its own SIGHUP handler afterwards.  Nothing is installed unless this
+ * is called.  Calling it again is a no-op returning 0.  Any thread but a worker thread;
+ * not concurrently with rsl_close.  Errors: RSL_ECLOSED, RSL_ENOMEM, RSL_ESYS, RSL_EINVAL.
+ */
+int rsl_handle_sighup(rsl_runtime *rt);
+
 /* ---------------------------------------------------------------------------------------
  * Requests
  */

@@ -16,6 +16,7 @@
 
 #include <jansson.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -255,6 +256,8 @@ static json_t *load_record(int ok, const char *error, const rsl__load_report *re
 
 /* ---- open and close ------------------------------------------------------------------- */
 
+static void sighup_join(rsl_runtime *rt);
+
 int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) {
     if (err && errlen) {
         err[0] = 0;
@@ -330,6 +333,7 @@ void rsl_close(rsl_runtime *rt) {
     while (atomic_load(&rt->senders) > 0) {
         sched_yield();
     }
+    sighup_join(rt); /* before the workers: a reload it runs must end first */
     for (int i = 0; i < rt->nworkers; i++) {
         rsl__worker_join(&rt->workers[i]);
     }
@@ -425,6 +429,104 @@ int rsl_reload(rsl_runtime *rt, char *err, size_t errlen) {
     }
     pthread_mutex_unlock(&rt->reload_lock);
     return rc;
+}
+
+/* ---- SIGHUP ---------------------------------------------------------------------------- */
+
+/*
+ * Opt-in: a small private loop on its own thread with a uv_signal_t for SIGHUP, so the
+ * reload runs there, never on a worker (which would stall its calls for the load) and never
+ * in signal context.  libuv's signal handler is process-wide but cooperative: it writes to
+ * a pipe the registered loops read, and other libuv loops may watch SIGHUP too.  A
+ * sigwait/signalfd thread would need SIGHUP blocked in every thread of the host, which a
+ * library cannot promise.
+ */
+typedef struct rsl__sighup {
+    rsl_runtime *rt;
+    uv_loop_t loop;
+    uv_signal_t sig;
+    uv_async_t stop;
+    pthread_t thread;
+} rsl__sighup;
+
+static void sighup_cb(uv_signal_t *h, int signum) {
+    rsl__sighup *s = h->data;
+    char err[2048];
+    /* rsl_reload logs the outcome, keeps the record and runs on_reload. */
+    (void)rsl_reload(s->rt, err, sizeof(err));
+}
+
+static void sighup_stop_cb(uv_async_t *a) {
+    rsl__sighup *s = a->data;
+    uv_close((uv_handle_t *)&s->sig, NULL); /* restores SIGHUP's disposition when last */
+    uv_close((uv_handle_t *)&s->stop, NULL);
+}
+
+static void *sighup_main(void *arg) {
+    rsl__sighup *s = arg;
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+int rsl_handle_sighup(rsl_runtime *rt) {
+    if (!rt || rsl__worker_self()) {
+        return RSL_EINVAL;
+    }
+    if (atomic_load(&rt->closing)) {
+        return RSL_ECLOSED;
+    }
+    pthread_mutex_lock(&rt->lock);
+    if (rt->sighup) {
+        pthread_mutex_unlock(&rt->lock);
+        return 0;
+    }
+    rsl__sighup *s = calloc(1, sizeof(*s));
+    if (!s) {
+        pthread_mutex_unlock(&rt->lock);
+        return RSL_ENOMEM;
+    }
+    s->rt = rt;
+    int rc = RSL_ESYS;
+    if (uv_loop_init(&s->loop) != 0) {
+        free(s);
+        pthread_mutex_unlock(&rt->lock);
+        return RSL_ESYS;
+    }
+    s->sig.data = s->stop.data = s;
+    if (uv_signal_init(&s->loop, &s->sig) == 0 &&
+        uv_async_init(&s->loop, &s->stop, sighup_stop_cb) == 0 &&
+        uv_signal_start(&s->sig, sighup_cb, SIGHUP) == 0 &&
+        pthread_create(&s->thread, NULL, sighup_main, s) == 0) {
+        rt->sighup = s;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&rt->lock);
+    if (rc != 0) {
+        /* Handles that were initialised close on this thread: the loop never ran. */
+        if (s->sig.loop) { /* set only once its init succeeded (calloc'd before) */
+            uv_close((uv_handle_t *)&s->sig, NULL);
+        }
+        if (s->stop.loop) {
+            uv_close((uv_handle_t *)&s->stop, NULL);
+        }
+        uv_run(&s->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&s->loop);
+        free(s);
+    }
+    return rc;
+}
+
+/* Stops the SIGHUP thread, letting a reload it is running finish. */
+static void sighup_join(rsl_runtime *rt) {
+    rsl__sighup *s = rt->sighup;
+    if (!s) {
+        return;
+    }
+    uv_async_send(&s->stop);
+    pthread_join(s->thread, NULL);
+    uv_loop_close(&s->loop);
+    free(s);
+    rt->sighup = NULL;
 }
 
 /* ---- calls ---------------------------------------------------------------------------- */

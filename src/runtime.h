@@ -250,6 +250,7 @@ struct rsl_runtime {
     struct json_t *last_reload; /* under lock: DESIGN.md's /state "last_reload"; NULL before
                                   rsl_open finished */
     uint64_t reloads_ok, reloads_failed; /* under lock; the open counts as neither */
+    struct rsl__sighup *sighup; /* rsl_handle_sighup's thread, or NULL; under lock */
     int nworkers;
     rsl__worker *workers;
     _Atomic uint64_t rr;

@@ -11,6 +11,7 @@
 
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
@@ -577,5 +578,42 @@ TEST(reload_reshaping_a_window_while_calling) {
         ASSERT_EQ(atomic_load(&th[i].bad), 0);
         ASSERT(th[i].ncalls > 0);
     }
+    rsl_close(rt);
+}
+
+/* rsl_handle_sighup: a SIGHUP reloads on the runtime's own signal thread. */
+static int wait_generation(rsl_runtime *rt, const char *needle) {
+    for (int64_t until = mono_ms() + 10000; mono_ms() < until;) {
+        char *s = state(rt);
+        int found = strstr(s, needle) != NULL;
+        rsl_free(s);
+        if (found) {
+            return 1;
+        }
+        usleep(2000);
+    }
+    return 0;
+}
+
+TEST(sighup_reloads) {
+    const char *dir = rsl_test_tmpdir();
+    write_policy(dir, "failure_rate = 50", "v1");
+    rsl_runtime *rt = open_dir(dir, 1);
+    ASSERT_EQ(rsl_handle_sighup(rt), 0);
+    ASSERT_EQ(rsl_handle_sighup(rt), 0); /* again: a no-op */
+    write_policy(dir, "failure_rate = 50", "v2");
+    ASSERT_EQ(kill(getpid(), SIGHUP), 0);
+    ASSERT(wait_generation(rt, "\"generation\":2,"));
+    expect_call(rt, "1", "primary=5xx,stub=5xx", "v2");
+    /* A broken directory on SIGHUP: kept for inspection, the old generation serves. */
+    write_policy(dir, "failure_rate = 150", "v3");
+    ASSERT_EQ(kill(getpid(), SIGHUP), 0);
+    ASSERT(wait_generation(rt, "\"reloads\":{\"ok\":1,\"failed\":1}"));
+    char *s = state(rt);
+    ASSERT_CONTAINS(s, "\"generation\":2,");
+    ASSERT_CONTAINS(s, "/p.lua:2: breaker \\\"b\\\": failure_rate must be in 0..100");
+    rsl_free(s);
+    expect_call(rt, "1", "primary=5xx,stub=5xx", "v2");
+    ASSERT_EQ(atomic_load(&failed_logs), 1);
     rsl_close(rt);
 }
