@@ -83,10 +83,13 @@ struct rsl__breaker {
     alignas(LINE) _Atomic int64_t backoff_max_ns;
     _Atomic double backoff_factor;
     _Atomic double jitter;
-    int64_t window_ns; /* changed only with the window, under configure's rule */
+    /* The window's shape: written only by configure with the window, read by conf_get
+     * from any thread (describe), so relaxed atomics; a reader racing a reshape may see a
+     * mix of old and new, never a torn value. */
+    _Atomic int64_t window_ns;
     struct retired *retired; /* replaced windows, freed with the breaker; configure's */
-    int buckets;
-    int stripes;
+    _Atomic int buckets;
+    _Atomic int stripes;
     rsl__breaker_hook hook; /* set before the breaker is shared */
     void *hook_ud;
     _Atomic uint64_t rejections;
@@ -214,9 +217,9 @@ static void store_thresholds(rsl__breaker *b, const rsl__breaker_conf *c) {
 
 void rsl__breaker_conf_get(const rsl__breaker *b, rsl__breaker_conf *c) {
     memset(c, 0, sizeof(*c));
-    c->window_ns = b->window_ns;
-    c->buckets = b->buckets;
-    c->stripes = b->stripes;
+    c->window_ns = atomic_load_explicit(&b->window_ns, memory_order_relaxed);
+    c->buckets = atomic_load_explicit(&b->buckets, memory_order_relaxed);
+    c->stripes = atomic_load_explicit(&b->stripes, memory_order_relaxed);
     c->min_calls = atomic_load_explicit(&b->min_calls, memory_order_relaxed);
     c->failure_rate = atomic_load_explicit(&b->failure_rate, memory_order_relaxed);
     c->slow_call_ns = atomic_load_explicit(&b->slow_call_ns, memory_order_relaxed);
@@ -258,9 +261,9 @@ rsl__breaker *rsl__breaker_new(const char *name, const rsl__breaker_conf *c) {
     memset(b, 0, off); /* closed, cycle 0, level 0; counters 0 */
     memcpy(b->name, name, len + 1);
     atomic_init(&b->w, rsl__window_init((char *)b + off, c->window_ns, c->buckets, c->stripes));
-    b->window_ns = c->window_ns;
-    b->buckets = c->buckets;
-    b->stripes = c->stripes;
+    atomic_init(&b->window_ns, c->window_ns);
+    atomic_init(&b->buckets, c->buckets);
+    atomic_init(&b->stripes, c->stripes);
     store_thresholds(b, c);
     return b;
 }
@@ -325,9 +328,9 @@ int rsl__breaker_configure(rsl__breaker *b, const rsl__breaker_conf *c) {
         } else {
             free(r);
         }
-        b->window_ns = c->window_ns;
-        b->buckets = c->buckets;
-        b->stripes = c->stripes;
+        atomic_store_explicit(&b->window_ns, c->window_ns, memory_order_relaxed);
+        atomic_store_explicit(&b->buckets, c->buckets, memory_order_relaxed);
+        atomic_store_explicit(&b->stripes, c->stripes, memory_order_relaxed);
         replaced = 1;
     }
     store_thresholds(b, c);

@@ -543,6 +543,22 @@ static void *reshape_caller(void *arg) {
     return NULL;
 }
 
+/* Reads /state and the description until told to stop; returns non-NULL when it read. */
+static void *state_reader(void *arg) {
+    rsl_runtime *rt = arg;
+    long n = 0;
+    while (!atomic_load(&stress_stop)) {
+        char *s = rsl_state_json(rt), *d = rsl_describe_json(rt);
+        if (!s || !d || !strstr(s, "\"guards\":{")) {
+            rsl_test_fail(__FILE__, __LINE__, "state: %s", s ? s : "(null)");
+        }
+        rsl_free(s);
+        rsl_free(d);
+        n++;
+    }
+    return n ? arg : NULL;
+}
+
 TEST(reload_reshaping_a_window_while_calling) {
     const char *dir = rsl_test_tmpdir();
     /* The limiter and the bulkhead take new settings in place on every reload too. */
@@ -550,11 +566,12 @@ TEST(reload_reshaping_a_window_while_calling) {
                              "r.breaker 'b' { window = '%ds', buckets = %d }\n"
                              "r.limiter 'l' { rate = %d, burst = 1e9 }\n"
                              "r.bulkhead 'h' { max = %d }\n"
+                             "r.bulkhead 'x%d' { max = 1 }\n"
                              "r.policy 'p' { steps = {\n"
                              "  s = r.lua { run = function(req) return { status = 200 } end,\n"
                              "              guards = { 'l', 'h', 'b' } } } }\n";
     char text[512];
-    snprintf(text, sizeof(text), fmt, 10, 10, 1000000, 1000);
+    snprintf(text, sizeof(text), fmt, 10, 10, 1000000, 1000, 0);
     rsl_test_write(dir, "p.lua", text);
     rsl_runtime *rt = open_dir(dir, 2);
     static stress_thread th[2];
@@ -562,17 +579,26 @@ TEST(reload_reshaping_a_window_while_calling) {
         th[i].rt = rt;
         ASSERT_EQ(pthread_create(&th[i].tid, NULL, reshape_caller, &th[i]), 0);
     }
+    /* The registry gains and loses a guard on every reload while this walks it. */
+    pthread_t reader;
+    ASSERT_EQ(pthread_create(&reader, NULL, state_reader, rt), 0);
     for (int i = 1; i <= 40; i++) {
-        snprintf(text, sizeof(text), fmt, 10 + i, i % 2 ? 20 : 10, 1000000 + i, 1000 + i);
+        snprintf(text, sizeof(text), fmt, 10 + i, i % 2 ? 20 : 10, 1000000 + i, 1000 + i, i);
         rsl_test_write(dir, "p.lua", text);
         reload_ok(rt);
         char *s = state(rt);
         ASSERT_CONTAINS(s, "\"changed\":[\"b\",\"h\",\"l\"]");
         ASSERT_CONTAINS(s, "\"reset\":[\"b\"]");
+        char gone[64];
+        snprintf(gone, sizeof(gone), "\"removed\":[\"x%d\"]", i - 1);
+        ASSERT_CONTAINS(s, gone);
         rsl_free(s);
         usleep(2000);
     }
     atomic_store(&stress_stop, 1);
+    void *reads = NULL;
+    pthread_join(reader, &reads);
+    ASSERT(reads != NULL);
     for (int i = 0; i < 2; i++) {
         pthread_join(th[i].tid, NULL);
         ASSERT_EQ(atomic_load(&th[i].bad), 0);
