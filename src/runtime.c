@@ -419,8 +419,8 @@ int rsl_reload(rsl_runtime *rt, char *err, size_t errlen) {
         rsl__log(rt, RSL_LOG_INFO, "%s: reloaded, generation %llu", rt->dir,
                  (unsigned long long)number);
     } else {
-        rsl__log(rt, RSL_LOG_ERROR, "%s: reload failed, generation %llu keeps serving: %s",
-                 rt->dir, (unsigned long long)number, err[0] ? err : rsl_strerror(rc));
+        rsl__log(rt, RSL_LOG_ERROR, "%s: reload failed, generation %llu keeps serving: %s", rt->dir,
+                 (unsigned long long)number, err[0] ? err : rsl_strerror(rc));
     }
     if (rt->o.on_reload) {
         char *js = rec ? json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;

@@ -105,12 +105,11 @@ static void run(const char *dir, int workers, int runs) {
         }
         rsl_close(rt);
     }
-    printf("%d worker%s, %d policies, median of %d:\n", workers, workers > 1 ? "s" : "",
-           NPOLICIES, runs);
+    printf("%d worker%s, %d policies, median of %d:\n", workers, workers > 1 ? "s" : "", NPOLICIES,
+           runs);
     printf("  %-40s %8.2f ms   (baseline)\n", "initial load (rsl_open)", median(open_t, runs));
     printf("  %-40s %8.2f ms\n", "reload, unchanged", median(same_t, runs));
-    printf("  %-40s %8.2f ms\n", "reload, thresholds and bodies changed",
-           median(changed_t, runs));
+    printf("  %-40s %8.2f ms\n", "reload, thresholds and bodies changed", median(changed_t, runs));
 }
 
 int main(int argc, char **argv) {

@@ -100,8 +100,7 @@ static void expect_call(rsl_runtime *rt, const char *fail, const char *path, con
     const char *b = rsl_result_body(r, &len);
     if (strcmp(p, path) != 0 || (body && (len != strlen(body) || memcmp(b, body, len) != 0))) {
         char *j = rsl_result_json(r);
-        rsl_test_fail(__FILE__, __LINE__, "expected [%s] %s, got %s", path, body ? body : "",
-                      j);
+        rsl_test_fail(__FILE__, __LINE__, "expected [%s] %s, got %s", path, body ? body : "", j);
     }
     rsl_result_free(r);
 }
@@ -197,8 +196,9 @@ TEST(broken_directory_keeps_the_old_generation) {
     expect_call(rt, "1", "primary=5xx,stub=5xx", "v1");
 
     /* Fixed: it loads, and the error is replaced by the success. */
-    rsl_test_write(dir, "q.lua", "local r = require 'resilua'\nr.policy 'q' { steps = {\n"
-                                 "  s = r.stub { status = 200, body = 'q' } } }\n");
+    rsl_test_write(dir, "q.lua",
+                   "local r = require 'resilua'\nr.policy 'q' { steps = {\n"
+                   "  s = r.stub { status = 200, body = 'q' } } }\n");
     reload_ok(rt);
     expect_call(rt, "1", "primary=5xx,stub=5xx", "v3");
     s = state(rt);
@@ -296,8 +296,9 @@ static void host_step(rsl_step_call *sc, const rsl_req *req, void *ud) {
 
 TEST(reload_on_a_worker_thread_is_refused) {
     const char *dir = rsl_test_tmpdir();
-    rsl_test_write(dir, "p.lua", "local r = require 'resilua'\n"
-                                 "r.policy 'p' { steps = { s = r.c 'h' } }\n");
+    rsl_test_write(dir, "p.lua",
+                   "local r = require 'resilua'\n"
+                   "r.policy 'p' { steps = { s = r.c 'h' } }\n");
     rsl_runtime *rt = open_dir(dir, 1);
     ASSERT_EQ(rsl_register_step(rt, "h", host_step, rt), 0);
     rsl_result *r = NULL;
@@ -332,9 +333,9 @@ static const char *stress_version(int v) {
     return text[v];
 }
 
-#define STRESS_THREADS 4
+#define STRESS_THREADS   4
 #define STRESS_MAX_CALLS (1 << 18) /* per thread: bounds the run and the slot arrays */
-#define STRESS_INFLIGHT 32         /* async calls outstanding per thread */
+#define STRESS_INFLIGHT  32        /* async calls outstanding per thread */
 
 typedef struct stress_thread {
     rsl_runtime *rt;
@@ -343,9 +344,9 @@ typedef struct stress_thread {
     _Atomic unsigned char *slots; /* completions per call: each must end at exactly 1 */
     int ncalls;
     _Atomic int inflight;
-    _Atomic int bad;              /* answers other than the policy's own */
+    _Atomic int bad; /* answers other than the policy's own */
     char bad_msg[512];
-    _Atomic int seen[2];          /* bodies A and B seen */
+    _Atomic int seen[2]; /* bodies A and B seen */
 } stress_thread;
 
 static _Atomic int stress_stop;
@@ -506,8 +507,7 @@ TEST(stress_reload_while_calling) {
         for (int j = 0; j < STRESS_MAX_CALLS; j++) {
             int n = atomic_load(&t->slots[j]);
             if (n != (j < t->ncalls ? 1 : 0)) {
-                rsl_test_fail(__FILE__, __LINE__, "thread %d call %d completed %d times", i, j,
-                              n);
+                rsl_test_fail(__FILE__, __LINE__, "thread %d call %d completed %d times", i, j, n);
             }
         }
         total += t->ncalls;
@@ -522,8 +522,9 @@ TEST(stress_reload_while_calling) {
     ASSERT_EQ(atomic_load(&failed_logs), 10);
     ASSERT(seen_a > 0 && seen_b > 0);
     ASSERT_EQ(seen_a + seen_b, total);
-    fprintf(stderr, "stress: %" PRId64 " calls (%" PRId64 " A, %" PRId64 " B) across 100 "
-                    "reloads in %" PRId64 " ms\n",
+    fprintf(stderr,
+            "stress: %" PRId64 " calls (%" PRId64 " A, %" PRId64 " B) across 100 "
+            "reloads in %" PRId64 " ms\n",
             total, seen_a, seen_b, reload_ms);
 }
 
