@@ -10,10 +10,16 @@
  * once per worker).  Medians of `runs` reloads; calls keep running meanwhile are not
  * measured here (test_reload's stress covers them).
  *
+ * Then the latency of synchronous calls from a host thread, idle and while the directory is
+ * reloaded back to back (the load must not stall calls; on a machine with fewer cores than
+ * threads, the maximum also shows the reload competing for a CPU).
+ *
  * Usage: bench_reload [--smoke]   (--smoke: fewer runs, 1 worker; about a second)
  */
 #include "resilua.h"
 
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -75,6 +81,77 @@ static void write_dir(const char *dir, int version) {
     }
 }
 
+/* ---- calls while reloading ---- */
+
+typedef struct lat {
+    rsl_runtime *rt;
+    double seconds;
+    double *us; /* per call */
+    int n, cap;
+} lat;
+
+static void *caller(void *arg) {
+    lat *l = arg;
+    rsl_req *req = rsl_req_new();
+    rsl_req_set(req, "id", "7", 1);
+    double end = now_ms() + l->seconds * 1e3;
+    while (l->n < l->cap && now_ms() < end) {
+        rsl_result *r = NULL;
+        double a = now_ms();
+        if (rsl_call_sync(l->rt, "p000", req, 0, &r) != 0) {
+            fprintf(stderr, "call failed\n");
+            exit(1);
+        }
+        l->us[l->n++] = (now_ms() - a) * 1e3;
+        rsl_result_free(r);
+    }
+    rsl_req_free(req);
+    return NULL;
+}
+
+/* One host thread calls rsl_call_sync for `seconds`, first with nothing else going on, then
+ * while this thread reloads the directory back to back: the reload's load must not stall
+ * calls (they keep starting on the old generation until the swap). */
+static void calls_during_reload(const char *dir, double seconds) {
+    write_dir(dir, 0);
+    rsl_options o;
+    rsl_options_init(&o);
+    o.policy_dir = dir;
+    char err[1024];
+    rsl_runtime *rt = NULL;
+    if (rsl_open(&rt, &o, err, sizeof(err)) != 0) {
+        fprintf(stderr, "rsl_open: %s\n", err);
+        exit(1);
+    }
+    printf("rsl_call_sync latency from 1 host thread, 1 worker, %.1f s each (us):\n", seconds);
+    for (int phase = 0; phase < 2; phase++) {
+        lat l = {.rt = rt, .seconds = seconds, .cap = 1 << 22};
+        l.us = malloc((size_t)l.cap * sizeof(double));
+        pthread_t t;
+        pthread_create(&t, NULL, caller, &l);
+        int reloads = 0;
+        if (phase == 1) {
+            double end = now_ms() + seconds * 1e3;
+            while (now_ms() < end) {
+                write_dir(dir, reloads % 2);
+                if (rsl_reload(rt, err, sizeof(err)) != 0) {
+                    fprintf(stderr, "rsl_reload: %s\n", err);
+                    exit(1);
+                }
+                reloads++;
+            }
+        }
+        pthread_join(t, NULL);
+        qsort(l.us, (size_t)l.n, sizeof(double), cmp);
+        char what[64];
+        snprintf(what, sizeof(what), phase ? "during %d reloads" : "idle (baseline)", reloads);
+        printf("  %-40s p50 %7.1f  p99 %7.1f  max %8.1f  (%d calls)\n", what, l.us[l.n / 2],
+               l.us[(int)(l.n * 0.99)], l.us[l.n - 1], l.n);
+        free(l.us);
+    }
+    rsl_close(rt);
+}
+
 static void run(const char *dir, int workers, int runs) {
     double open_t[16], same_t[16], changed_t[16];
     char err[1024];
@@ -121,9 +198,11 @@ int main(int argc, char **argv) {
     }
     if (smoke) {
         run(dir, 1, 3);
+        calls_during_reload(dir, 0.2);
     } else {
         run(dir, 1, 9);
         run(dir, 2, 9);
+        calls_during_reload(dir, 2);
     }
     for (int i = 0; i < NPOLICIES; i++) {
         char path[512];
