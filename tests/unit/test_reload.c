@@ -644,3 +644,70 @@ TEST(sighup_reloads) {
     ASSERT_EQ(atomic_load(&failed_logs), 1);
     rsl_close(rt);
 }
+
+/* A call in flight across a reload finishes on the generation it started on, which stays
+ * alive until that call ends. */
+static _Atomic(rsl_step_call *) pending_sc;
+static _Atomic int pending_done;
+static char pending_body[16];
+
+static void parking_step(rsl_step_call *sc, const rsl_req *req, void *ud) {
+    atomic_store(&pending_sc, sc); /* answered later, from the test's thread */
+}
+
+static void pending_cb(const rsl_result *r, void *ud) {
+    size_t len;
+    const char *b = rsl_result_body(r, &len);
+    snprintf(pending_body, sizeof(pending_body), "%.*s", (int)len, b);
+    atomic_store(&pending_done, 1);
+}
+
+static void write_parking(const char *dir, const char *body) {
+    char text[512];
+    snprintf(
+        text, sizeof(text),
+        "local r = require 'resilua'\n"
+        "r.policy 'p' { steps = { h = r.c 'park', s = r.stub { status = 200, body = '%s' } },\n"
+        "  chain = { 'h', 's' } }\n",
+        body);
+    rsl_test_write(dir, "p.lua", text);
+}
+
+TEST(call_in_flight_finishes_on_its_generation) {
+    const char *dir = rsl_test_tmpdir();
+    write_parking(dir, "old");
+    rsl_runtime *rt = open_dir(dir, 1);
+    ASSERT_EQ(rsl_register_step(rt, "park", parking_step, NULL), 0);
+    ASSERT_EQ(rsl_call(rt, "p", NULL, pending_cb, NULL), 0);
+    for (int64_t until = mono_ms() + 5000; !atomic_load(&pending_sc) && mono_ms() < until;) {
+        usleep(1000);
+    }
+    ASSERT(atomic_load(&pending_sc) != NULL);
+    write_parking(dir, "new");
+    reload_ok(rt);
+    ASSERT_EQ(atomic_load(&rsl__genr_live), 2); /* the old one waits for its call */
+    rsl_step_call *sc = atomic_exchange(&pending_sc, NULL);
+    ASSERT_EQ(rsl_step_fail(sc, RSL_OUTCOME_5XX, "down"), 0); /* falls back to the stub */
+    for (int64_t until = mono_ms() + 5000; !atomic_load(&pending_done) && mono_ms() < until;) {
+        usleep(1000);
+    }
+    ASSERT(atomic_load(&pending_done));
+    ASSERT_STR_EQ(pending_body, "old");
+    for (int64_t until = mono_ms() + 2000;
+         atomic_load(&rsl__genr_live) != 1 && mono_ms() < until;) {
+        usleep(1000);
+    }
+    ASSERT_EQ(atomic_load(&rsl__genr_live), 1);
+    /* A new call parks too: answer it from here and see the new generation's stub. */
+    atomic_store(&pending_done, 0);
+    ASSERT_EQ(rsl_call(rt, "p", NULL, pending_cb, NULL), 0);
+    for (int64_t until = mono_ms() + 5000; !atomic_load(&pending_sc) && mono_ms() < until;) {
+        usleep(1000);
+    }
+    ASSERT_EQ(rsl_step_fail(atomic_exchange(&pending_sc, NULL), RSL_OUTCOME_5XX, "down"), 0);
+    for (int64_t until = mono_ms() + 5000; !atomic_load(&pending_done) && mono_ms() < until;) {
+        usleep(1000);
+    }
+    ASSERT_STR_EQ(pending_body, "new");
+    rsl_close(rt);
+}
