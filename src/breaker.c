@@ -4,7 +4,12 @@
  *
  * Threads: allow/record/release and every read from any thread without a lock or an
  * allocation; admin overrides and threshold changes from any thread; replacing the window
- * (configure with a new window_ns/buckets/stripes) only while no call uses the breaker.
+ * (configure with a new window_ns/buckets/stripes) from one thread at a time (the loader,
+ * under the reload lock) while calls go on: the window pointer is published with a release
+ * store and read with acquire, and a replaced window is retired, not freed, until the
+ * breaker goes (a call that loaded the old pointer may still record into it; its counts are
+ * lost with the reset anyway).  A reshape costs one retired window (about 2-4 KB), and
+ * reshapes are rare reload events, so retiring beats a grace-period scheme.
  * Decisions load the word with acquire; counters are relaxed atomics on their own line.
  * The thread whose CAS makes a transition counts it and calls the hook.
  * Ownership: rsl__breaker_new allocates one block holding the breaker, its name and its
@@ -65,7 +70,7 @@ struct rsl__breaker {
     /* Line 0: read by every allow/record, written only on a state change or a half-open
      * admission; the thresholds beside it are written only by configure. */
     alignas(LINE) _Atomic uint64_t word;
-    rsl__window *w; /* the embedded window, or one configure allocated to replace it */
+    _Atomic(rsl__window *) w; /* the embedded window, or one configure put in its place */
     _Atomic uint32_t count_mask;
     _Atomic int probes;
     _Atomic int64_t min_calls;
@@ -78,9 +83,13 @@ struct rsl__breaker {
     alignas(LINE) _Atomic int64_t backoff_max_ns;
     _Atomic double backoff_factor;
     _Atomic double jitter;
-    int64_t window_ns; /* changed only with the window, under configure's rule */
-    int buckets;
-    int stripes;
+    /* The window's shape: written only by configure with the window, read by conf_get
+     * from any thread (describe), so relaxed atomics; a reader racing a reshape may see a
+     * mix of old and new, never a torn value. */
+    _Atomic int64_t window_ns;
+    struct retired *retired; /* replaced windows, freed with the breaker; configure's */
+    _Atomic int buckets;
+    _Atomic int stripes;
     rsl__breaker_hook hook; /* set before the breaker is shared */
     void *hook_ud;
     _Atomic uint64_t rejections;
@@ -88,6 +97,17 @@ struct rsl__breaker {
     _Atomic uint64_t transitions[NTRANSITIONS];
     char name[];
 };
+
+struct retired {
+    struct retired *next;
+    rsl__window *w;
+};
+
+/* The current window: acquire pairs with configure's release, so a reader sees the new
+ * window's initialised buckets. */
+static inline rsl__window *win(const rsl__breaker *b) {
+    return atomic_load_explicit(&((rsl__breaker *)b)->w, memory_order_acquire);
+}
 
 static int transition_index(rsl__breaker_state from, rsl__breaker_state to) {
     return (int)from * (RSL_BREAKER__COUNT - 1) + (int)(to < from ? to : to - 1);
@@ -197,9 +217,9 @@ static void store_thresholds(rsl__breaker *b, const rsl__breaker_conf *c) {
 
 void rsl__breaker_conf_get(const rsl__breaker *b, rsl__breaker_conf *c) {
     memset(c, 0, sizeof(*c));
-    c->window_ns = b->window_ns;
-    c->buckets = b->buckets;
-    c->stripes = b->stripes;
+    c->window_ns = atomic_load_explicit(&b->window_ns, memory_order_relaxed);
+    c->buckets = atomic_load_explicit(&b->buckets, memory_order_relaxed);
+    c->stripes = atomic_load_explicit(&b->stripes, memory_order_relaxed);
     c->min_calls = atomic_load_explicit(&b->min_calls, memory_order_relaxed);
     c->failure_rate = atomic_load_explicit(&b->failure_rate, memory_order_relaxed);
     c->slow_call_ns = atomic_load_explicit(&b->slow_call_ns, memory_order_relaxed);
@@ -240,10 +260,10 @@ rsl__breaker *rsl__breaker_new(const char *name, const rsl__breaker_conf *c) {
     }
     memset(b, 0, off); /* closed, cycle 0, level 0; counters 0 */
     memcpy(b->name, name, len + 1);
-    b->w = rsl__window_init((char *)b + off, c->window_ns, c->buckets, c->stripes);
-    b->window_ns = c->window_ns;
-    b->buckets = c->buckets;
-    b->stripes = c->stripes;
+    atomic_init(&b->w, rsl__window_init((char *)b + off, c->window_ns, c->buckets, c->stripes));
+    atomic_init(&b->window_ns, c->window_ns);
+    atomic_init(&b->buckets, c->buckets);
+    atomic_init(&b->stripes, c->stripes);
     store_thresholds(b, c);
     return b;
 }
@@ -252,8 +272,13 @@ void rsl__breaker_free(rsl__breaker *b) {
     if (!b) {
         return;
     }
-    if (b->w != embedded_window(b)) {
-        rsl__window_free(b->w);
+    if (win(b) != embedded_window(b)) {
+        rsl__window_free(win(b));
+    }
+    for (struct retired *r = b->retired, *next; r; r = next) {
+        next = r->next;
+        rsl__window_free(r->w);
+        free(r);
     }
     free(b);
 }
@@ -270,7 +295,12 @@ void rsl__breaker_set_hook(rsl__breaker *b, rsl__breaker_hook fn, void *ud) {
 size_t rsl__breaker_size(const rsl__breaker *b) {
     const rsl__window *e = embedded_window(b);
     size_t n = window_offset(strlen(b->name)) + rsl__window_size(e);
-    return b->w == e ? n : n + rsl__window_size(b->w);
+    rsl__window *w = win(b);
+    n = w == e ? n : n + rsl__window_size(w);
+    for (const struct retired *r = b->retired; r; r = r->next) {
+        n += rsl__window_size(r->w) + sizeof(*r);
+    }
+    return n;
 }
 
 int rsl__breaker_configure(rsl__breaker *b, const rsl__breaker_conf *c) {
@@ -280,19 +310,27 @@ int rsl__breaker_configure(rsl__breaker *b, const rsl__breaker_conf *c) {
     int replaced = 0;
     if (c->window_ns != b->window_ns || c->buckets != b->buckets || c->stripes != b->stripes) {
         rsl__window *nw = rsl__window_new(c->window_ns, c->buckets, c->stripes);
-        if (!nw) {
+        struct retired *r = malloc(sizeof(*r));
+        if (!nw || !r) {
+            rsl__window_free(nw);
+            free(r);
             return RSL_ENOMEM;
         }
-        /* The embedded window's bytes stay with the block until the breaker goes: a
-         * reload that reshapes a window is rare, and the breaker stays one allocation. */
-        rsl__window *old = b->w;
-        b->w = nw;
+        /* Calls may be recording into the old window right now: publish the new one, keep
+         * the old one until the breaker goes (the embedded one stays with the block
+         * anyway). */
+        rsl__window *old = win(b);
+        atomic_store_explicit(&b->w, nw, memory_order_release);
         if (old != embedded_window(b)) {
-            rsl__window_free(old);
+            r->w = old;
+            r->next = b->retired;
+            b->retired = r;
+        } else {
+            free(r);
         }
-        b->window_ns = c->window_ns;
-        b->buckets = c->buckets;
-        b->stripes = c->stripes;
+        atomic_store_explicit(&b->window_ns, c->window_ns, memory_order_relaxed);
+        atomic_store_explicit(&b->buckets, c->buckets, memory_order_relaxed);
+        atomic_store_explicit(&b->stripes, c->stripes, memory_order_relaxed);
         replaced = 1;
     }
     store_thresholds(b, c);
@@ -329,7 +367,7 @@ static uint32_t open_until(rsl__breaker *b, int64_t now, int level) {
 
 static int should_trip(rsl__breaker *b, int64_t now, char *reason, size_t len) {
     rsl__window_counts c;
-    rsl__window_counts_at(b->w, now, &c);
+    rsl__window_counts_at(win(b), now, &c);
     int64_t min = atomic_load_explicit(&b->min_calls, memory_order_relaxed);
     if (c.calls == 0 || c.calls < min) {
         return 0;
@@ -453,7 +491,7 @@ static void record_probe(rsl__breaker *b, const rsl__permit *p, int64_t now, int
             if (cas(b, &s, pack(RSL_BREAKER_CLOSED, 0, 0, 0, cyc, 0))) {
                 /* Calls admitted in the new cycle may record before this clear and be
                  * wiped with the old counts: a few lost samples, never a wrong total. */
-                rsl__window_clear(b->w);
+                rsl__window_clear(win(b));
                 note(b, RSL_BREAKER_HALF_OPEN, RSL_BREAKER_CLOSED, "probes succeeded");
                 return;
             }
@@ -479,7 +517,7 @@ void rsl__breaker_record(rsl__breaker *b, const rsl__permit *p, int64_t now, rsl
         if (w_state(s) != RSL_BREAKER_CLOSED || w_cycle(s) != p->cycle) {
             return; /* admitted before a state change: its verdict is about another era */
         }
-        int64_t r = rsl__window_record(b->w, now, failed, slow, latency_ns);
+        int64_t r = rsl__window_record(win(b), now, failed, slow, latency_ns);
         /* A plain success can only trip the breaker by bringing calls up to min_calls or
          * right after buckets were evicted; anything else lowers both rates. */
         if (failed || slow || r < 0 ||
@@ -520,7 +558,7 @@ static void admin(rsl__breaker *b, rsl__breaker_state to, const char *reason) {
         int level = to == RSL_BREAKER_CLOSED ? 0 : w_level(s);
         if (cas(b, &s, pack(to, 0, 0, level, (uint8_t)(w_cycle(s) + 1), 0))) {
             if (to == RSL_BREAKER_CLOSED) {
-                rsl__window_clear(b->w);
+                rsl__window_clear(win(b));
             }
             if (from != to) {
                 note(b, from, to, reason);
@@ -553,24 +591,24 @@ rsl__breaker_state rsl__breaker_state_get(const rsl__breaker *b) {
 
 double rsl__breaker_failure_rate(rsl__breaker *b, int64_t now) {
     rsl__window_counts c;
-    rsl__window_counts_at(b->w, now, &c);
+    rsl__window_counts_at(win(b), now, &c);
     return c.calls ? 100.0 * (double)c.failures / (double)c.calls : 0;
 }
 
 double rsl__breaker_slow_rate(rsl__breaker *b, int64_t now) {
     rsl__window_counts c;
-    rsl__window_counts_at(b->w, now, &c);
+    rsl__window_counts_at(win(b), now, &c);
     return c.calls ? 100.0 * (double)c.slow / (double)c.calls : 0;
 }
 
 int64_t rsl__breaker_calls(rsl__breaker *b, int64_t now) {
     rsl__window_counts c;
-    rsl__window_counts_at(b->w, now, &c);
+    rsl__window_counts_at(win(b), now, &c);
     return c.calls;
 }
 
 int64_t rsl__breaker_latency(rsl__breaker *b, int64_t now, double q) {
-    return rsl__window_quantile(b->w, now, q);
+    return rsl__window_quantile(win(b), now, q);
 }
 
 int rsl__breaker_probes_inflight(const rsl__breaker *b) {

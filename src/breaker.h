@@ -81,10 +81,11 @@ size_t rsl__breaker_size(const rsl__breaker *b);
 
 /*
  * Applies new thresholds in place, keeping state.  When window_ns, buckets or stripes
- * change the window is replaced (counts restart) and 1 is returned; else 0.  Replacing
- * the window is not safe against concurrent recorders: call it when no call uses the
- * breaker's window (reload does, between generations) -- otherwise thresholds only.
- * Negative on a bad conf.
+ * change the window is replaced (counts restart) and 1 is returned; else 0.  Safe while
+ * calls record (a reload does not wait for the old generation's calls): the replaced
+ * window is retired and freed with the breaker.  Calls that replace the window must not
+ * run concurrently with each other (the loader's reload lock serializes them).  Negative
+ * on a bad conf, RSL_ENOMEM when a new window cannot be had (the old settings stay).
  */
 int rsl__breaker_configure(rsl__breaker *b, const rsl__breaker_conf *c);
 void rsl__breaker_conf_get(const rsl__breaker *b, rsl__breaker_conf *c);

@@ -41,7 +41,6 @@ typedef struct rsl__pstats {
 typedef struct rsl__metrics {
     rsl__pstats **p;
     int n, cap;
-    _Atomic uint64_t reloads[2]; /* [0] ok, [1] error */
 } rsl__metrics;
 
 /* What a generation's policy points at (rsl__policy.stats): its counters and its steps'

@@ -944,7 +944,17 @@ int rsl__gen_load(const char *dir, rsl__guards *registry, const rsl__gen_opts *o
         ld.ref = LUA_NOREF;
         lua_gc(L, LUA_GCCOLLECT, 0); /* the DSL's load-time garbage */
     }
-    if ((rc = apply_guards(&ld, registry, report)) < 0) {
+    /* Only now, with the whole directory loaded and validated, does the registry change;
+     * under the registry lock, which is held for this short C-only part, never for the
+     * Lua load above. */
+    if (o->registry_lock) {
+        pthread_mutex_lock(o->registry_lock);
+    }
+    rc = apply_guards(&ld, registry, report);
+    if (o->registry_lock) {
+        pthread_mutex_unlock(o->registry_lock);
+    }
+    if (rc < 0) {
         goto fail;
     }
     if (report) {

@@ -28,6 +28,7 @@
 #include "sandbox.h"
 #include "tmpl.h"
 #include <lua.h>
+#include <pthread.h>
 #include <stdint.h>
 
 typedef enum rsl__step_kind {
@@ -127,6 +128,10 @@ typedef struct rsl__gen_opts {
     rsl_clock_fn clock;    /* "now" for limiters reconfigured in place (their token
                               buckets live on the runtime's clock); NULL: rsl__clock_now */
     void *clock_ud;
+    pthread_mutex_t *registry_lock; /* held while the registry changes (readers of the
+                              registry on other threads take it too); NULL: none.  Reads
+                              during the load take no lock: loads are serialized by the
+                              caller, so nobody else writes the registry meanwhile. */
 } rsl__gen_opts;
 
 /* Limits the DSL enforces at load (a longer chain or guard list is a load error); the

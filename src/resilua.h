@@ -109,6 +109,12 @@ typedef struct rsl_options {
     rsl_clock_fn clock;       /* default: CLOCK_MONOTONIC */
     void *clock_ud;
     uint64_t seed;            /* seeds jitter and fault injection; 0: from the clock */
+    /* Runs at the end of every rsl_reload, on the thread that called it, with no runtime
+     * lock held (it may call rsl_state_json, not rsl_reload): ok is 1 when the new
+     * generation serves, and report_json is the reload's record as rsl_state_json shows it
+     * under "last_reload" (borrowed for the callback).  NULL: none. */
+    void (*on_reload)(void *ud, int ok, const char *report_json);
+    void *on_reload_ud;
 } rsl_options;
 
 /* Fills `o` with defaults. Any thread. */
@@ -128,6 +134,43 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen);
  * worker thread (never from inside a callback).  NULL is a no-op.
  */
 void rsl_close(rsl_runtime *rt);
+
+/*
+ * Reloads the policy directory: loads and validates every file into a new generation
+ * (one Lua state per worker, as rsl_open does), then makes it current on every worker at
+ * once.  Calls that started before keep running on the generation they started on; an old
+ * generation is freed when its last call ends.  Calls are not stalled by the load: they
+ * keep starting on the old generation until the swap.
+ *
+ * Guards keep their state by name: same name and kind -> the same object with the new
+ * thresholds in place (a new window size or bucket count restarts that breaker's window);
+ * a kind change replaces the guard; a guard no file declares any more is dropped.
+ *
+ * A directory that fails to load changes nothing: the old generation keeps serving, and
+ * RSL_ELOAD returns with `file:line: message` lines in err (err may be NULL).  Either way
+ * the outcome is kept for inspection: rsl_state_json's "generation" (bumped by each
+ * successful reload) and "last_reload" ({"ok", "error" (null on success), "at" (unix
+ * seconds), "kept", "changed", "added", "removed", "reset", "warnings": lists of guard
+ * names or messages}), and rsl_options.on_reload runs.
+ *
+ * Reloads run one at a time (a second caller waits for the first).  Any thread but a
+ * worker thread (RSL_EINVAL there); not concurrently with or after rsl_close.  Errors:
+ * RSL_ELOAD, RSL_ENOMEM (the old generation keeps serving), RSL_ECLOSED, RSL_EINVAL.
+ */
+int rsl_reload(rsl_runtime *rt, char *err, size_t errlen);
+
+/*
+ * Opts into reloading on SIGHUP: starts one small thread with its own libuv loop watching
+ * SIGHUP (uv_signal_t; libuv installs its process-wide handler, shared with any other
+ * libuv loop that watches SIGHUP, and restores the default when rsl_close stops the
+ * watch).  Each SIGHUP then runs rsl_reload on that thread: failures are logged, kept in
+ * rsl_state_json's "last_reload" and passed to on_reload.  Signals that arrive during a
+ * reload may coalesce into one more reload.  The host must not block SIGHUP in every
+ * thread nor install its own SIGHUP handler afterwards.  Nothing is installed unless this
+ * is called.  Calling it again is a no-op returning 0.  Any thread but a worker thread;
+ * not concurrently with rsl_close.  Errors: RSL_ECLOSED, RSL_ENOMEM, RSL_ESYS, RSL_EINVAL.
+ */
+int rsl_handle_sighup(rsl_runtime *rt);
 
 /* ---------------------------------------------------------------------------------------
  * Requests
@@ -244,8 +287,10 @@ char *rsl_describe_json(rsl_runtime *rt);
  * Any thread. */
 char *rsl_metrics_text(rsl_runtime *rt);
 
-/* JSON of every guard's live state (state, rates, calls, quantiles, tokens, inflight).
- * Free with rsl_free. Any thread. */
+/* JSON: {"generation": N, "last_reload": {...} (see rsl_reload; after rsl_open it records
+ *        the open's load), "reloads": {"ok": N, "failed": N},
+ *        "guards": {"NAME": {"kind", "state", rates, calls, quantiles, tokens, inflight...}}}:
+ * every guard's live state.  Free with rsl_free. Any thread. */
 char *rsl_state_json(rsl_runtime *rt);
 
 /*

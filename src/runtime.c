@@ -16,10 +16,12 @@
 
 #include <jansson.h>
 #include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- names ---------------------------------------------------------------------------- */
 
@@ -99,10 +101,13 @@ void rsl__log(struct rsl_runtime *rt, rsl_log_level level, const char *fmt, ...)
 
 /* ---- generations ---------------------------------------------------------------------- */
 
+_Atomic int rsl__genr_live;
+
 void rsl__genr_unref(rsl__genr *G) {
     if (!G || atomic_fetch_sub_explicit(&G->refs, 1, memory_order_acq_rel) != 1) {
         return;
     }
+    atomic_fetch_sub_explicit(&rsl__genr_live, 1, memory_order_relaxed);
     if (G->api) {
         for (int i = 0; i < G->g->nstates; i++) {
             rsl__lapi_free(G->api[i]);
@@ -162,6 +167,7 @@ static rsl__genr *genr_new(struct rsl_runtime *rt, rsl__gen *g) {
     G->g = g;
     G->rt = rt;
     atomic_init(&G->refs, 1);
+    atomic_fetch_add_explicit(&rsl__genr_live, 1, memory_order_relaxed);
     G->api = calloc((size_t)g->nstates, sizeof(*G->api));
     G->budgets = calloc((size_t)(g->npolicies ? g->npolicies : 1), sizeof(*G->budgets));
     if (!G->api || !G->budgets) {
@@ -217,7 +223,56 @@ static rsl__genr *current(struct rsl_runtime *rt) {
     return G;
 }
 
+/* The load options of this runtime: rsl_open and rsl_reload load the same way. */
+static rsl__gen_opts gen_opts(struct rsl_runtime *rt) {
+    rsl__gen_opts go = {
+        .nstates = rt->o.workers,
+        .mem_limit = rt->o.lua_mem_limit,
+        .wd = rt->wd,
+        .clock = rt->o.clock,
+        .clock_ud = rt->o.clock_ud,
+        .stripes = rt->o.workers < RSL_WINDOW_MAX_STRIPES ? rt->o.workers : RSL_WINDOW_MAX_STRIPES,
+        .registry_lock = &rt->reg_lock,
+    };
+    return go;
+}
+
+/* A newline-separated list (may be NULL) as a JSON array of strings. */
+static json_t *name_list(const char *lines) {
+    json_t *a = json_array();
+    for (const char *p = lines; p && *p;) {
+        const char *nl = strchr(p, '\n');
+        size_t n = nl ? (size_t)(nl - p) : strlen(p);
+        if (n) {
+            json_array_append_new(a, json_stringn(p, n));
+        }
+        p = nl ? nl + 1 : p + n;
+    }
+    return a;
+}
+
+/* The record of one load (DESIGN.md's /state "last_reload"): a new object, NULL when out of
+ * memory.  `error` is NULL on success; `rep` may be NULL on failure. */
+static json_t *load_record(int ok, const char *error, const rsl__load_report *rep) {
+    json_t *o = json_object();
+    if (!o) {
+        return NULL;
+    }
+    json_object_set_new(o, "ok", json_boolean(ok));
+    json_object_set_new(o, "error", error ? json_string(error) : json_null());
+    json_object_set_new(o, "at", json_integer((json_int_t)time(NULL)));
+    json_object_set_new(o, "kept", name_list(rep ? rep->kept : NULL));
+    json_object_set_new(o, "changed", name_list(rep ? rep->changed : NULL));
+    json_object_set_new(o, "added", name_list(rep ? rep->added : NULL));
+    json_object_set_new(o, "removed", name_list(rep ? rep->removed : NULL));
+    json_object_set_new(o, "reset", name_list(rep ? rep->reset : NULL));
+    json_object_set_new(o, "warnings", name_list(rep ? rep->warnings : NULL));
+    return o;
+}
+
 /* ---- open and close ------------------------------------------------------------------- */
+
+static void sighup_join(rsl_runtime *rt);
 
 int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) {
     if (err && errlen) {
@@ -243,6 +298,8 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
     rt->dir = strdup(o->policy_dir);
     rt->o.policy_dir = rt->dir;
     pthread_mutex_init(&rt->lock, NULL);
+    pthread_mutex_init(&rt->reload_lock, NULL);
+    pthread_mutex_init(&rt->reg_lock, NULL);
     rt->guards = rsl__guards_new();
     rt->wd = rsl__watchdog_new(0);
     if (!rt->dir || !rt->guards || !rt->wd) {
@@ -250,21 +307,18 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
         return RSL_ENOMEM;
     }
     char dummy[1];
-    rsl__gen_opts go = {
-        .nstates = rt->o.workers,
-        .mem_limit = rt->o.lua_mem_limit,
-        .wd = rt->wd,
-        .clock = rt->o.clock,
-        .clock_ud = rt->o.clock_ud,
-        .stripes = rt->o.workers < RSL_WINDOW_MAX_STRIPES ? rt->o.workers : RSL_WINDOW_MAX_STRIPES,
-    };
+    rsl__gen_opts go = gen_opts(rt);
     rsl__gen *g = NULL;
-    int rc = rsl__gen_load(rt->dir, rt->guards, &go, &g, NULL, err ? err : dummy,
+    rsl__load_report rep = {0};
+    int rc = rsl__gen_load(rt->dir, rt->guards, &go, &g, &rep, err ? err : dummy,
                            err ? errlen : sizeof(dummy));
     if (rc < 0) {
         rsl_close(rt);
         return rc;
     }
+    /* The open is the first load: /state shows what it created until the first reload. */
+    rt->last_reload = load_record(1, NULL, &rep);
+    rsl__load_report_free(&rep);
     g->number = ++rt->gen_number;
     rt->cur = genr_new(rt, g);
     if (!rt->cur) {
@@ -295,6 +349,7 @@ void rsl_close(rsl_runtime *rt) {
     while (atomic_load(&rt->senders) > 0) {
         sched_yield();
     }
+    sighup_join(rt); /* before the workers: a reload it runs must end first */
     for (int i = 0; i < rt->nworkers; i++) {
         rsl__worker_join(&rt->workers[i]);
     }
@@ -312,9 +367,183 @@ void rsl_close(rsl_runtime *rt) {
         free(rt->steps[i].name);
     }
     free(rt->steps);
+    json_decref(rt->last_reload);
+    pthread_mutex_destroy(&rt->reg_lock);
+    pthread_mutex_destroy(&rt->reload_lock);
     pthread_mutex_destroy(&rt->lock);
     free(rt->dir);
     free(rt);
+}
+
+/* ---- reload --------------------------------------------------------------------------- */
+
+int rsl_reload(rsl_runtime *rt, char *err, size_t errlen) {
+    char dummy[1];
+    if (!err || !errlen) {
+        err = dummy;
+        errlen = sizeof(dummy);
+    }
+    err[0] = 0;
+    if (!rt) {
+        return RSL_EINVAL;
+    }
+    if (rsl__worker_self()) {
+        /* A worker would stall every call queued behind it for the whole load. */
+        snprintf(err, errlen, "rsl_reload: not on a worker thread");
+        return RSL_EINVAL;
+    }
+    if (atomic_load(&rt->closing)) {
+        return RSL_ECLOSED;
+    }
+    pthread_mutex_lock(&rt->reload_lock);
+    /* The load runs without rt->lock: calls keep starting on the current generation.  It
+     * changes the registry only once the whole directory validated (under reg_lock). */
+    rsl__gen_opts go = gen_opts(rt);
+    rsl__gen *g = NULL;
+    rsl__load_report rep = {0};
+    int rc = rsl__gen_load(rt->dir, rt->guards, &go, &g, &rep, err, errlen);
+    rsl__genr *G = NULL;
+    if (rc == 0 && !(G = genr_new(rt, g))) {
+        /* The registry already holds the new guards (thresholds applied); the old
+         * generation keeps serving with the guard objects it references.  The next reload
+         * that succeeds makes the two agree again. */
+        snprintf(err, errlen, "%s: out of memory making the new generation current", rt->dir);
+        rc = RSL_ENOMEM;
+    }
+    json_t *rec = load_record(rc == 0, rc == 0 ? NULL : err, rc == 0 ? &rep : NULL);
+    rsl__load_report_free(&rep);
+    rsl__genr *old = NULL;
+    pthread_mutex_lock(&rt->lock);
+    if (G) {
+        G->g->number = ++rt->gen_number;
+        old = rt->cur;
+        rt->cur = G;
+        rt->reloads_ok++;
+    } else {
+        rt->reloads_failed++;
+    }
+    json_t *prev = rt->last_reload;
+    rt->last_reload = rec ? rec : prev;
+    uint64_t number = rt->gen_number;
+    pthread_mutex_unlock(&rt->lock);
+    if (rec) {
+        json_decref(prev);
+    }
+    /* Calls still running on the old generation hold their own references: the last one
+     * to finish frees it (its Lua states, on whichever thread that is). */
+    rsl__genr_unref(old);
+    if (rc == 0) {
+        rsl__log(rt, RSL_LOG_INFO, "%s: reloaded, generation %llu", rt->dir,
+                 (unsigned long long)number);
+    } else {
+        rsl__log(rt, RSL_LOG_ERROR, "%s: reload failed, generation %llu keeps serving: %s", rt->dir,
+                 (unsigned long long)number, err[0] ? err : rsl_strerror(rc));
+    }
+    if (rt->o.on_reload) {
+        char *js = rec ? json_dumps(rec, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        rt->o.on_reload(rt->o.on_reload_ud, rc == 0, js ? js : "null");
+        free(js);
+    }
+    pthread_mutex_unlock(&rt->reload_lock);
+    return rc;
+}
+
+/* ---- SIGHUP ---------------------------------------------------------------------------- */
+
+/*
+ * Opt-in: a small private loop on its own thread with a uv_signal_t for SIGHUP, so the
+ * reload runs there, never on a worker (which would stall its calls for the load) and never
+ * in signal context.  libuv's signal handler is process-wide but cooperative: it writes to
+ * a pipe the registered loops read, and other libuv loops may watch SIGHUP too.  A
+ * sigwait/signalfd thread would need SIGHUP blocked in every thread of the host, which a
+ * library cannot promise.
+ */
+typedef struct rsl__sighup {
+    rsl_runtime *rt;
+    uv_loop_t loop;
+    uv_signal_t sig;
+    uv_async_t stop;
+    pthread_t thread;
+} rsl__sighup;
+
+static void sighup_cb(uv_signal_t *h, int signum) {
+    rsl__sighup *s = h->data;
+    char err[2048];
+    /* rsl_reload logs the outcome, keeps the record and runs on_reload. */
+    (void)rsl_reload(s->rt, err, sizeof(err));
+}
+
+static void sighup_stop_cb(uv_async_t *a) {
+    rsl__sighup *s = a->data;
+    uv_close((uv_handle_t *)&s->sig, NULL); /* restores SIGHUP's disposition when last */
+    uv_close((uv_handle_t *)&s->stop, NULL);
+}
+
+static void *sighup_main(void *arg) {
+    rsl__sighup *s = arg;
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    return NULL;
+}
+
+int rsl_handle_sighup(rsl_runtime *rt) {
+    if (!rt || rsl__worker_self()) {
+        return RSL_EINVAL;
+    }
+    if (atomic_load(&rt->closing)) {
+        return RSL_ECLOSED;
+    }
+    pthread_mutex_lock(&rt->lock);
+    if (rt->sighup) {
+        pthread_mutex_unlock(&rt->lock);
+        return 0;
+    }
+    rsl__sighup *s = calloc(1, sizeof(*s));
+    if (!s) {
+        pthread_mutex_unlock(&rt->lock);
+        return RSL_ENOMEM;
+    }
+    s->rt = rt;
+    int rc = RSL_ESYS;
+    if (uv_loop_init(&s->loop) != 0) {
+        free(s);
+        pthread_mutex_unlock(&rt->lock);
+        return RSL_ESYS;
+    }
+    s->sig.data = s->stop.data = s;
+    if (uv_signal_init(&s->loop, &s->sig) == 0 &&
+        uv_async_init(&s->loop, &s->stop, sighup_stop_cb) == 0 &&
+        uv_signal_start(&s->sig, sighup_cb, SIGHUP) == 0 &&
+        pthread_create(&s->thread, NULL, sighup_main, s) == 0) {
+        rt->sighup = s;
+        rc = 0;
+    }
+    pthread_mutex_unlock(&rt->lock);
+    if (rc != 0) {
+        /* Handles that were initialised close on this thread: the loop never ran. */
+        if (s->sig.loop) { /* set only once its init succeeded (calloc'd before) */
+            uv_close((uv_handle_t *)&s->sig, NULL);
+        }
+        if (s->stop.loop) {
+            uv_close((uv_handle_t *)&s->stop, NULL);
+        }
+        uv_run(&s->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&s->loop);
+        free(s);
+    }
+    return rc;
+}
+
+/* Stops the SIGHUP thread, letting a reload it is running finish. */
+static void sighup_join(rsl_runtime *rt) {
+    rsl__sighup *s = rt->sighup;
+    if (!s) {
+        return;
+    }
+    uv_async_send(&s->stop);
+    pthread_join(s->thread, NULL);
+    uv_loop_close(&s->loop);
+    free(s);
+    rt->sighup = NULL;
 }
 
 /* ---- calls ---------------------------------------------------------------------------- */
@@ -623,11 +852,21 @@ char *rsl_state_json(rsl_runtime *rt) {
     int64_t now = rsl__rt_now(rt);
     pthread_mutex_lock(&rt->lock);
     json_object_set_new(root, "generation", json_integer((json_int_t)rt->gen_number));
+    /* A copy: the record is replaced (and freed) by the next reload. */
+    json_object_set_new(root, "last_reload",
+                        rt->last_reload ? json_deep_copy(rt->last_reload) : json_null());
+    json_t *reloads = json_object();
+    json_object_set_new(reloads, "ok", json_integer((json_int_t)rt->reloads_ok));
+    json_object_set_new(reloads, "failed", json_integer((json_int_t)rt->reloads_failed));
+    json_object_set_new(root, "reloads", reloads);
+    pthread_mutex_unlock(&rt->lock);
+    /* The registry lock, not rt->lock: walking every guard must not stall calls. */
+    pthread_mutex_lock(&rt->reg_lock);
     for (size_t i = 0; i < rsl__guards_count(rt->guards); i++) {
         rsl__guard *g = rsl__guards_at(rt->guards, i);
         json_object_set_new(guards, g->name, guard_state(g, now));
     }
-    pthread_mutex_unlock(&rt->lock);
+    pthread_mutex_unlock(&rt->reg_lock);
     json_object_set_new(root, "guards", guards);
     char *s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
     json_decref(root);
@@ -671,8 +910,13 @@ char *rsl_metrics_text(rsl_runtime *rt) {
     rsl__buf b = {0};
     int rc = 0;
     int64_t now = rsl__rt_now(rt);
+    /* The counters under rt->lock, the guards under reg_lock: never both at once. */
     pthread_mutex_lock(&rt->lock);
     rc |= rsl__metrics_render(&rt->metrics, &b);
+    unsigned long long reloads_ok = rt->reloads_ok, reloads_failed = rt->reloads_failed;
+    unsigned long long generation = rt->gen_number;
+    pthread_mutex_unlock(&rt->lock);
+    pthread_mutex_lock(&rt->reg_lock);
     size_t ng = rsl__guards_count(rt->guards);
     rc |= HELP(&b, "resilua_breaker_state", "gauge", "1 for the breaker's current state.");
     for (size_t i = 0; i < ng; i++) {
@@ -733,11 +977,9 @@ char *rsl_metrics_text(rsl_runtime *rt) {
                      "# HELP resilua_policy_generation The policy generation serving now.\n"
                      "# TYPE resilua_policy_generation gauge\n"
                      "resilua_policy_generation %llu\n",
-                     (unsigned long long)atomic_load(&rt->metrics.reloads[0]),
-                     (unsigned long long)atomic_load(&rt->metrics.reloads[1]),
-                     (unsigned long long)rt->gen_number);
+                     reloads_ok, reloads_failed, generation);
+    pthread_mutex_unlock(&rt->reg_lock);
     rc |= rsl__buf_append(&b, tail, (size_t)n);
-    pthread_mutex_unlock(&rt->lock);
     if (rc) {
         rsl__buf_free(&b);
         return NULL;

@@ -84,6 +84,9 @@ typedef struct rsl__genr {
 
 void rsl__genr_ref(rsl__genr *G);
 void rsl__genr_unref(rsl__genr *G);
+/* Generations alive in this process (every runtime's current one plus the ones draining):
+ * lets tests see that an old generation is freed when its last call ends. */
+extern _Atomic int rsl__genr_live;
 
 /* ---- results -------------------------------------------------------------------------- */
 typedef struct rsl__entry {
@@ -235,9 +238,20 @@ struct rsl_runtime {
     char *dir;
     rsl__guards *guards;
     rsl__watchdog *wd;
-    pthread_mutex_t lock;      /* current generation, host steps, caches, gauge creation */
+    pthread_mutex_t lock;      /* current generation, host steps, caches, gauge creation,
+                                  the last reload's record; held briefly, never across a
+                                  Lua load (rsl_call takes it to find the generation) */
     rsl__genr *cur;
     uint64_t gen_number;
+    /* Reload: one at a time (reload_lock, held for the whole load); the guard registry
+     * changes under reg_lock, which rsl_state_json takes to walk it. Order: reload_lock,
+     * then reg_lock or lock, never both of the latter. */
+    pthread_mutex_t reload_lock;
+    pthread_mutex_t reg_lock;
+    struct json_t *last_reload; /* under lock: DESIGN.md's /state "last_reload"; NULL before
+                                  rsl_open finished */
+    uint64_t reloads_ok, reloads_failed; /* under lock; the open counts as neither */
+    struct rsl__sighup *sighup; /* rsl_handle_sighup's thread, or NULL; under lock */
     int nworkers;
     rsl__worker *workers;
     _Atomic uint64_t rr;

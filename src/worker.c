@@ -70,6 +70,16 @@ void rsl__worker_post(rsl__worker *w, rsl__msg *m) {
     struct rsl_runtime *rt = w->rt;
     atomic_fetch_add(&rt->senders, 1);
     rsl__queue_push(&w->q, m);
+    /* Full fence between the push's link store and uv_async_send's first read of the
+     * handle's pending flag.  libuv before 1.45 reads the flag with a plain load first
+     * ("cheap read") and skips the wake-up when it is set; on x86 that load may pass our
+     * link store still in the store buffer, so the loop can clear the flag, drain, miss
+     * the unlinked message (pop returns NULL while a producer is mid-push) and go back to
+     * sleep: a call stranded until the next post to this worker (libuv PR #349 describes
+     * the race; 1.45's PR #3879 made that read seq_cst).  Debian 12 ships 1.44.  Costs
+     * one mfence per post, against a hand-off of microseconds.  Seen as a 10 s
+     * rsl_call_sync timeout in test_reload's reshape test (1 run in ~20). */
+    atomic_thread_fence(memory_order_seq_cst);
     uv_async_send(&w->async);
     atomic_fetch_sub(&rt->senders, 1);
 }

@@ -669,5 +669,14 @@ TEST(metrics_text) {
         ASSERT(*end == 0);
     }
     rsl_free(m);
+    /* A reload resets no counter and moves the generation. */
+    char err[512];
+    ASSERT_EQ(rsl_reload(rt, err, sizeof(err)), 0);
+    m = rsl_metrics_text(rt);
+    ASSERT_CONTAINS(m, "resilua_calls_total{policy=\"p\",outcome=\"ok\"} 2\n");
+    ASSERT_CONTAINS(m, "resilua_reloads_total{result=\"ok\"} 1\n");
+    ASSERT_CONTAINS(m, "resilua_policy_generation 2\n");
+    ASSERT_CONTAINS(m, "resilua_breaker_state{breaker=\"b\",state=\"open\"} 1\n");
+    rsl_free(m);
     rsl_close(rt);
 }
