@@ -7,6 +7,7 @@
  * (name inline); rsl__bulkhead_free frees it.
  */
 #include "bulkhead.h"
+#include "lines.h"
 #include "resilua.h"
 
 #include <stdalign.h>
@@ -29,17 +30,12 @@ rsl__bulkhead *rsl__bulkhead_new(const char *name, int64_t max) {
     if (!name || max < 1) {
         return NULL;
     }
-    size_t len = strlen(name);
-    /* The name goes in the struct's tail padding when it fits. */
-    size_t size = (offsetof(rsl__bulkhead, name) + len + 1 + LINE - 1) / LINE * LINE;
-    size = size < sizeof(rsl__bulkhead) ? sizeof(rsl__bulkhead) : size;
-    rsl__bulkhead *b = aligned_alloc(LINE, size);
+    rsl__bulkhead *b =
+        rsl__lines_named(sizeof(rsl__bulkhead), offsetof(rsl__bulkhead, name), name);
     if (!b) {
         return NULL;
     }
-    memset(b, 0, size);
     atomic_init(&b->max, max);
-    memcpy(b->name, name, len + 1);
     return b;
 }
 

@@ -8,6 +8,7 @@
  * Ownership: rsl__limiter_new allocates it (name inline); rsl__limiter_free frees it.
  */
 #include "limiter.h"
+#include "lines.h"
 #include "clock.h"
 #include "resilua.h"
 
@@ -71,22 +72,16 @@ rsl__limiter *rsl__limiter_new(const char *name, const rsl__limiter_conf *in) {
     if (!name || resolve(in, &c, &t, &tau) != 0) {
         return NULL;
     }
-    size_t len = strlen(name);
-    /* The name goes in the struct's tail padding when it fits. */
-    size_t size = (offsetof(rsl__limiter, name) + len + 1 + LINE - 1) / LINE * LINE;
-    size = size < sizeof(rsl__limiter) ? sizeof(rsl__limiter) : size;
-    rsl__limiter *l = aligned_alloc(LINE, size);
+    rsl__limiter *l = rsl__lines_named(sizeof(rsl__limiter), offsetof(rsl__limiter, name), name);
     if (!l) {
         return NULL;
     }
-    memset(l, 0, size);
     atomic_init(&l->tat, INT64_MIN);
     atomic_init(&l->t_ns, t);
     atomic_init(&l->tau_ns, tau);
     atomic_init(&l->rate, c.rate);
     atomic_init(&l->burst, c.burst);
     atomic_init(&l->per_ns, c.per_ns);
-    memcpy(l->name, name, len + 1);
     return l;
 }
 
