@@ -100,7 +100,7 @@ typedef int64_t (*rsl_clock_fn)(void *ud);
 typedef struct rsl_options {
     size_t size;              /* set by rsl_options_init: lets this struct grow */
     const char *policy_dir;   /* directory of *.lua policy files; required */
-    int workers;              /* worker threads; default 1 */
+    int workers;              /* worker threads, 1..256; default 1 */
     size_t lua_mem_limit;     /* bytes per Lua state; default 64 MiB */
     int64_t route_limit_ns;   /* run-time limit of route(); default 50 ms */
     int64_t lua_step_limit_ns;/* run-time limit of a Lua step; default 200 ms */
@@ -236,6 +236,20 @@ typedef void (*rsl_call_cb)(const rsl_result *r, void *ud);
  * Any thread.
  */
 int rsl_call(rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb, void *ud);
+
+/* rsl_call that also hands back the call's id (never 0) for rsl_cancel. Any thread. */
+int rsl_call_id(rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb,
+                void *ud, uint64_t *id);
+
+/*
+ * Asks the worker running call `id` to cancel it.  A call waiting on something -- a host
+ * step's answer, a retry backoff, an injected delay -- completes at once with outcome
+ * "canceled" (a host answer arriving later is dropped); a call that already answered, or
+ * that is running Lua right now and answers before the request is seen, is not affected:
+ * its callback has run or runs once as usual.  Returns 0 when the request was posted,
+ * RSL_EINVAL for an id no call had, RSL_ECLOSED after rsl_close began.  Any thread.
+ */
+int rsl_cancel(rsl_runtime *rt, uint64_t id);
 
 /*
  * Calls `policy` and waits up to `timeout_ns` (<= 0: no limit) for the answer.  On 0,

@@ -295,6 +295,9 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
     if (rt->o.workers < 1) {
         rt->o.workers = 1;
     }
+    if (rt->o.workers > 256) {
+        rt->o.workers = 256; /* a call id carries its worker's index in 8 bits */
+    }
     rt->dir = strdup(o->policy_dir);
     rt->o.policy_dir = rt->dir;
     pthread_mutex_init(&rt->lock, NULL);
@@ -601,6 +604,7 @@ static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req
     uint64_t n = atomic_fetch_add_explicit(&rt->rr, 1, memory_order_relaxed);
     rsl__worker *w = &rt->workers[n % (uint64_t)rt->nworkers];
     c->w = w;
+    c->id = (c->id << 8) | (uint64_t)w->index; /* rsl_cancel finds the worker in the id */
     if (id) {
         *id = c->id;
     }
@@ -620,6 +624,26 @@ static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req
 
 int rsl_call(rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb, void *ud) {
     return submit(rt, policy, req, cb, ud, NULL, NULL);
+}
+
+int rsl_call_id(rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb,
+                void *ud, uint64_t *id) {
+    return submit(rt, policy, req, cb, ud, id, NULL);
+}
+
+int rsl_cancel(rsl_runtime *rt, uint64_t id) {
+    if (!rt || id == 0 || (id & 0xff) >= (uint64_t)rt->nworkers ||
+        (id >> 8) > atomic_load_explicit(&rt->next_id, memory_order_relaxed)) {
+        return RSL_EINVAL;
+    }
+    atomic_fetch_add(&rt->senders, 1);
+    if (atomic_load(&rt->closing)) {
+        atomic_fetch_sub(&rt->senders, 1);
+        return RSL_ECLOSED;
+    }
+    int rc = rsl__worker_post_cancel(&rt->workers[id & 0xff], id);
+    atomic_fetch_sub(&rt->senders, 1);
+    return rc;
 }
 
 typedef struct sync_wait {

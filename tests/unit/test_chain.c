@@ -680,3 +680,65 @@ TEST(metrics_text) {
     rsl_free(m);
     rsl_close(rt);
 }
+
+static _Atomic int last_outcome = -1;
+
+static void outcome_cb(const rsl_result *r, void *ud) {
+    atomic_store(&last_outcome, (int)rsl_result_outcome(r));
+    atomic_fetch_add(&completions, 1);
+}
+
+static void wait_completions(int n) {
+    for (int i = 0; i < 5000 && atomic_load(&completions) < n; i++) {
+        usleep(1000);
+    }
+    ASSERT_EQ(atomic_load(&completions), n);
+}
+
+TEST(cancel_one_call) {
+    rsl_runtime *rt = open_policy(
+        host_policy /* "never_untimed": a host step that never answers */);
+    rsl_register_step(rt, "never", never_answer, NULL);
+    rsl_register_step(rt, "now", answer_now, NULL);
+    atomic_store(&nparked, 0);
+    atomic_store(&completions, 0);
+    uint64_t id = 0;
+    /* Parked in a host step: canceled at once, the late answer dropped. */
+    ASSERT_EQ(rsl_call_id(rt, "never_untimed", NULL, outcome_cb, NULL, &id), 0);
+    ASSERT(id != 0);
+    while (atomic_load(&nparked) < 1) {
+        usleep(1000);
+    }
+    ASSERT_EQ(rsl_cancel(rt, id), 0);
+    wait_completions(1);
+    ASSERT_EQ(atomic_load(&last_outcome), RSL_OUTCOME_CANCELED);
+    ASSERT_EQ(rsl_step_answer(parked[0], 200, "late", 4), RSL_EALREADY);
+    /* Already answered: nothing happens, the callback ran once. */
+    ASSERT_EQ(rsl_call_id(rt, "now", NULL, outcome_cb, NULL, &id), 0);
+    wait_completions(2);
+    ASSERT_EQ(rsl_cancel(rt, id), 0);
+    ASSERT_EQ(atomic_load(&last_outcome), RSL_OUTCOME_OK);
+    ASSERT_EQ(rsl_cancel(rt, 0), RSL_EINVAL);
+    ASSERT_EQ(rsl_cancel(rt, (id + 256) | 7), RSL_EINVAL);
+    rsl_close(rt);
+    ASSERT_EQ(atomic_load(&completions), 2);
+}
+
+TEST(cancel_during_retry_backoff) {
+    rsl_runtime *rt = open_policy(
+        "local r = require 'resilua'\n"
+        "r.policy 'p' {\n"
+        "  steps = { a = r.lua { run = function() return nil, '5xx' end,\n"
+        "            retry = { attempts = 3, backoff = 'constant', base = '2s', jitter = 'none' } },\n"
+        "            s = r.stub {} },\n"
+        "  chain = { 'a', 's' } }\n");
+    atomic_store(&completions, 0);
+    uint64_t id = 0;
+    ASSERT_EQ(rsl_call_id(rt, "p", NULL, outcome_cb, NULL, &id), 0);
+    usleep(50000); /* the first attempt failed; the call now sleeps 2 s before the retry */
+    ASSERT_EQ(atomic_load(&completions), 0);
+    ASSERT_EQ(rsl_cancel(rt, id), 0);
+    wait_completions(1); /* well before the 2 s backoff */
+    ASSERT_EQ(atomic_load(&last_outcome), RSL_OUTCOME_CANCELED);
+    rsl_close(rt);
+}
