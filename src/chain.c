@@ -289,6 +289,7 @@ static int waits_on_io(const rsl__step *s) {
 }
 
 void rsl__call_free(rsl__call *c) {
+    struct rsl_runtime *rt = c->rt;
     rsl__answer_free(&c->ans);
     rsl__answer_free(&c->prev_ans);
     rsl__buf_free(&c->scratch);
@@ -298,6 +299,7 @@ void rsl__call_free(rsl__call *c) {
         rsl__genr_unref(c->G);
     }
     free(c);
+    rsl__rt_call_freed(rt);
 }
 
 static void on_timer_closed(uv_handle_t *h) {
@@ -469,7 +471,7 @@ static void on_timer(uv_timer_t *t);
 
 static void timer_start(rsl__call *c, int purpose, int64_t ns) {
     if (!c->timer_inited) {
-        uv_timer_init(&c->w->loop, &c->timer);
+        uv_timer_init(c->w->loop, &c->timer);
         c->timer.data = c;
         c->timer_inited = 1;
     }
@@ -554,6 +556,10 @@ int rsl_step_answer(rsl_step_call *sc, int status, const char *body, size_t len)
     sc->ans.outcome = rsl__status_outcome(status);
     if (rsl__buf_append(&sc->ans.body, body ? body : "", len) < 0) {
         rsl__answer_fail(&sc->ans, RSL_OUTCOME_ERROR, "out of memory copying the answer");
+    } else if (sc->ans.outcome != RSL_OUTCOME_OK) {
+        char msg[32];
+        snprintf(msg, sizeof(msg), "status %d", status);
+        sc->ans.error = strdup(msg);
     }
     return host_answer(sc);
 }

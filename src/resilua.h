@@ -109,6 +109,13 @@ typedef struct rsl_options {
     rsl_clock_fn clock;       /* default: CLOCK_MONOTONIC */
     void *clock_ud;
     uint64_t seed;            /* seeds jitter and fault injection; 0: from the clock */
+    /* Attach to the host's libuv loop (a uv_loop_t *) instead of starting worker threads:
+     * calls then run on that loop's thread, which must be the thread calling rsl_open and
+     * rsl_close; `workers` is ignored (one).  The runtime keeps the loop alive (an active
+     * async handle) until rsl_close; after rsl_close returns, let the loop run: the last
+     * close callback frees the runtime.  rsl_call and rsl_call_sync work from other
+     * threads as usual (rsl_call_sync not on the loop's thread: it would wait for itself). */
+    struct uv_loop_s *loop;
     /* Runs at the end of every rsl_reload, on the thread that called it, with no runtime
      * lock held (it may call rsl_state_json, not rsl_reload): ok is 1 when the new
      * generation serves, and report_json is the reload's record as rsl_state_json shows it
@@ -131,7 +138,10 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen);
  * Closes the runtime: stops taking calls (rsl_call returns RSL_ECLOSED), completes every
  * call still queued or running with outcome "canceled" unless it answers first, stops the
  * workers and frees everything.  Returns when every worker has stopped.  Any thread but a
- * worker thread (never from inside a callback).  NULL is a no-op.
+ * worker thread (never from inside a callback).  NULL is a no-op.  Attached to a host's
+ * loop: on that loop's thread, outside resilua's callbacks; queued calls complete
+ * "canceled" before it returns, and the memory is freed from a close callback when the
+ * host's loop next runs (as with uv_close), once the last call has been freed.
  */
 void rsl_close(rsl_runtime *rt);
 

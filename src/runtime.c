@@ -298,6 +298,9 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
     if (rt->o.workers > 256) {
         rt->o.workers = 256; /* a call id carries its worker's index in 8 bits */
     }
+    if (rt->o.loop) {
+        rt->o.workers = 1;
+    }
     rt->dir = strdup(o->policy_dir);
     rt->o.policy_dir = rt->dir;
     pthread_mutex_init(&rt->lock, NULL);
@@ -333,7 +336,14 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
         rsl_close(rt);
         return RSL_ENOMEM;
     }
-    for (int i = 0; i < rt->o.workers; i++) {
+    if (rt->o.loop) {
+        if ((rc = rsl__worker_attach(&rt->workers[0], rt, rt->o.loop)) < 0) {
+            rsl_close(rt);
+            return rc;
+        }
+        rt->nworkers = 1;
+    }
+    for (int i = 0; !rt->o.loop && i < rt->o.workers; i++) {
         if ((rc = rsl__worker_start(&rt->workers[i], rt, i)) < 0) {
             rsl_close(rt);
             return rc;
@@ -344,18 +354,8 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
     return 0;
 }
 
-void rsl_close(rsl_runtime *rt) {
-    if (!rt) {
-        return;
-    }
-    atomic_store(&rt->closing, 1);
-    while (atomic_load(&rt->senders) > 0) {
-        sched_yield();
-    }
-    sighup_join(rt); /* before the workers: a reload it runs must end first */
-    for (int i = 0; i < rt->nworkers; i++) {
-        rsl__worker_join(&rt->workers[i]);
-    }
+/* Frees what a stopped runtime holds. */
+static void rt_free(rsl_runtime *rt) {
     free(rt->workers);
     rsl__genr_unref(rt->cur);
     rsl__watchdog_free(rt->wd);
@@ -376,6 +376,42 @@ void rsl_close(rsl_runtime *rt) {
     pthread_mutex_destroy(&rt->lock);
     free(rt->dir);
     free(rt);
+}
+
+/* Attached: the async handle closed (teardown 1 -> 2); free once no call is left. */
+void rsl__rt_attached_closed(struct rsl_runtime *rt) {
+    atomic_store(&rt->teardown, 2);
+    if (atomic_load(&rt->live) == 0) {
+        rt_free(rt);
+    }
+}
+
+void rsl__rt_call_freed(struct rsl_runtime *rt) {
+    if (atomic_fetch_sub(&rt->live, 1) == 1 && atomic_load(&rt->teardown) == 2) {
+        /* The last call of an attached runtime whose handle already closed.  Only one
+         * thread can see live reach 0 after teardown 2: no call is made any more. */
+        rt_free(rt);
+    }
+}
+
+void rsl_close(rsl_runtime *rt) {
+    if (!rt) {
+        return;
+    }
+    atomic_store(&rt->closing, 1);
+    while (atomic_load(&rt->senders) > 0) {
+        sched_yield();
+    }
+    sighup_join(rt); /* before the workers: a reload it runs must end first */
+    if (rt->nworkers == 1 && rt->workers[0].attached) {
+        atomic_store(&rt->teardown, 1);
+        rsl__worker_stop_attached(&rt->workers[0]); /* rt_free follows from callbacks */
+        return;
+    }
+    for (int i = 0; i < rt->nworkers; i++) {
+        rsl__worker_join(&rt->workers[i]);
+    }
+    rt_free(rt);
 }
 
 /* ---- reload --------------------------------------------------------------------------- */
@@ -577,6 +613,7 @@ int rsl__call_new(struct rsl_runtime *rt, const char *policy, const rsl_req *req
     }
     c->msg.type = RSL_MSG_CALL;
     c->rt = rt;
+    atomic_fetch_add(&rt->live, 1); /* rsl__call_free takes it back */
     c->G = G;
     c->p = p;
     c->pidx = (int)(p - G->g->policies);

@@ -200,7 +200,9 @@ typedef struct rsl__hoststep {
 struct rsl__worker {
     struct rsl_runtime *rt;
     int index;
-    uv_loop_t loop;
+    uv_loop_t *loop;  /* &own_loop, or the host's loop when attached */
+    uv_loop_t own_loop;
+    int attached;     /* runs on the host's loop and thread: no thread of its own */
     uv_async_t async;
     pthread_t thread;
     rsl__queue q;
@@ -212,6 +214,12 @@ struct rsl__worker {
 };
 
 int rsl__worker_start(rsl__worker *w, struct rsl_runtime *rt, int index);
+/* Attaches worker 0 to the host's loop; on that loop's thread. */
+int rsl__worker_attach(rsl__worker *w, struct rsl_runtime *rt, uv_loop_t *loop);
+/* Attached: stops now, on the loop's thread: queued calls are aborted, waiting ones
+ * canceled; the async handle closes when the last call completed, and its close callback
+ * calls rsl__rt_attached_closed. */
+void rsl__worker_stop_attached(rsl__worker *w);
 /* Posts m and wakes the worker. Any thread. */
 void rsl__worker_post(rsl__worker *w, rsl__msg *m);
 void rsl__worker_join(rsl__worker *w);
@@ -257,6 +265,8 @@ struct rsl_runtime {
     _Atomic uint64_t rr;
     _Atomic uint64_t next_id;
     _Atomic int closing;
+    _Atomic int64_t live;      /* calls made and not yet freed */
+    _Atomic int teardown;      /* attached: 1 once rsl_close ran, 2 once the async closed */
     _Atomic int64_t senders;   /* threads between "may post" and the end of uv_async_send */
     rsl__hoststep *steps;
     int nsteps;
@@ -271,6 +281,10 @@ struct rsl_runtime {
 };
 
 int64_t rsl__rt_now(struct rsl_runtime *rt);
+/* Attached runtimes free themselves once the worker's async handle closed and the last
+ * call was freed: these two report those events (loop thread / any thread). */
+void rsl__rt_attached_closed(struct rsl_runtime *rt);
+void rsl__rt_call_freed(struct rsl_runtime *rt);
 /* A call of `policy` on the current generation, not yet given to a worker (set c->w, then
  * post it, or on that worker's thread rsl__call_start it). */
 int rsl__call_new(struct rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb,

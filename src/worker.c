@@ -112,6 +112,11 @@ typedef struct cancel_msg {
     uint64_t id;
 } cancel_msg;
 
+static void on_attached_closed(uv_handle_t *h) {
+    rsl__worker *w = h->data;
+    rsl__rt_attached_closed(w->rt);
+}
+
 static void maybe_finish(rsl__worker *w) {
     if (!w->stopping || w->ncalls > 0 || uv_is_closing((uv_handle_t *)&w->async)) {
         return;
@@ -122,7 +127,7 @@ static void maybe_finish(rsl__worker *w) {
     while (atomic_load(&w->rt->senders) > 0) {
         sched_yield();
     }
-    uv_close((uv_handle_t *)&w->async, NULL);
+    uv_close((uv_handle_t *)&w->async, w->attached ? on_attached_closed : NULL);
 }
 
 static void drain(uv_async_t *h) {
@@ -189,7 +194,7 @@ static void *run(void *arg) {
     self = w;
     rsl__rand_seed(w->rt->o.seed ? w->rt->o.seed + (uint64_t)w->index : 0);
     uv_sem_post(&w->ready);
-    uv_run(&w->loop, UV_RUN_DEFAULT);
+    uv_run(w->loop, UV_RUN_DEFAULT);
     /* Only a cancel posted by a waiter racing the close can be left: calls and answers
      * keep the loop alive until they are processed. */
     rsl__msg *m;
@@ -209,21 +214,23 @@ int rsl__worker_start(rsl__worker *w, struct rsl_runtime *rt, int index) {
     w->ncalls = 0;
     w->stopping = 0;
     rsl__queue_init(&w->q);
-    int rc = uv_loop_init(&w->loop);
+    w->loop = &w->own_loop;
+    w->attached = 0;
+    int rc = uv_loop_init(w->loop);
     if (rc < 0) {
         return RSL_ESYS;
     }
-    rc = uv_async_init(&w->loop, &w->async, drain);
+    rc = uv_async_init(w->loop, &w->async, drain);
     if (rc < 0) {
-        uv_loop_close(&w->loop);
+        uv_loop_close(w->loop);
         return RSL_ESYS;
     }
     w->async.data = w;
     uv_sem_init(&w->ready, 0);
     if (pthread_create(&w->thread, NULL, run, w) != 0) {
         uv_close((uv_handle_t *)&w->async, NULL);
-        uv_run(&w->loop, UV_RUN_DEFAULT);
-        uv_loop_close(&w->loop);
+        uv_run(w->loop, UV_RUN_DEFAULT);
+        uv_loop_close(w->loop);
         uv_sem_destroy(&w->ready);
         return RSL_ESYS;
     }
@@ -235,6 +242,33 @@ void rsl__worker_join(rsl__worker *w) {
     w->stop.type = RSL_MSG_STOP;
     rsl__worker_post(w, &w->stop);
     pthread_join(w->thread, NULL);
-    uv_loop_close(&w->loop);
+    uv_loop_close(w->loop);
     uv_sem_destroy(&w->ready);
+}
+
+int rsl__worker_attach(rsl__worker *w, struct rsl_runtime *rt, uv_loop_t *loop) {
+    w->rt = rt;
+    w->index = 0;
+    w->calls = NULL;
+    w->ncalls = 0;
+    w->stopping = 0;
+    w->loop = loop;
+    w->attached = 1;
+    rsl__queue_init(&w->q);
+    if (uv_async_init(loop, &w->async, drain) < 0) {
+        return RSL_ESYS;
+    }
+    w->async.data = w;
+    self = w;
+    rsl__rand_seed(rt->o.seed);
+    return 0;
+}
+
+void rsl__worker_stop_attached(rsl__worker *w) {
+    /* What a worker thread does on RSL_MSG_STOP, here and now: the message goes through
+     * the queue so that everything posted before it is handled first. */
+    w->stop.type = RSL_MSG_STOP;
+    rsl__queue_push(&w->q, &w->stop);
+    drain(&w->async);
+    self = NULL;
 }
