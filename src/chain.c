@@ -376,6 +376,9 @@ static void finish(rsl__call *c, int64_t now) {
         }
     }
     result_own_names(c, r);
+    if (c->tracked) {
+        rsl__rt_untrack(c->rt, c);
+    }
     rsl__worker_untrack(c->w, c);
     if (c->cb_keeps_result) {
         c->res = NULL; /* the callback's now: r may be freed before cb even returns */
@@ -392,8 +395,9 @@ static void finish(rsl__call *c, int64_t now) {
 
 void rsl__call_abort(rsl__call *c, rsl_outcome o, const char *msg) {
     rsl__worker_track(c->w, c);
+    c->start = rsl__rt_now(c->rt);
     rsl__answer_fail(&c->ans, o, "%s", msg);
-    finish(c, rsl__rt_now(c->rt));
+    finish(c, c->start);
 }
 
 /* ---- guards --------------------------------------------------------------------------- */
@@ -854,6 +858,9 @@ static void advance(rsl__call *c, int64_t now) {
             c->attempt = 0;
             c->tries = 0;
             c->last_sleep = 0;
+            if (atomic_load_explicit(&c->cancel_req, memory_order_relaxed)) {
+                c->canceled = 1;
+            }
             if (c->canceled) {
                 rsl__answer_fail(&c->ans, RSL_OUTCOME_CANCELED, "call canceled");
                 end_step(c, now);
@@ -959,6 +966,10 @@ void rsl__call_cancel(rsl__call *c) {
 }
 
 void rsl__call_start(rsl__call *c) {
+    if (atomic_load_explicit(&c->cancel_req, memory_order_relaxed)) {
+        rsl__call_abort(c, RSL_OUTCOME_CANCELED, "call canceled before it started");
+        return;
+    }
     rsl__worker_track(c->w, c);
     c->start = rsl__rt_now(c->rt);
     c->deadline = c->p->deadline_ns ? c->start + c->p->deadline_ns : 0;

@@ -252,12 +252,13 @@ int rsl_call_id(rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_cal
                 void *ud, uint64_t *id);
 
 /*
- * Asks the worker running call `id` to cancel it.  A call waiting on something -- a host
- * step's answer, a retry backoff, an injected delay -- completes at once with outcome
- * "canceled" (a host answer arriving later is dropped); a call that already answered, or
- * that is running Lua right now and answers before the request is seen, is not affected:
- * its callback has run or runs once as usual.  Returns 0 when the request was posted,
- * RSL_EINVAL for an id no call had, RSL_ECLOSED after rsl_close began.  Any thread.
+ * Cancels call `id`: a call still queued completes "canceled" without running; one inside
+ * route() or a Lua step completes "canceled" when that returns (Lua is never interrupted
+ * mid-way); one waiting on something -- a host step's answer, a retry backoff, an injected
+ * delay -- completes "canceled" at once (a host answer arriving later is dropped).  A call
+ * that already answered is not affected: its callback ran once as usual.  Returns 0 when
+ * the request was made, RSL_EINVAL for an id no call had, RSL_ECLOSED after rsl_close
+ * began.  Any thread.
  */
 int rsl_cancel(rsl_runtime *rt, uint64_t id);
 

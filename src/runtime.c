@@ -304,6 +304,7 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
     rt->dir = strdup(o->policy_dir);
     rt->o.policy_dir = rt->dir;
     pthread_mutex_init(&rt->lock, NULL);
+    pthread_mutex_init(&rt->cancel_lock, NULL);
     pthread_mutex_init(&rt->reload_lock, NULL);
     pthread_mutex_init(&rt->reg_lock, NULL);
     rt->guards = rsl__guards_new();
@@ -371,6 +372,8 @@ static void rt_free(rsl_runtime *rt) {
     }
     free(rt->steps);
     json_decref(rt->last_reload);
+    free(rt->tracked);
+    pthread_mutex_destroy(&rt->cancel_lock);
     pthread_mutex_destroy(&rt->reg_lock);
     pthread_mutex_destroy(&rt->reload_lock);
     pthread_mutex_destroy(&rt->lock);
@@ -643,6 +646,25 @@ static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req
     c->w = w;
     c->id = (c->id << 8) | (uint64_t)w->index; /* rsl_cancel finds the worker in the id */
     if (id) {
+        /* Reachable by rsl_cancel until it finishes (a short list: only calls made with an
+         * id, i.e. rsl_call_id and rsl_call_sync, are on it). */
+        pthread_mutex_lock(&rt->cancel_lock);
+        if (rt->ntracked == rt->tracked_cap) {
+            int cap = rt->tracked_cap ? rt->tracked_cap * 2 : 64;
+            rsl__call **t = realloc(rt->tracked, (size_t)cap * sizeof(*t));
+            if (!t) {
+                pthread_mutex_unlock(&rt->cancel_lock);
+                rsl__call_free(c);
+                return RSL_ENOMEM;
+            }
+            rt->tracked = t;
+            rt->tracked_cap = cap;
+        }
+        rt->tracked[rt->ntracked++] = c;
+        c->tracked = 1;
+        pthread_mutex_unlock(&rt->cancel_lock);
+    }
+    if (id) {
         *id = c->id;
     }
     if (wout) {
@@ -651,6 +673,9 @@ static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req
     atomic_fetch_add(&rt->senders, 1);
     if (atomic_load(&rt->closing)) {
         atomic_fetch_sub(&rt->senders, 1);
+        if (c->tracked) {
+            rsl__rt_untrack(rt, c);
+        }
         rsl__call_free(c);
         return RSL_ECLOSED;
     }
@@ -668,6 +693,18 @@ int rsl_call_id(rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_cal
     return submit(rt, policy, req, cb, ud, id, NULL);
 }
 
+void rsl__rt_untrack(struct rsl_runtime *rt, rsl__call *c) {
+    pthread_mutex_lock(&rt->cancel_lock);
+    for (int i = rt->ntracked - 1; i >= 0; i--) {
+        if (rt->tracked[i] == c) {
+            rt->tracked[i] = rt->tracked[--rt->ntracked];
+            break;
+        }
+    }
+    c->tracked = 0;
+    pthread_mutex_unlock(&rt->cancel_lock);
+}
+
 int rsl_cancel(rsl_runtime *rt, uint64_t id) {
     if (!rt || id == 0 || (id & 0xff) >= (uint64_t)rt->nworkers ||
         (id >> 8) > atomic_load_explicit(&rt->next_id, memory_order_relaxed)) {
@@ -678,6 +715,16 @@ int rsl_cancel(rsl_runtime *rt, uint64_t id) {
         atomic_fetch_sub(&rt->senders, 1);
         return RSL_ECLOSED;
     }
+    /* A call still queued or running Lua sees the flag at its next stage; one waiting on
+     * something is woken by the message. */
+    pthread_mutex_lock(&rt->cancel_lock);
+    for (int i = 0; i < rt->ntracked; i++) {
+        if (rt->tracked[i]->id == id) {
+            atomic_store_explicit(&rt->tracked[i]->cancel_req, 1, memory_order_relaxed);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&rt->cancel_lock);
     int rc = rsl__worker_post_cancel(&rt->workers[id & 0xff], id);
     atomic_fetch_sub(&rt->senders, 1);
     return rc;
@@ -735,17 +782,12 @@ int rsl_call_sync(rsl_runtime *rt, const char *policy, const rsl_req *req, int64
             /* Cancel, then wait for the (prompt) completion: the callback runs exactly
              * once and writes into this frame. */
             pthread_mutex_unlock(&s.m);
-            int posted = rsl__worker_post_cancel(w, id) == 0;
+            /* RSL_ECLOSED: a close began, and it completes the call itself.  Out of memory
+             * for the message: the flag is set, so the call ends at its next stage. */
+            (void)rsl_cancel(rt, id);
             pthread_mutex_lock(&s.m);
             while (!s.done) {
-                if (posted) {
-                    pthread_cond_wait(&s.cv, &s.m);
-                } else {
-                    pthread_mutex_unlock(&s.m);
-                    posted = rsl__worker_post_cancel(w, id) == 0;
-                    sched_yield();
-                    pthread_mutex_lock(&s.m);
-                }
+                pthread_cond_wait(&s.cv, &s.m);
             }
             rsl_result_free(s.res);
             s.res = NULL;

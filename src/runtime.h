@@ -138,6 +138,8 @@ typedef struct rsl__call {
     rsl_call_cb cb;
     void *ud;
     int cb_keeps_result;              /* the callback takes the result (rsl_call_sync) */
+    int tracked;                      /* in rt->tracked: rsl_cancel can reach it */
+    _Atomic int cancel_req;           /* set by rsl_cancel; checked between stages */
     rsl_result *res;
     int path[RSL_MAX_PATH];
     int npath, pos;
@@ -266,6 +268,9 @@ struct rsl_runtime {
     _Atomic uint64_t next_id;
     _Atomic int closing;
     _Atomic int64_t live;      /* calls made and not yet freed */
+    pthread_mutex_t cancel_lock; /* the calls rsl_cancel can reach (made with an id) */
+    rsl__call **tracked;
+    int ntracked, tracked_cap;
     _Atomic int teardown;      /* attached: 1 once rsl_close ran, 2 once the async closed */
     _Atomic int64_t senders;   /* threads between "may post" and the end of uv_async_send */
     rsl__hoststep *steps;
@@ -285,6 +290,9 @@ int64_t rsl__rt_now(struct rsl_runtime *rt);
  * call was freed: these two report those events (loop thread / any thread). */
 void rsl__rt_attached_closed(struct rsl_runtime *rt);
 void rsl__rt_call_freed(struct rsl_runtime *rt);
+/* The call finished: rsl_cancel can no longer reach it (worker thread, before its
+ * callback). */
+void rsl__rt_untrack(struct rsl_runtime *rt, rsl__call *c);
 /* A call of `policy` on the current generation, not yet given to a worker (set c->w, then
  * post it, or on that worker's thread rsl__call_start it). */
 int rsl__call_new(struct rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb,

@@ -742,3 +742,53 @@ TEST(cancel_during_retry_backoff) {
     ASSERT_EQ(atomic_load(&last_outcome), RSL_OUTCOME_CANCELED);
     rsl_close(rt);
 }
+
+static void keep_cb(const rsl_result *r, void *ud) {
+    atomic_store(&last_outcome, (int)rsl_result_outcome(r));
+    if (ud) {
+        char *j = rsl_result_json(r);
+        strncpy(ud, j ? j : "", 1023);
+        rsl_free(j);
+    }
+    atomic_fetch_add(&completions, 1);
+}
+
+TEST(cancel_queued_and_in_route) {
+    const char *dir = rsl_test_tmpdir();
+    rsl_test_write(dir, "p.lua",
+                   "local r = require 'resilua'\n"
+                   "r.policy 'p' { steps = { a = r.stub { body = 'a' } }, chain = { 'a' },\n"
+                   "  route = function(req, sig)\n"
+                   "    if req.spin then local t = os.clock()\n"
+                   "      while os.clock() - t < 1 and sig.gauge('stop') ~= 1 do end end\n"
+                   "    return { 'a' } end }\n");
+    rsl_options o;
+    rsl_options_init(&o);
+    o.policy_dir = dir;
+    o.route_limit_ns = 2000000000LL;
+    rsl_runtime *rt = NULL;
+    char err[512];
+    ASSERT_EQ(rsl_open(&rt, &o, err, sizeof(err)), 0);
+    rsl_gauge_set(rt, "stop", 0);
+    atomic_store(&completions, 0);
+    static char in_route[1024], queued[1024];
+    rsl_req *spin = rsl_req_new();
+    rsl_req_set(spin, "spin", "1", 1);
+    uint64_t id1 = 0, id2 = 0;
+    /* The first call spins in its route until told to stop; the second waits queued. */
+    ASSERT_EQ(rsl_call_id(rt, "p", spin, keep_cb, in_route, &id1), 0);
+    ASSERT_EQ(rsl_call_id(rt, "p", NULL, keep_cb, queued, &id2), 0);
+    usleep(50000);
+    ASSERT_EQ(rsl_cancel(rt, id2), 0);
+    ASSERT_EQ(rsl_cancel(rt, id1), 0);
+    rsl_gauge_set(rt, "stop", 1);
+    wait_completions(2);
+    ASSERT_CONTAINS(in_route, "\"outcome\":\"canceled\"");
+    ASSERT_CONTAINS(in_route, "{\"step\":\"a\",\"outcome\":\"canceled\"");
+    ASSERT_CONTAINS(in_route, "\"attempts\":0");
+    ASSERT_CONTAINS(queued, "\"outcome\":\"canceled\"");
+    ASSERT_CONTAINS(queued, "\"path\":[]");
+    rsl_req_free(spin);
+    rsl_close(rt);
+    ASSERT_EQ(atomic_load(&completions), 2);
+}
