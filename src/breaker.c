@@ -287,6 +287,10 @@ const char *rsl__breaker_name(const rsl__breaker *b) {
     return b->name;
 }
 
+int rsl__breaker_hooked(const rsl__breaker *b) {
+    return b->hook != NULL;
+}
+
 void rsl__breaker_set_hook(rsl__breaker *b, rsl__breaker_hook fn, void *ud) {
     b->hook = fn;
     b->hook_ud = ud;

@@ -76,6 +76,8 @@ void rsl__breaker_free(rsl__breaker *b);
 const char *rsl__breaker_name(const rsl__breaker *b);
 /* Set it before the breaker is shared: the hook is read without synchronisation. */
 void rsl__breaker_set_hook(rsl__breaker *b, rsl__breaker_hook fn, void *ud);
+/* 1 when a hook is set. */
+int rsl__breaker_hooked(const rsl__breaker *b);
 /* Bytes this breaker occupies, its window included. */
 size_t rsl__breaker_size(const rsl__breaker *b);
 

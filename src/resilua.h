@@ -122,6 +122,13 @@ typedef struct rsl_options {
      * under "last_reload" (borrowed for the callback).  NULL: none. */
     void (*on_reload)(void *ud, int ok, const char *report_json);
     void *on_reload_ud;
+    /* Runs on every breaker state change, on the thread whose call or admin action made
+     * it (a worker, usually), so keep it short and thread-safe: breaker name, states
+     * "closed" "open" "half_open" "forced_open" "disabled", and a reason such as
+     * "failure_rate 60.0% >= 50% over 20 calls" (strings borrowed).  NULL: none. */
+    void (*on_transition)(void *ud, const char *breaker, const char *from, const char *to,
+                          const char *reason);
+    void *on_transition_ud;
 } rsl_options;
 
 /* Fills `o` with defaults. Any thread. */

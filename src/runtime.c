@@ -157,6 +157,14 @@ static rsl__cache *cache_for(struct rsl_runtime *rt, const char *policy, const c
     return c;
 }
 
+static void on_breaker(void *ud, rsl__breaker *b, rsl__breaker_state from, rsl__breaker_state to,
+                       const char *reason) {
+    struct rsl_runtime *rt = ud;
+    rt->o.on_transition(rt->o.on_transition_ud, rsl__breaker_name(b),
+                        rsl__breaker_state_name(from), rsl__breaker_state_name(to),
+                        reason ? reason : "");
+}
+
 /* Wraps a loaded generation with the runtime's per-state bindings. Takes g. */
 static rsl__genr *genr_new(struct rsl_runtime *rt, rsl__gen *g) {
     rsl__genr *G = calloc(1, sizeof(*G));
@@ -166,6 +174,14 @@ static rsl__genr *genr_new(struct rsl_runtime *rt, rsl__gen *g) {
     }
     G->g = g;
     G->rt = rt;
+    /* Breakers this load created get the transition hook before any call can reach them
+     * (a generation is published under rt->lock); kept ones have it already. */
+    for (int i = 0; rt->o.on_transition && i < g->nguards; i++) {
+        if (g->guards[i]->kind == RSL_GUARD_BREAKER &&
+            !rsl__breaker_hooked(g->guards[i]->u.breaker)) {
+            rsl__breaker_set_hook(g->guards[i]->u.breaker, on_breaker, rt);
+        }
+    }
     atomic_init(&G->refs, 1);
     atomic_fetch_add_explicit(&rsl__genr_live, 1, memory_order_relaxed);
     G->api = calloc((size_t)g->nstates, sizeof(*G->api));

@@ -792,3 +792,35 @@ TEST(cancel_queued_and_in_route) {
     rsl_close(rt);
     ASSERT_EQ(atomic_load(&completions), 2);
 }
+
+static char transitions[2048];
+
+static void on_transition(void *ud, const char *breaker, const char *from, const char *to,
+                          const char *reason) {
+    size_t l = strlen(transitions);
+    snprintf(transitions + l, sizeof(transitions) - l, "%s:%s>%s(%s);", breaker, from, to,
+             reason);
+}
+
+TEST(transition_callback) {
+    const char *dir = rsl_test_tmpdir();
+    rsl_test_write(dir, "p.lua", flaky_breaker);
+    rsl_options o;
+    rsl_options_init(&o);
+    o.policy_dir = dir;
+    o.clock = fake_clock;
+    o.on_transition = on_transition;
+    rsl_runtime *rt = NULL;
+    char err[512];
+    ASSERT_EQ(rsl_open(&rt, &o, err, sizeof(err)), 0);
+    atomic_store(&fake_now, 1000000000000);
+    for (int i = 0; i < 4; i++) {
+        rsl_result_free(call(rt, "p", "fail=1", NULL));
+    }
+    advance_ms(1001);
+    rsl_result_free(call(rt, "p", "fail=0", NULL)); /* the probe succeeds */
+    rsl_close(rt);
+    ASSERT_CONTAINS(transitions, "b:closed>open(failure_rate 100.0% >= 50% over 4 calls");
+    ASSERT_CONTAINS(transitions, "b:open>half_open(");
+    ASSERT_CONTAINS(transitions, "b:half_open>closed(");
+}
