@@ -382,6 +382,7 @@ static void finish(rsl__call *c, int64_t now) {
     rsl__worker_untrack(c->w, c);
     if (c->cb_keeps_result) {
         c->res = NULL; /* the callback's now: r may be freed before cb even returns */
+        c->w->spin = 1;
     }
     c->cb(r, c->ud);
     rsl__worker *w = c->w;

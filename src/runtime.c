@@ -749,9 +749,14 @@ int rsl_cancel(rsl_runtime *rt, uint64_t id) {
 typedef struct sync_wait {
     pthread_mutex_t m;
     pthread_cond_t cv;
-    int done;
+    _Atomic int done; /* written under m; also polled without it while spinning */
     rsl_result *res;
 } sync_wait;
+
+/* A synchronous caller polls for its answer this long before it sleeps on the condition
+ * variable: a call that answers in microseconds then costs no kernel wake-up on the way
+ * back (the worker spins likewise on its side; see worker.c). */
+#define SYNC_SPIN_NS (30 * RSL_NS_PER_US)
 
 static void sync_cb(const rsl_result *r, void *ud) {
     sync_wait *s = ud;
@@ -780,6 +785,10 @@ int rsl_call_sync(rsl_runtime *rt, const char *policy, const rsl_req *req, int64
     rsl__worker *w = NULL;
     int rc = submit(rt, policy, req, sync_cb, &s, &id, &w);
     if (rc == 0) {
+        int64_t spin_until = rsl__clock_now() + SYNC_SPIN_NS;
+        while (!atomic_load_explicit(&s.done, memory_order_acquire) &&
+               rsl__clock_now() < spin_until) {
+        }
         struct timespec until;
         clock_gettime(CLOCK_MONOTONIC, &until);
         int64_t ns = (int64_t)until.tv_nsec + (timeout_ns > 0 ? timeout_ns : 0);

@@ -211,6 +211,7 @@ struct rsl__worker {
     rsl__call *calls; /* in flight */
     int ncalls;
     int stopping;
+    int spin;         /* a synchronous call just answered: poll the queue a little */
     rsl__msg stop; /* RSL_MSG_STOP, posted once by rsl__worker_join */
     uv_sem_t ready;
 };
