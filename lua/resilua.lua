@@ -705,9 +705,17 @@ end
 
 -- ---- the static route check ------------------------------------------------------------
 
--- Lists of strings a route can return, seen without running it: table constants of the
--- route function and the functions nested in it, and tables it holds as upvalues.  A list
--- naming at least one step of the policy is a path; its other strings are suspects.
+-- The bytecode instructions of fn: for pc, ins in instructions(fn) do ... end
+local function instructions(fn)
+  return function(_, pc)
+    pc = pc + 1
+    local ins = jutil.funcbc(fn, pc)
+    if ins then
+      return pc, ins
+    end
+  end, nil, 0
+end
+
 -- The opcodes of "return { ... }": read off a probe function, so no opcode table of a
 -- particular LuaJIT version is needed.
 local OP_TDUP, OP_RET1, OP_UCLO
@@ -721,12 +729,7 @@ do
     if a then return { "x" } end
     return g
   end
-  local pc = 1
-  while true do
-    local ins = jutil.funcbc(probe2, pc)
-    if not ins then
-      break
-    end
+  for pc, ins in instructions(probe2) do
     if ins % 256 == OP_TDUP then
       local nxt = jutil.funcbc(probe2, pc + 1)
       if nxt and nxt % 256 ~= OP_RET1 then
@@ -734,10 +737,12 @@ do
       end
       break
     end
-    pc = pc + 1
   end
 end
 
+-- Lists of strings a route can return, seen without running it: table constants of the
+-- route function and the functions nested in it, and tables it holds as upvalues.  A list
+-- naming at least one step of the policy is a path; its other strings are suspects.
 local function route_warnings(p, out)
   local seen = {}
   -- strict: a literal the route returns as it is ("return { ... }"): every string in it
@@ -775,12 +780,7 @@ local function route_warnings(p, out)
     end
     -- Lines of the TDUP instructions that instantiate each table constant.
     local lines, returned = {}, {}
-    local pc = 1
-    while true do
-      local ins = jutil.funcbc(fn, pc)
-      if not ins then
-        break
-      end
+    for pc, ins in instructions(fn) do
       if ins % 256 == OP_TDUP then
         local d = floor(ins / 65536) -- the D operand: a constant index for TDUP
         local k = jutil.funck(fn, -d - 1)
@@ -801,7 +801,6 @@ local function route_warnings(p, out)
           end
         end
       end
-      pc = pc + 1
     end
     local i = -1
     while true do

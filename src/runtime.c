@@ -650,7 +650,7 @@ int rsl__call_new(struct rsl_runtime *rt, const char *policy, const rsl_req *req
 }
 
 static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req,
-                  rsl_call_cb cb, void *ud, uint64_t *id, rsl__worker **wout) {
+                  rsl_call_cb cb, void *ud, uint64_t *id) {
     rsl__call *c = NULL;
     int rc = rsl__call_new(rt, policy, req, cb, ud, &c);
     if (rc < 0) {
@@ -683,9 +683,6 @@ static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req
     if (id) {
         *id = c->id;
     }
-    if (wout) {
-        *wout = w;
-    }
     atomic_fetch_add(&rt->senders, 1);
     if (atomic_load(&rt->closing)) {
         atomic_fetch_sub(&rt->senders, 1);
@@ -701,12 +698,12 @@ static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req
 }
 
 int rsl_call(rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb, void *ud) {
-    return submit(rt, policy, req, cb, ud, NULL, NULL);
+    return submit(rt, policy, req, cb, ud, NULL);
 }
 
 int rsl_call_id(rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb,
                 void *ud, uint64_t *id) {
-    return submit(rt, policy, req, cb, ud, id, NULL);
+    return submit(rt, policy, req, cb, ud, id);
 }
 
 void rsl__rt_untrack(struct rsl_runtime *rt, rsl__call *c) {
@@ -782,8 +779,7 @@ int rsl_call_sync(rsl_runtime *rt, const char *policy, const rsl_req *req, int64
     pthread_cond_init(&s.cv, &ca);
     pthread_condattr_destroy(&ca);
     uint64_t id = 0;
-    rsl__worker *w = NULL;
-    int rc = submit(rt, policy, req, sync_cb, &s, &id, &w);
+    int rc = submit(rt, policy, req, sync_cb, &s, &id);
     if (rc == 0) {
         int64_t spin_until = rsl__clock_now() + SYNC_SPIN_NS;
         while (!atomic_load_explicit(&s.done, memory_order_acquire) &&
