@@ -60,11 +60,6 @@ typedef struct rsl__fault {
     double abort_percent;
 } rsl__fault;
 
-typedef struct rsl__header {
-    char *name;
-    char *value;
-} rsl__header;
-
 typedef struct rsl__step {
     char *name;
     rsl__step_kind kind;

@@ -23,6 +23,12 @@ typedef struct rsl__buf {
     size_t len, cap;
 } rsl__buf;
 int rsl__buf_append(rsl__buf *b, const char *s, size_t n);
+
+/* A header of a stub or an answer: two malloc'd NUL-terminated strings. */
+typedef struct rsl__header {
+    char *name;
+    char *value;
+} rsl__header;
 void rsl__buf_free(rsl__buf *b);
 
 /* Appends the expansion to `out` (NUL-terminated, len excludes it).  urlencode: encode
