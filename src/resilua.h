@@ -129,6 +129,14 @@ typedef struct rsl_options {
     void (*on_transition)(void *ud, const char *breaker, const char *from, const char *to,
                           const char *reason);
     void *on_transition_ud;
+    /* Redis for r.redis and r.redis_cache: "HOST:PORT" (copied).  Each worker keeps one
+     * pipelined connection, opened in the background and re-opened with backoff when it
+     * drops.  NULL: no Redis; those steps answer "connect" ("no Redis configured") so the
+     * chain falls back. */
+    const char *redis;
+    /* Largest HTTP answer body r.http accepts; a longer one is the outcome "error" naming
+     * the cap.  Default 4 MiB. */
+    size_t http_max_body;
 } rsl_options;
 
 /* Fills `o` with defaults. Any thread. */

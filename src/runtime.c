@@ -73,6 +73,7 @@ void rsl_options_init(rsl_options *o) {
      * enough that a runaway costs one worker a blip, not an outage. */
     o->route_limit_ns = 50 * RSL_NS_PER_MS;
     o->lua_step_limit_ns = 200 * RSL_NS_PER_MS;
+    o->http_max_body = (size_t)4 << 20;
 }
 
 int64_t rsl__rt_now(struct rsl_runtime *rt) {
