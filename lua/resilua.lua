@@ -403,6 +403,9 @@ local STEP_FIELDS = {
   lua = set { "run", unpack(COMMON) },
   c = set { "name", unpack(COMMON) },
   local_cache = set { "key", "ttl", "max_entries", unpack(COMMON) },
+  http = set { "url", "method", "headers", "body", unpack(COMMON) },
+  redis = set { "cmd", unpack(COMMON) },
+  redis_cache = set { "key", "ttl", unpack(COMMON) },
 }
 local STEP_NAME_PATTERN = "^[%w_.%-]+$"
 local RETRY = set { "attempts", "backoff", "base", "max", "jitter", "on", "budget" }
@@ -457,15 +460,49 @@ local function fault(ctx, f)
   return d
 end
 
-local NOT_YET = set { "http", "redis", "redis_cache" }
+-- A "${attr}" template: balanced, names not empty (the C side parses it again).
+local function template(ctx, v, name, example)
+  if type(v) ~= "string" or v == "" then
+    fail(ctx, "%s must be a template like %s, got %s", name, example, show(v))
+  end
+  local rest = v:gsub("%${[%w_.%-]+}", "")
+  if rest:find("${", 1, true) then
+    fail(ctx, '%s: "${" must be followed by an attribute name and "}", got %s', name, show(v))
+  end
+  return v
+end
+
+local function header_list(ctx, v, templated)
+  local list = {}
+  if v == nil then
+    return list
+  end
+  if type(v) ~= "table" then
+    fail(ctx, "headers must be a table of name = value strings, got %s", show(v))
+  end
+  for k, val in pairs(v) do
+    if type(k) ~= "string" or not k:find("^[%w!#$%%&'*+.^_`|~-]+$") then
+      fail(ctx, "headers: %s is not a header name", show(k))
+    end
+    if type(val) ~= "string" or val:find("[\r\n%z]") then
+      fail(ctx, "headers[%s] must be a string without CR, LF or NUL, got %s", show(k), show(val))
+    end
+    if templated then
+      template(ctx, val, fmt("headers[%s]", show(k)), '"${token}"')
+    end
+    list[#list + 1] = { k, val }
+  end
+  sort(list, function(a, b) return a[1] < b[1] end)
+  return list
+end
+
+local HTTP_METHODS = { "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS" }
+local SENDS_BODY = set { "POST", "PUT", "PATCH" }
 
 -- Validates step token `tok` as step `name` of a policy; returns the normalized step.
 local function compile_step(pctx, name, tok)
   local ctx = { file = tok.file, line = tok.line, what = fmt('%s: step "%s"', pctx.what, name) }
   local kind, c = tok.kind, tok.conf
-  if NOT_YET[kind] then
-    fail(ctx, "r.%s is not available yet (it comes with the I/O issue)", kind)
-  end
   -- The short forms: r.lua(fn), r.c "name".
   if kind == "lua" and type(c) == "function" then
     c = { run = c }
@@ -505,22 +542,7 @@ local function compile_step(pctx, name, tok)
       fail(ctx, "body must be a string, got %s", show(c.body))
     end
     s.body = c.body or ""
-    s.headers = {}
-    if c.headers ~= nil then
-      if type(c.headers) ~= "table" then
-        fail(ctx, "headers must be a table of name = value strings, got %s", show(c.headers))
-      end
-      for k, v in pairs(c.headers) do
-        if type(k) ~= "string" or not k:find("^[%w!#$%%&'*+.^_`|~-]+$") then
-          fail(ctx, "headers: %s is not a header name", show(k))
-        end
-        if type(v) ~= "string" or v:find("[\r\n%z]") then
-          fail(ctx, "headers[%s] must be a string without CR, LF or NUL, got %s", show(k), show(v))
-        end
-        s.headers[#s.headers + 1] = { k, v }
-      end
-      sort(s.headers, function(a, b) return a[1] < b[1] end)
-    end
+    s.headers = header_list(ctx, c.headers, false)
   elseif kind == "lua" then
     if type(c.run) ~= "function" then
       fail(ctx, "run must be a function, got %s", show(c.run))
@@ -538,6 +560,45 @@ local function compile_step(pctx, name, tok)
     s.key = c.key
     s.ttl_ns = duration(ctx, c.ttl, "ttl", 60 * NS_S, true)
     s.max_entries = integer(ctx, c.max_entries, "max_entries", 10000, 1)
+  elseif kind == "http" then
+    local url = template(ctx, c.url, "url", '"http://127.0.0.1:9000/users/${id}"')
+    if not url:find("^https?://[^/]") then
+      fail(ctx, "url must start with http:// or https:// and a host, got %s", show(url))
+    end
+    s.url = url
+    s.method = enum(ctx, c.method, "method", "GET", HTTP_METHODS)
+    s.headers = header_list(ctx, c.headers, true)
+    -- body: a template, or false for none; by default POST/PUT/PATCH pass req.body on.
+    if c.body == false then
+      s.pass_body = false
+    elseif c.body ~= nil then
+      if type(c.body) ~= "string" then
+        fail(ctx, "body must be a template string, or false for none, got %s", show(c.body))
+      end
+      s.body = c.body == "" and c.body or template(ctx, c.body, "body", '"${payload}"')
+      s.pass_body = false
+    else
+      s.pass_body = SENDS_BODY[s.method] or false
+    end
+  elseif kind == "redis" then
+    if type(c.cmd) ~= "table" or #c.cmd == 0 then
+      fail(ctx, 'cmd must be a list like { "GET", "user:${id}" }, got %s', show(c.cmd))
+    end
+    s.cmd = {}
+    for i, a in ipairs(c.cmd) do
+      if type(a) == "number" then
+        a = tostring(a)
+      end
+      s.cmd[i] = template(ctx, a, fmt("cmd[%d]", i), '"user:${id}"')
+    end
+    for k in pairs(c.cmd) do
+      if type(k) ~= "number" or k < 1 or k > #c.cmd or k % 1 ~= 0 then
+        fail(ctx, "cmd must be a list (no named fields), got key %s", show(k))
+      end
+    end
+  elseif kind == "redis_cache" then
+    s.key = template(ctx, c.key, "key", '"user:${id}"')
+    s.ttl_ns = duration(ctx, c.ttl, "ttl", 60 * NS_S, true)
   end
   return s
 end

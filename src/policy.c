@@ -402,6 +402,39 @@ static int *new_refs(int n) {
     return r;
 }
 
+/* [-0, +0] Parses the string at stack index idx as a template; a parse error is a load
+ * error naming the step (the DSL checks templates too, so this is a second line). */
+static rsl__tmpl *tmpl_at(lua_State *L, loader *ld, const rsl__policy *p, const rsl__step *s,
+                          int idx, const char *what) {
+    size_t len = 0;
+    const char *v = lua_tolstring(L, idx, &len);
+    char msg[256] = "out of memory";
+    rsl__tmpl *t = v ? rsl__tmpl_parse(v, len, msg, sizeof(msg)) : NULL;
+    if (!t) {
+        lines_add(&ld->errs, "%s:%d: policy \"%s\": step \"%s\": %s: %s", p->file, s->line,
+                  p->name, s->name, what, v ? msg : "missing");
+    }
+    return t;
+}
+
+/* [-0, +0] Template of field `name` of the table at the top. */
+static rsl__tmpl *field_tmpl(lua_State *L, loader *ld, const rsl__policy *p, const rsl__step *s,
+                             const char *name, const char *what) {
+    lua_getfield(L, -1, name);
+    rsl__tmpl *t = tmpl_at(L, ld, p, s, -1, what);
+    lua_pop(L, 1);
+    return t;
+}
+
+/* [-0, +0] Template of element i of the table at the top. */
+static rsl__tmpl *idx_tmpl(lua_State *L, loader *ld, const rsl__policy *p, const rsl__step *s,
+                           int i, const char *what) {
+    lua_rawgeti(L, -1, i);
+    rsl__tmpl *t = tmpl_at(L, ld, p, s, -1, what);
+    lua_pop(L, 1);
+    return t;
+}
+
 /* [-0, +0] The step declaration at the top of the stack into s. */
 static void read_step(lua_State *L, loader *ld, const rsl__policy *p, rsl__step *s) {
     s->name = str(L, "name", NULL);
@@ -490,17 +523,53 @@ static void read_step(lua_State *L, loader *ld, const rsl__policy *p, rsl__step 
         s->kind = RSL_STEP_C;
         s->u.c.name = str(L, "cname", NULL);
         ld->oom |= !s->u.c.name;
-    } else {
-        s->kind = RSL_STEP_LOCAL_CACHE;
-        size_t len = 0;
-        char *key = str(L, "key", &len);
-        char msg[256] = "out of memory";
-        s->u.cache.key = key ? rsl__tmpl_parse(key, len, msg, sizeof(msg)) : NULL;
-        if (!s->u.cache.key) {
-            lines_add(&ld->errs, "%s:%d: policy \"%s\": step \"%s\": key: %s", p->file, s->line,
-                      p->name, s->name, msg);
+    } else if (str_is(L, "kind", "http")) {
+        s->kind = RSL_STEP_HTTP;
+        s->u.http.method = str(L, "method", NULL);
+        ld->oom |= !s->u.http.method;
+        s->u.http.url = field_tmpl(L, ld, p, s, "url", "url");
+        lua_getfield(L, -1, "body");
+        if (lua_isstring(L, -1)) {
+            lua_pop(L, 1);
+            s->u.http.body = field_tmpl(L, ld, p, s, "body", "body");
+        } else {
+            lua_pop(L, 1);
         }
-        free(key);
+        lua_getfield(L, -1, "pass_body");
+        s->u.http.pass_body = lua_toboolean(L, -1);
+        lua_pop(L, 1);
+        lua_getfield(L, -1, "headers");
+        int n = (int)lua_objlen(L, -1);
+        if (n) {
+            s->u.http.hnames = calloc((size_t)n, sizeof(char *));
+            s->u.http.hvalues = calloc((size_t)n, sizeof(rsl__tmpl *));
+            ld->oom |= !s->u.http.hnames || !s->u.http.hvalues;
+        }
+        for (int i = 0; i < n && s->u.http.hnames && s->u.http.hvalues; i++) {
+            lua_rawgeti(L, -1, i + 1);
+            lua_rawgeti(L, -1, 1);
+            s->u.http.hnames[i] = strdup(lua_tostring(L, -1));
+            lua_pop(L, 1);
+            s->u.http.nheaders = i + 1;
+            ld->oom |= !s->u.http.hnames[i];
+            s->u.http.hvalues[i] = idx_tmpl(L, ld, p, s, 2, "header value");
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+    } else if (str_is(L, "kind", "redis")) {
+        s->kind = RSL_STEP_REDIS;
+        lua_getfield(L, -1, "cmd");
+        int n = (int)lua_objlen(L, -1);
+        s->u.redis.argv = calloc((size_t)(n ? n : 1), sizeof(rsl__tmpl *));
+        ld->oom |= !s->u.redis.argv;
+        for (int i = 0; i < n && s->u.redis.argv; i++) {
+            s->u.redis.argv[i] = idx_tmpl(L, ld, p, s, i + 1, "cmd");
+            s->u.redis.argc = i + 1;
+        }
+        lua_pop(L, 1);
+    } else {
+        s->kind = str_is(L, "kind", "redis_cache") ? RSL_STEP_REDIS_CACHE : RSL_STEP_LOCAL_CACHE;
+        s->u.cache.key = field_tmpl(L, ld, p, s, "key", "key");
         s->u.cache.ttl_ns = (int64_t)num(L, "ttl_ns");
         s->u.cache.max_entries = (int64_t)num(L, "max_entries");
     }
@@ -996,9 +1065,25 @@ static void step_free(rsl__step *s) {
         free(s->u.c.name);
         break;
     case RSL_STEP_LOCAL_CACHE:
+    case RSL_STEP_REDIS_CACHE:
         rsl__tmpl_free(s->u.cache.key);
         break;
-    default:
+    case RSL_STEP_HTTP:
+        free(s->u.http.method);
+        rsl__tmpl_free(s->u.http.url);
+        rsl__tmpl_free(s->u.http.body);
+        for (int i = 0; i < s->u.http.nheaders; i++) {
+            free(s->u.http.hnames[i]);
+            rsl__tmpl_free(s->u.http.hvalues[i]);
+        }
+        free(s->u.http.hnames);
+        free(s->u.http.hvalues);
+        break;
+    case RSL_STEP_REDIS:
+        for (int i = 0; i < s->u.redis.argc; i++) {
+            rsl__tmpl_free(s->u.redis.argv[i]);
+        }
+        free(s->u.redis.argv);
         break;
     }
 }
@@ -1227,6 +1312,12 @@ static json_t *step_json(const rsl__step *s) {
     case RSL_STEP_LOCAL_CACHE:
         json_object_set_new(o, "ttl_ms", ms(s->u.cache.ttl_ns));
         json_object_set_new(o, "max_entries", json_integer(s->u.cache.max_entries));
+        break;
+    case RSL_STEP_REDIS_CACHE:
+        json_object_set_new(o, "ttl_ms", ms(s->u.cache.ttl_ns));
+        break;
+    case RSL_STEP_HTTP:
+        json_object_set_new(o, "method", json_string(s->u.http.method));
         break;
     default:
         break;

@@ -36,9 +36,9 @@ typedef enum rsl__step_kind {
     RSL_STEP_LUA,
     RSL_STEP_C,
     RSL_STEP_LOCAL_CACHE,
-    RSL_STEP_HTTP,        /* declared by the DSL, refused at load until the I/O issue */
-    RSL_STEP_REDIS,       /* idem */
-    RSL_STEP_REDIS_CACHE, /* idem */
+    RSL_STEP_HTTP,
+    RSL_STEP_REDIS,
+    RSL_STEP_REDIS_CACHE, /* uses u.cache (key, ttl); cache stays NULL */
 } rsl__step_kind;
 
 typedef enum rsl__jitter { RSL_JITTER_NONE, RSL_JITTER_FULL, RSL_JITTER_EQUAL, RSL_JITTER_DECORRELATED } rsl__jitter;
@@ -84,6 +84,19 @@ typedef struct rsl__step {
         struct {
             char *name;    /* the host function registered under this name */
         } c;
+        struct {
+            char *method;
+            rsl__tmpl *url;       /* expanded with attributes URL-encoded */
+            char **hnames;        /* request headers: names, and value templates */
+            rsl__tmpl **hvalues;
+            int nheaders;
+            rsl__tmpl *body;      /* NULL: none, unless pass_body */
+            int pass_body;        /* send req.body (POST/PUT/PATCH without `body`) */
+        } http;
+        struct {
+            rsl__tmpl **argv;
+            int argc;
+        } redis;
         struct {
             rsl__tmpl *key;
             int64_t ttl_ns;
