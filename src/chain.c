@@ -293,6 +293,7 @@ void rsl__call_free(rsl__call *c) {
     rsl__answer_free(&c->ans);
     rsl__answer_free(&c->prev_ans);
     rsl__buf_free(&c->scratch);
+    rsl__buf_free(&c->io);
     rsl_result_free(c->res);
     rsl_req_free(c->req);
     if (c->G) {
@@ -317,6 +318,27 @@ static void cache_write(rsl__call *c, const rsl__step *s, const rsl_result *r, i
     }
     rsl__cache_put(s->u.cache.cache, c->scratch.p, c->scratch.len, r->status,
                    r->body.p ? r->body.p : "", r->body.len, now + s->u.cache.ttl_ns);
+}
+
+/* SET key body PX ttl, fire and forget: hiredis only appends it to the connection's
+ * output buffer here, and the loop writes it after the call has answered.  No Redis, or
+ * not connected right now: the write is skipped (a cache is allowed to forget). */
+static void redis_cache_write(rsl__call *c, const rsl__step *s, const rsl_result *r) {
+    rsl__redis *rd = c->w->redis;
+    if (!rd || !rsl__redis_connected(rd)) {
+        return;
+    }
+    const char *missing = NULL;
+    c->scratch.len = 0;
+    if (rsl__tmpl_expand(s->u.cache.key, c->req, 0, &c->scratch, &missing) < 0) {
+        return;
+    }
+    char ttl[32];
+    int64_t ms = s->u.cache.ttl_ns / RSL_NS_PER_MS;
+    snprintf(ttl, sizeof(ttl), "%lld", (long long)(ms > 0 ? ms : 1));
+    const char *argv[] = {"SET", c->scratch.p, r->body.p ? r->body.p : "", "PX", ttl};
+    size_t lens[] = {3, c->scratch.len, r->body.len, 2, strlen(ttl)};
+    rsl__redis_command(rd, 5, argv, lens, NULL, NULL, NULL);
 }
 
 /* Copies the names the result borrows from the generation into one block. */
@@ -372,6 +394,8 @@ static void finish(rsl__call *c, int64_t now) {
             const rsl__step *s = &c->p->steps[c->path[i]];
             if (s->kind == RSL_STEP_LOCAL_CACHE) {
                 cache_write(c, s, r, now);
+            } else if (s->kind == RSL_STEP_REDIS_CACHE) {
+                redis_cache_write(c, s, r);
             }
         }
     }
@@ -669,6 +693,230 @@ static void run_local_cache(rsl__call *c, const rsl__step *s, int64_t now) {
     }
 }
 
+/* ---- I/O steps ------------------------------------------------------------------------ */
+
+/* The time this attempt may take: the step's timeout, cut by what is left of the deadline
+ * (DESIGN.md: "every step gets min(own, left)").  0: unbounded. */
+static int64_t attempt_limit(const rsl__call *c, const rsl__step *s, int64_t now) {
+    int64_t limit = s->timeout_ns;
+    if (c->deadline && (limit == 0 || c->deadline - now < limit)) {
+        limit = c->deadline - now;
+        if (limit < 1) {
+            limit = 1;
+        }
+    }
+    return limit;
+}
+
+/* Stops waiting on whatever I/O the call has in flight: the transfer is aborted, a Redis
+ * reply will be dropped; neither callback runs afterwards. */
+static void io_abort(rsl__call *c) {
+    if (c->xfer) {
+        rsl__http_cancel(c->w->http, c->xfer);
+        c->xfer = NULL;
+    }
+    if (c->rcmd) {
+        rsl__redis_cancel(c->w->redis, c->rcmd);
+        c->rcmd = NULL;
+    }
+}
+
+/* The I/O answered: the attempt is over (unless the call was canceled meanwhile, which
+ * aborts the I/O, so this does not run then). */
+static void io_answered(rsl__call *c) {
+    timer_stop(c);
+    c->phase = RSL_PH_ATTEMPTED;
+    advance(c, rsl__rt_now(c->rt));
+}
+
+static void http_done(void *ud, rsl__http_res *res) {
+    rsl__call *c = ud;
+    c->xfer = NULL;
+    rsl__answer_reset(&c->ans);
+    c->ans.outcome = res->outcome;
+    c->ans.status = res->status ? res->status : rsl__outcome_status(res->outcome);
+    rsl__buf tmp = c->ans.body;
+    c->ans.body = res->body;
+    res->body = tmp; /* the client frees what it holds: our old (empty) buffer */
+    c->ans.headers = res->headers;
+    c->ans.nheaders = res->nheaders;
+    res->headers = NULL;
+    res->nheaders = 0;
+    if (res->outcome != RSL_OUTCOME_OK) {
+        c->ans.error = strdup(res->error ? res->error : rsl_outcome_name(res->outcome));
+    }
+    io_answered(c);
+}
+
+/* Request headers: the step's, then X-Resilua-Deadline-Ms.  Values are expanded into
+ * c->scratch after the URL, at offsets fixed up once the buffer stops moving. */
+#define MAX_REQ_HEADERS (RSL_POLICY_MAX_GUARDS + 48)
+
+static int start_http(rsl__call *c, const rsl__step *s, int64_t now) {
+    rsl__http *h = rsl__worker_http(c->w);
+    if (!h) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "out of memory (HTTP client)");
+        return 1;
+    }
+    const char *missing = NULL;
+    c->scratch.len = 0;
+    int rc = rsl__tmpl_expand(s->u.http.url, c->req, 1, &c->scratch, &missing);
+    size_t off[MAX_REQ_HEADERS];
+    rsl__header hd[MAX_REQ_HEADERS];
+    int nh = 0;
+    for (int i = 0; rc == 0 && i < s->u.http.nheaders && nh < MAX_REQ_HEADERS - 1; i++) {
+        if (rsl__buf_append(&c->scratch, "", 1) < 0) { /* keep the previous NUL */
+            rc = RSL_ENOMEM;
+            break;
+        }
+        off[nh] = c->scratch.len;
+        rc = rsl__tmpl_expand(s->u.http.hvalues[i], c->req, 0, &c->scratch, &missing);
+        hd[nh].name = s->u.http.hnames[i];
+        nh++;
+    }
+    int64_t limit = attempt_limit(c, s, now);
+    if (rc == 0 && c->deadline) {
+        /* What is left for this call, so that a resilua downstream can honour it. */
+        char v[32];
+        snprintf(v, sizeof(v), "%lld", (long long)((c->deadline - now) / RSL_NS_PER_MS));
+        if (rsl__buf_append(&c->scratch, "", 1) < 0) {
+            rc = RSL_ENOMEM;
+        } else {
+            off[nh] = c->scratch.len;
+            rc = rsl__buf_append(&c->scratch, v, strlen(v)) < 0 ? RSL_ENOMEM : 0;
+            hd[nh].name = "X-Resilua-Deadline-Ms";
+            nh++;
+        }
+    }
+    c->io.len = 0;
+    if (rc == 0 && s->u.http.body) {
+        rc = rsl__tmpl_expand(s->u.http.body, c->req, 0, &c->io, &missing);
+    }
+    if (rc == RSL_EINVAL) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "missing attribute \"%s\"", missing);
+        return 1;
+    }
+    if (rc < 0) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "out of memory");
+        return 1;
+    }
+    for (int i = 0; i < nh; i++) {
+        hd[i].value = c->scratch.p + off[i];
+    }
+    rsl__http_req r = {
+        .method = s->u.http.method,
+        .url = c->scratch.p,
+        .headers = hd,
+        .nheaders = nh,
+        .body = NULL,
+        .body_len = 0,
+        /* The step timer below is the authority (it also covers the deadline); the
+         * client's own timeout is a backstop a little later. */
+        .timeout_ns = limit ? limit + 50 * RSL_NS_PER_MS : 0,
+    };
+    if (s->u.http.body) {
+        r.body = c->io.p ? c->io.p : "";
+        r.body_len = c->io.len;
+    } else if (s->u.http.pass_body) {
+        r.body = c->req->body ? c->req->body : "";
+        r.body_len = c->req->body ? c->req->body_len : 0;
+    }
+    rc = rsl__http_start(h, &r, http_done, c, &c->xfer);
+    if (rc < 0) {
+        c->xfer = NULL;
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "HTTP request not started: %s",
+                         rsl_strerror(rc));
+        return 1;
+    }
+    if (limit > 0) {
+        timer_start(c, RSL_TIMER_STEP_TIMEOUT, limit);
+    }
+    return 0;
+}
+
+static void redis_done(void *ud, const rsl__redis_reply *rep) {
+    rsl__call *c = ud;
+    c->rcmd = NULL;
+    rsl__answer_reset(&c->ans);
+    if (rep->outcome == RSL_OUTCOME_OK) {
+        c->ans.outcome = RSL_OUTCOME_OK;
+        c->ans.status = 200;
+        if (rsl__buf_append(&c->ans.body, rep->str ? rep->str : "", rep->len) < 0) {
+            rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "out of memory");
+        }
+    } else {
+        rsl__answer_fail(&c->ans, rep->outcome, "%s",
+                         rep->error ? rep->error : rsl_outcome_name(rep->outcome));
+    }
+    io_answered(c);
+}
+
+#define MAX_REDIS_ARGS 64
+
+/* r.redis (argv templates) and r.redis_cache (GET key). */
+static int start_redis(rsl__call *c, const rsl__step *s, int64_t now) {
+    rsl__redis *rd = c->w->redis;
+    if (!rd) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_CONNECT,
+                         "no Redis configured (resilua --redis HOST:PORT, rsl_options.redis)");
+        return 1;
+    }
+    const rsl__tmpl *const *tv;
+    const rsl__tmpl *get[2];
+    int argc;
+    if (s->kind == RSL_STEP_REDIS_CACHE) {
+        get[0] = NULL; /* "GET", literal */
+        get[1] = s->u.cache.key;
+        tv = get;
+        argc = 2;
+    } else {
+        tv = (const rsl__tmpl *const *)s->u.redis.argv;
+        argc = s->u.redis.argc < MAX_REDIS_ARGS ? s->u.redis.argc : MAX_REDIS_ARGS;
+    }
+    size_t off[MAX_REDIS_ARGS], len[MAX_REDIS_ARGS];
+    const char *argv[MAX_REDIS_ARGS];
+    const char *missing = NULL;
+    int rc = 0;
+    c->scratch.len = 0;
+    for (int i = 0; i < argc && rc == 0; i++) {
+        off[i] = c->scratch.len;
+        if (!tv[i]) {
+            rc = rsl__buf_append(&c->scratch, "GET", 3) < 0 ? RSL_ENOMEM : 0;
+        } else {
+            rc = rsl__tmpl_expand(tv[i], c->req, 0, &c->scratch, &missing);
+        }
+        len[i] = c->scratch.len - off[i];
+    }
+    if (rc == RSL_EINVAL) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "missing attribute \"%s\"", missing);
+        return 1;
+    }
+    if (rc < 0) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "out of memory");
+        return 1;
+    }
+    for (int i = 0; i < argc; i++) {
+        argv[i] = c->scratch.p + off[i];
+    }
+    rc = rsl__redis_command(rd, argc, argv, len, redis_done, c, &c->rcmd);
+    if (rc < 0) {
+        c->rcmd = NULL;
+        if (rc == RSL_ECLOSED) {
+            rsl__answer_fail(&c->ans, RSL_OUTCOME_CONNECT, "Redis %s:%d is not connected",
+                             c->rt->redis_host, c->rt->redis_port);
+        } else {
+            rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "Redis command not sent: %s",
+                             rsl_strerror(rc));
+        }
+        return 1;
+    }
+    int64_t limit = attempt_limit(c, s, now);
+    if (limit > 0) {
+        timer_start(c, RSL_TIMER_STEP_TIMEOUT, limit);
+    }
+    return 0;
+}
+
 /* The attempt proper, guards held. 1: the answer is in c->ans; 0: waiting. */
 static int attempt_body(rsl__call *c, const rsl__step *s, int64_t now) {
     switch (s->kind) {
@@ -695,10 +943,14 @@ static int attempt_body(rsl__call *c, const rsl__step *s, int64_t now) {
         return 1;
     case RSL_STEP_C:
         return start_host_step(c, s, now);
-    default:
-        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "step kind not available in this build");
-        return 1;
+    case RSL_STEP_HTTP:
+        return start_http(c, s, now);
+    case RSL_STEP_REDIS:
+    case RSL_STEP_REDIS_CACHE:
+        return start_redis(c, s, now);
     }
+    rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "unknown step kind");
+    return 1;
 }
 
 /* One attempt of the current step: guards, then the fault roll, then the body.
@@ -928,6 +1180,7 @@ static void on_timer(uv_timer_t *t) {
         if (c->sc && !abandon_host(c)) {
             return; /* the answer beat the timeout by a hair: its message is on the way */
         }
+        io_abort(c);
         rsl__answer_fail(&c->ans, RSL_OUTCOME_TIMEOUT, "step timed out after %.1f ms",
                          ms_since(c->attempt_start, now));
         c->phase = RSL_PH_ATTEMPTED;
@@ -960,6 +1213,7 @@ void rsl__call_cancel(rsl__call *c) {
     if (c->sc && !abandon_host(c)) {
         return; /* the host's answer is on its way; it completes the call as canceled */
     }
+    io_abort(c);
     timer_stop(c);
     rsl__answer_fail(&c->ans, RSL_OUTCOME_CANCELED, "call canceled");
     c->phase = RSL_PH_ATTEMPTED;

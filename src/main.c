@@ -56,7 +56,8 @@ static const char usage_text[] =
     "  -n, --count COUNT          number of calls (call)\n"
     "  --interval DURATION        pause between the end of a call and the start of the\n"
     "                             next: a number with a unit us, ms, s, m or h\n"
-    "  --redis HOST:PORT          shared state in Redis (not available yet)\n"
+    "  --redis HOST:PORT          Redis for r.redis and r.redis_cache steps (without it\n"
+    "                             they answer \"connect\" and the chain falls back)\n"
     "  -h, --help                 this text\n"
     "\n"
     "exit status: 0 ok; 1 load errors (check) or a call whose outcome is not ok (call);\n"
@@ -536,16 +537,12 @@ static int cmd_call(int argc, char **argv) {
         usage_error("call: which policy? (resilua call [options] POLICY [attr=value ...])");
         goto out;
     }
-    if (redis) {
-        fprintf(stderr, "%s: --redis: Redis support is not available yet\n", prog);
-        goto out;
-    }
-
     rsl_options o;
     rsl_options_init(&o);
     o.policy_dir = dir;
     o.workers = 1; /* DESIGN.md: one worker, so module-level locals persist across calls */
     o.log = log_line;
+    o.redis = redis;
     char err[16384] = "";
     rc = rsl_open(&rt, &o, err, sizeof(err));
     if (rc != 0) {

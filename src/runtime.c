@@ -15,6 +15,7 @@
 #include "window.h"
 
 #include <jansson.h>
+#include <stddef.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -320,6 +321,38 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
     }
     rt->dir = strdup(o->policy_dir);
     rt->o.policy_dir = rt->dir;
+    rt->o.redis = NULL;
+    if (rt->o.http_max_body == 0) {
+        rt->o.http_max_body = (size_t)4 << 20;
+    }
+    if (o->size > offsetof(rsl_options, redis) && o->redis) {
+        /* "HOST:PORT": the last colon splits, so "[::1]:6379" style hosts keep theirs. */
+        const char *colon = strrchr(o->redis, ':');
+        char *end = NULL;
+        long port = colon ? strtol(colon + 1, &end, 10) : 0;
+        if (!colon || colon == o->redis || !end || *end || port < 1 || port > 65535) {
+            if (err && errlen) {
+                snprintf(err, errlen, "redis: expected HOST:PORT, got \"%s\"", o->redis);
+            }
+            free(rt->dir);
+    free(rt->redis_host);
+            free(rt);
+            return RSL_EINVAL;
+        }
+        const char *h = o->redis, *he = colon;
+        if (*h == '[' && he[-1] == ']') {
+            h++;
+            he--;
+        }
+        rt->redis_host = strndup(h, (size_t)(he - h));
+        rt->redis_port = (int)port;
+        if (!rt->redis_host) {
+            free(rt->dir);
+            free(rt);
+            return RSL_ENOMEM;
+        }
+        rt->o.redis = rt->redis_host;
+    }
     pthread_mutex_init(&rt->lock, NULL);
     pthread_mutex_init(&rt->cancel_lock, NULL);
     pthread_mutex_init(&rt->reload_lock, NULL);

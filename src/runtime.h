@@ -12,8 +12,10 @@
 #define RSL_RUNTIME_H
 
 #include "cache.h"
+#include "http.h"
 #include "metrics.h"
 #include "policy.h"
+#include "redis.h"
 #include "req.h"
 #include "resilua.h"
 #include "tmpl.h"
@@ -155,11 +157,14 @@ typedef struct rsl__call {
     rsl__answer prev_ans;             /* the previous step's answer (for `prev`) */
     int prev_step;                    /* -1: none */
     rsl_step_call *sc;                /* pending host step */
+    rsl__http_xfer *xfer;             /* pending HTTP transfer */
+    rsl__redis_cmd *rcmd;             /* pending Redis command */
     uv_timer_t timer;
     int timer_inited, timer_purpose;  /* RSL_TIMER_* */
     int canceled;
     int in_attempt;                   /* a host step answering from inside its function */
     rsl__buf scratch;
+    rsl__buf io;                      /* an HTTP request's expanded body, kept until it ends */
 } rsl__call;
 
 enum { RSL_TIMER_NONE, RSL_TIMER_STEP_TIMEOUT, RSL_TIMER_BACKOFF, RSL_TIMER_DELAY };
@@ -213,6 +218,8 @@ struct rsl__worker {
     int stopping;
     int spin;         /* a synchronous call just answered: poll the queue a little */
     rsl__msg stop; /* RSL_MSG_STOP, posted once by rsl__worker_join */
+    rsl__http *http;   /* made on first use; closed when the worker stops */
+    rsl__redis *redis; /* made at start when the runtime has Redis */
     uv_sem_t ready;
 };
 
@@ -233,6 +240,8 @@ void rsl__worker_track(rsl__worker *w, rsl__call *c);
 void rsl__worker_untrack(rsl__worker *w, rsl__call *c);
 /* Loop thread: a call completed (lets a stopping worker finish). */
 void rsl__worker_call_done(rsl__worker *w);
+/* Loop thread: the worker's HTTP client (made on first use; NULL when out of memory). */
+rsl__http *rsl__worker_http(rsl__worker *w);
 /* Asks the worker to cancel call `id` if it is still in flight. Any thread. */
 int rsl__worker_post_cancel(rsl__worker *w, uint64_t id);
 
@@ -276,6 +285,8 @@ struct rsl_runtime {
     _Atomic int64_t senders;   /* threads between "may post" and the end of uv_async_send */
     rsl__hoststep *steps;
     int nsteps;
+    char *redis_host;          /* from rsl_options.redis; NULL: none */
+    int redis_port;
     struct rsl__cache_slot {
         char *name;            /* "policy/step" */
         rsl__cache *cache;

@@ -127,6 +127,15 @@ static void maybe_finish(rsl__worker *w) {
     while (atomic_load(&w->rt->senders) > 0) {
         sched_yield();
     }
+    /* I/O clients close their handles now; the loop runs until their close callbacks. */
+    if (w->http) {
+        rsl__http_close(w->http);
+        w->http = NULL;
+    }
+    if (w->redis) {
+        rsl__redis_close(w->redis);
+        w->redis = NULL;
+    }
     uv_close((uv_handle_t *)&w->async, w->attached ? on_attached_closed : NULL);
 }
 
@@ -202,6 +211,29 @@ static void drain(uv_async_t *h) {
     maybe_finish(w);
 }
 
+rsl__http *rsl__worker_http(rsl__worker *w) {
+    if (!w->http && !w->stopping) {
+        w->http = rsl__http_new(w->loop, w->rt->o.http_max_body);
+    }
+    return w->http;
+}
+
+static void redis_log(void *ud, int level, const char *msg) {
+    rsl__worker *w = ud;
+    rsl__log(w->rt, level == 0 ? RSL_LOG_ERROR : level == 1 ? RSL_LOG_WARN : RSL_LOG_INFO,
+             "worker %d: redis %s:%d: %s", w->index, w->rt->redis_host, w->rt->redis_port, msg);
+}
+
+/* On the loop's thread, before it serves calls: the Redis connection starts opening now,
+ * so that the first call finds it up. */
+static void io_start(rsl__worker *w) {
+    w->http = NULL;
+    w->redis = NULL;
+    if (w->rt->redis_host) {
+        w->redis = rsl__redis_new(w->loop, w->rt->redis_host, w->rt->redis_port, redis_log, w);
+    }
+}
+
 void rsl__worker_call_done(rsl__worker *w) {
     maybe_finish(w);
 }
@@ -221,6 +253,7 @@ static void *run(void *arg) {
     rsl__worker *w = arg;
     self = w;
     rsl__rand_seed(w->rt->o.seed ? w->rt->o.seed + (uint64_t)w->index : 0);
+    io_start(w);
     uv_sem_post(&w->ready);
     uv_run(w->loop, UV_RUN_DEFAULT);
     /* Only a cancel posted by a waiter racing the close can be left: calls and answers
@@ -289,6 +322,7 @@ int rsl__worker_attach(rsl__worker *w, struct rsl_runtime *rt, uv_loop_t *loop) 
     w->async.data = w;
     self = w;
     rsl__rand_seed(rt->o.seed);
+    io_start(w);
     return 0;
 }
 

@@ -310,10 +310,10 @@ for args in "" "-n 0 echo" "-n abc echo" "-n -3 echo" "-n" "--interval 100 echo"
 done
 ok
 
-t "--redis is not available yet"
-run call -p "$P" --redis 127.0.0.1:6379 echo
+t "--redis takes HOST:PORT"
+run call -p "$P" --redis localhost echo
 expect_rc 2
-expect_err "--redis: Redis support is not available yet"
+expect_err "redis: expected HOST:PORT, got \"localhost\""
 ok
 
 t "call --help"

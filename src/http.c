@@ -1,0 +1,650 @@
+/*
+ * http -- libcurl's multi_socket API on a libuv loop (see http.h for the contract).
+ *
+ * The wiring follows curl's docs/examples/multi-uv.c:
+ *  - CURLMOPT_SOCKETFUNCTION: one uv_poll per socket curl wants watched, found again
+ *    through curl_multi_assign; closed when curl says CURL_POLL_REMOVE and freed from its
+ *    close callback (the fd may already be reused by then: a new socket gets a new poll).
+ *  - CURLMOPT_TIMERFUNCTION: one uv_timer.  -1 stops it; 0 means "as soon as possible,
+ *    but not from inside this callback", which a 0 ms uv_timer gives (it runs on the
+ *    next loop turn).
+ *  - After every curl_multi_socket_action, finished transfers are taken off
+ *    curl_multi_info_read one at a time: the easy handle is removed from the multi
+ *    handle before the caller's callback runs, so that callback may start, cancel or
+ *    close freely (curl_multi_remove_handle also drops any DONE message still queued for
+ *    a handle canceled from a callback).
+ *
+ * Connections live in the multi handle's connection cache, not in the easy handles, so
+ * easy handles are recycled through a free list (curl_easy_reset keeps nothing of the
+ * previous request) and a steady stream of calls reuses its keep-alive connections.
+ */
+#include "http.h"
+
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* Kept connections per client: enough for the concurrency a worker sees against a few
+ * upstreams (curl's default grows with the number of easy handles, but then a burst
+ * leaves that many idle sockets behind).  Above it, connections close after use. */
+#define MAX_CONNECTS 256L
+/* Idle easy handles kept for reuse (each holds curl's per-handle buffers, ~100 KiB
+ * upload + download); beyond this, finished handles are freed. */
+#define MAX_IDLE 256
+
+typedef struct sock_ctx {
+    uv_poll_t poll; /* first: the close callback gets the handle */
+    rsl__http *h;
+    curl_socket_t fd;
+    int events;  /* UV_READABLE | UV_WRITABLE that curl asked for */
+    int closing; /* REMOVE seen: uv_close called, freed in its callback */
+    struct sock_ctx *prev, *next;
+} sock_ctx;
+
+enum { XF_IDLE, XF_RUNNING, XF_DONE };
+
+struct rsl__http_xfer {
+    rsl__http *h;
+    CURL *easy;
+    int state;
+    rsl__http_cb cb;
+    void *ud;
+    struct curl_slist *hdrs;
+    rsl__buf body;
+    rsl__header *rh; /* response headers so far (reset at each status line) */
+    int nrh, caprh;
+    int over_cap, oom;
+    rsl__http_xfer *prev, *next; /* running list (doubly linked) or idle list */
+    char errbuf[CURL_ERROR_SIZE];
+};
+
+struct rsl__http {
+    uv_loop_t *loop;
+    CURLM *multi;
+    uv_timer_t timer;
+    size_t max_body;
+    rsl__http_xfer *running; /* in flight: aborted by close */
+    rsl__http_xfer *idle;
+    int nidle;
+    int inflight;
+    sock_ctx *socks; /* open polls: closed by close */
+    int handles;     /* uv handles not yet through their close callback */
+    int closing;
+    char capmsg[80];
+};
+
+static pthread_once_t global_once = PTHREAD_ONCE_INIT;
+static CURLcode global_rc = CURLE_FAILED_INIT;
+
+static void global_init(void) {
+    global_rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+/* ---- handles and their close callbacks --------------------------------------------------- */
+
+static void handle_gone(rsl__http *h) {
+    h->handles--;
+    if (h->closing && h->handles == 0) {
+        free(h);
+    }
+}
+
+static void on_sock_closed(uv_handle_t *hd) {
+    sock_ctx *s = (sock_ctx *)hd;
+    rsl__http *h = s->h;
+    free(s);
+    handle_gone(h);
+}
+
+static void on_timer_closed(uv_handle_t *hd) {
+    handle_gone(hd->data);
+}
+
+static void sock_close(rsl__http *h, sock_ctx *s) {
+    if (s->prev) {
+        s->prev->next = s->next;
+    } else {
+        h->socks = s->next;
+    }
+    if (s->next) {
+        s->next->prev = s->prev;
+    }
+    s->closing = 1;
+    uv_close((uv_handle_t *)&s->poll, on_sock_closed);
+}
+
+/* ---- transfers ----------------------------------------------------------------------------- */
+
+static void free_headers(rsl__header *hd, int n) {
+    for (int i = 0; i < n; i++) {
+        free(hd[i].name);
+        free(hd[i].value);
+    }
+    free(hd);
+}
+
+static void xfer_clear(rsl__http_xfer *x) {
+    curl_slist_free_all(x->hdrs);
+    x->hdrs = NULL;
+    rsl__buf_free(&x->body);
+    free_headers(x->rh, x->nrh);
+    x->rh = NULL;
+    x->nrh = x->caprh = 0;
+    x->over_cap = x->oom = 0;
+    x->cb = NULL;
+    x->ud = NULL;
+}
+
+static void xfer_destroy(rsl__http_xfer *x) {
+    xfer_clear(x);
+    curl_easy_cleanup(x->easy);
+    free(x);
+}
+
+static void running_unlink(rsl__http *h, rsl__http_xfer *x) {
+    if (x->prev) {
+        x->prev->next = x->next;
+    } else {
+        h->running = x->next;
+    }
+    if (x->next) {
+        x->next->prev = x->prev;
+    }
+    x->prev = x->next = NULL;
+    h->inflight--;
+}
+
+/* Back to the idle list (or freed).  The reset drops every pointer into caller memory
+ * (URL copy, POSTFIELDS) now rather than at the next start. */
+static void xfer_recycle(rsl__http *h, rsl__http_xfer *x) {
+    if (h->closing || h->nidle >= MAX_IDLE) {
+        xfer_destroy(x);
+        return;
+    }
+    xfer_clear(x);
+    curl_easy_reset(x->easy);
+    x->state = XF_IDLE;
+    x->next = h->idle;
+    h->idle = x;
+    h->nidle++;
+}
+
+static size_t on_body(char *p, size_t size, size_t n, void *ud) {
+    rsl__http_xfer *x = ud;
+    size_t len = size * n;
+    /* Abort (a short count makes curl fail with CURLE_WRITE_ERROR) rather than buffer an
+     * answer without bound: the cap holds even without a Content-Length. */
+    if (len > x->h->max_body - x->body.len) {
+        x->over_cap = 1;
+        return 0;
+    }
+    if (rsl__buf_append(&x->body, p, len) < 0) {
+        x->oom = 1;
+        return 0;
+    }
+    return len;
+}
+
+static int is_space(char c) {
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n';
+}
+
+/* One header line at a time (curl guarantees whole lines).  A status line starts a new
+ * response (a 100 Continue, or a retry on a fresh connection): only the final one's
+ * headers are kept. */
+static size_t on_header(char *p, size_t size, size_t n, void *ud) {
+    rsl__http_xfer *x = ud;
+    size_t len = size * n;
+    if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+        free_headers(x->rh, x->nrh);
+        x->rh = NULL;
+        x->nrh = x->caprh = 0;
+        return len;
+    }
+    const char *colon = memchr(p, ':', len);
+    if (!colon || colon == p) {
+        return len; /* the blank line that ends the headers, or a malformed line */
+    }
+    const char *v = colon + 1, *end = p + len;
+    while (v < end && is_space(*v)) {
+        v++;
+    }
+    while (end > v && is_space(end[-1])) {
+        end--;
+    }
+    if (x->nrh == x->caprh) {
+        int cap = x->caprh ? 2 * x->caprh : 8;
+        rsl__header *a = realloc(x->rh, (size_t)cap * sizeof(*a));
+        if (!a) {
+            x->oom = 1;
+            return 0;
+        }
+        x->rh = a;
+        x->caprh = cap;
+    }
+    char *name = strndup(p, (size_t)(colon - p));
+    char *value = strndup(v, (size_t)(end - v));
+    if (!name || !value) {
+        free(name);
+        free(value);
+        x->oom = 1;
+        return 0;
+    }
+    x->rh[x->nrh].name = name;
+    x->rh[x->nrh].value = value;
+    x->nrh++;
+    return len;
+}
+
+static rsl_outcome outcome_of(CURLcode code) {
+    switch (code) {
+    case CURLE_OPERATION_TIMEDOUT:
+        return RSL_OUTCOME_TIMEOUT;
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_SEND_ERROR:
+    case CURLE_RECV_ERROR:
+    case CURLE_GOT_NOTHING:
+    case CURLE_PARTIAL_FILE:
+    /* TLS: the handshake, the peer's certificate, or our CA/CRL files. */
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_CLIENTCERT:
+        return RSL_OUTCOME_CONNECT;
+    default:
+        return RSL_OUTCOME_ERROR;
+    }
+}
+
+/* The transfer is over: take it out of curl, build the result, run the callback, then
+ * recycle whatever the callback did not steal. */
+static void finish(rsl__http *h, rsl__http_xfer *x, CURLcode code) {
+    long status = 0;
+    curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &status);
+    curl_multi_remove_handle(h->multi, x->easy);
+    running_unlink(h, x);
+    x->state = XF_DONE;
+
+    rsl__http_res res;
+    memset(&res, 0, sizeof(res));
+    res.status = (int)status;
+    if (code == CURLE_OK) {
+        res.outcome = status >= 500   ? RSL_OUTCOME_5XX
+                      : status >= 400 ? RSL_OUTCOME_4XX
+                                      : RSL_OUTCOME_OK;
+        if (res.outcome != RSL_OUTCOME_OK) {
+            snprintf(x->errbuf, sizeof(x->errbuf), "status %ld", status);
+            res.error = x->errbuf;
+        }
+    } else if (x->over_cap || code == CURLE_FILESIZE_EXCEEDED) {
+        res.outcome = RSL_OUTCOME_ERROR;
+        res.error = h->capmsg;
+    } else if (x->oom) {
+        res.outcome = RSL_OUTCOME_ERROR;
+        res.error = "out of memory (HTTP answer)";
+    } else {
+        res.outcome = outcome_of(code);
+        res.error = x->errbuf[0] ? x->errbuf : curl_easy_strerror(code);
+    }
+    res.body = x->body;
+    memset(&x->body, 0, sizeof(x->body));
+    if (!res.body.p && rsl__buf_append(&res.body, "", 0) < 0 && res.outcome == RSL_OUTCOME_OK) {
+        res.outcome = RSL_OUTCOME_ERROR; /* callers may rely on a non-NULL body */
+        res.error = "out of memory (HTTP answer)";
+    }
+    res.headers = x->rh;
+    res.nheaders = x->nrh;
+    x->rh = NULL;
+    x->nrh = x->caprh = 0;
+
+    x->cb(x->ud, &res);
+
+    rsl__buf_free(&res.body);
+    free_headers(res.headers, res.nheaders);
+    xfer_recycle(h, x);
+}
+
+/* Runs the callbacks of every finished transfer.  Stops when a callback closed the
+ * client: the multi handle is gone then (h itself lives until the close callbacks). */
+static void drain(rsl__http *h) {
+    CURLMsg *m;
+    int left;
+    while (!h->closing && (m = curl_multi_info_read(h->multi, &left)) != NULL) {
+        if (m->msg != CURLMSG_DONE) {
+            continue;
+        }
+        CURL *e = m->easy_handle;
+        CURLcode code = m->data.result; /* m is invalid once the handle is removed */
+        rsl__http_xfer *x = NULL;
+        curl_easy_getinfo(e, CURLINFO_PRIVATE, (char **)&x);
+        finish(h, x, code);
+    }
+}
+
+/* ---- curl's hooks into the loop ---------------------------------------------------------- */
+
+static void on_timer(uv_timer_t *t) {
+    rsl__http *h = t->data;
+    int running;
+    curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    drain(h);
+}
+
+static int on_curl_timer(CURLM *m, long ms, void *ud) {
+    rsl__http *h = ud;
+    if (h->closing) {
+        return 0;
+    }
+    if (ms < 0) {
+        uv_timer_stop(&h->timer);
+    } else {
+        uv_timer_start(&h->timer, on_timer, (uint64_t)ms, 0);
+    }
+    return 0;
+}
+
+static void on_poll(uv_poll_t *p, int status, int events) {
+    sock_ctx *s = (sock_ctx *)p;
+    rsl__http *h = s->h;
+    int flags = 0;
+    if (status < 0) {
+        flags = CURL_CSELECT_ERR;
+    } else {
+        flags |= (events & UV_READABLE) ? CURL_CSELECT_IN : 0;
+        flags |= (events & UV_WRITABLE) ? CURL_CSELECT_OUT : 0;
+    }
+    int running;
+    curl_multi_socket_action(h->multi, s->fd, flags, &running);
+    /* On POLLERR libuv stops the poll; curl only calls the socket hook when what it
+     * wants changes, so a socket it keeps would never be watched again. */
+    if (status < 0 && !h->closing && !s->closing && !uv_is_active((uv_handle_t *)p)) {
+        uv_poll_start(p, s->events, on_poll);
+    }
+    drain(h);
+}
+
+static int on_curl_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp) {
+    rsl__http *h = ud;
+    sock_ctx *s = sockp;
+    if (what == CURL_POLL_REMOVE) {
+        if (s) {
+            sock_close(h, s);
+            curl_multi_assign(h->multi, fd, NULL);
+        }
+        return 0;
+    }
+    if (!s) {
+        s = calloc(1, sizeof(*s));
+        if (!s) {
+            return -1;
+        }
+        if (uv_poll_init_socket(h->loop, &s->poll, fd) != 0) {
+            free(s);
+            return -1;
+        }
+        s->h = h;
+        s->fd = fd;
+        s->next = h->socks;
+        if (h->socks) {
+            h->socks->prev = s;
+        }
+        h->socks = s;
+        h->handles++;
+        curl_multi_assign(h->multi, fd, s);
+    }
+    s->events = ((what & CURL_POLL_IN) ? UV_READABLE : 0) | ((what & CURL_POLL_OUT) ? UV_WRITABLE : 0);
+    return uv_poll_start(&s->poll, s->events, on_poll) == 0 ? 0 : -1;
+}
+
+/* ---- API ----------------------------------------------------------------------------------- */
+
+rsl__http *rsl__http_new(uv_loop_t *loop, size_t max_body) {
+    pthread_once(&global_once, global_init);
+    if (!loop || global_rc != CURLE_OK) {
+        return NULL;
+    }
+    rsl__http *h = calloc(1, sizeof(*h));
+    if (!h) {
+        return NULL;
+    }
+    h->loop = loop;
+    h->max_body = max_body ? max_body : (size_t)4 << 20;
+    snprintf(h->capmsg, sizeof(h->capmsg), "answer body larger than the %zu-byte cap",
+             h->max_body);
+    h->multi = curl_multi_init();
+    if (!h->multi || uv_timer_init(loop, &h->timer) != 0) {
+        curl_multi_cleanup(h->multi);
+        free(h);
+        return NULL;
+    }
+    h->timer.data = h;
+    h->handles = 1;
+    curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, on_curl_socket);
+    curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
+    curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, on_curl_timer);
+    curl_multi_setopt(h->multi, CURLMOPT_TIMERDATA, h);
+    curl_multi_setopt(h->multi, CURLMOPT_MAXCONNECTS, MAX_CONNECTS);
+    return h;
+}
+
+static int has_crlf(const char *s) {
+    return strpbrk(s, "\r\n") != NULL;
+}
+
+static int header_named(const rsl__http_req *r, const char *name) {
+    for (int i = 0; i < r->nheaders; i++) {
+        if (strcasecmp(r->headers[i].name, name) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Builds the header list: "name: value", or "name;" for an empty value (curl reads
+ * "name:" as "remove this header").  Returns 0, RSL_EINVAL (CR/LF: header injection),
+ * RSL_ENOMEM. */
+static int build_headers(rsl__http_xfer *x, const rsl__http_req *r) {
+    char stack[512];
+    for (int i = 0; i < r->nheaders; i++) {
+        const char *n = r->headers[i].name, *v = r->headers[i].value ? r->headers[i].value : "";
+        if (!n || !*n || has_crlf(n) || has_crlf(v) || strchr(n, ':')) {
+            return RSL_EINVAL;
+        }
+        size_t need = strlen(n) + strlen(v) + 3;
+        char *line = need <= sizeof(stack) ? stack : malloc(need);
+        if (!line) {
+            return RSL_ENOMEM;
+        }
+        if (*v) {
+            snprintf(line, need, "%s: %s", n, v);
+        } else {
+            snprintf(line, need, "%s;", n);
+        }
+        struct curl_slist *l = curl_slist_append(x->hdrs, line);
+        if (line != stack) {
+            free(line);
+        }
+        if (!l) {
+            return RSL_ENOMEM;
+        }
+        x->hdrs = l;
+    }
+    if (r->body) {
+        /* No "Expect: 100-continue" round trip for large bodies, and no invented
+         * form-urlencoded Content-Type: the body is opaque bytes unless the caller says. */
+        static const char *const off[] = {"Expect:", "Content-Type:"};
+        static const char *const names[] = {"Expect", "Content-Type"};
+        for (int i = 0; i < 2; i++) {
+            if (!header_named(r, names[i])) {
+                struct curl_slist *l = curl_slist_append(x->hdrs, off[i]);
+                if (!l) {
+                    return RSL_ENOMEM;
+                }
+                x->hdrs = l;
+            }
+        }
+    }
+    return 0;
+}
+
+static int setup(rsl__http *h, rsl__http_xfer *x, const rsl__http_req *r) {
+    CURL *e = x->easy;
+    int rc = build_headers(x, r);
+    if (rc < 0) {
+        return rc;
+    }
+    CURLcode c = CURLE_OK;
+#define SET(opt, val)                                                                      \
+    do {                                                                                   \
+        if (c == CURLE_OK) {                                                               \
+            c = curl_easy_setopt(e, opt, val);                                             \
+        }                                                                                  \
+    } while (0)
+    SET(CURLOPT_URL, r->url);
+    SET(CURLOPT_PRIVATE, (char *)x);
+    SET(CURLOPT_NOSIGNAL, 1L);
+    SET(CURLOPT_PROXY, ""); /* never a proxy from the environment */
+    SET(CURLOPT_PROTOCOLS_STR, "http,https");
+    SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    SET(CURLOPT_ERRORBUFFER, x->errbuf);
+    SET(CURLOPT_WRITEFUNCTION, on_body);
+    SET(CURLOPT_WRITEDATA, x);
+    SET(CURLOPT_HEADERFUNCTION, on_header);
+    SET(CURLOPT_HEADERDATA, x);
+    /* A Content-Length above the cap fails before any byte is read. */
+    SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)h->max_body);
+    if (r->timeout_ns > 0) {
+        long ms = (long)((r->timeout_ns + 999999) / 1000000);
+        SET(CURLOPT_TIMEOUT_MS, ms);
+        SET(CURLOPT_CONNECTTIMEOUT_MS, ms);
+    }
+    if (x->hdrs) {
+        SET(CURLOPT_HTTPHEADER, x->hdrs);
+    }
+    if (strcmp(r->method, "HEAD") == 0) {
+        SET(CURLOPT_NOBODY, 1L);
+    } else if (r->body) {
+        /* Not copied: the caller keeps the body alive until the callback or cancel. */
+        SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)r->body_len);
+        SET(CURLOPT_POSTFIELDS, r->body);
+        if (strcmp(r->method, "POST") != 0) {
+            SET(CURLOPT_CUSTOMREQUEST, r->method);
+        }
+    } else if (strcmp(r->method, "GET") != 0) {
+        SET(CURLOPT_CUSTOMREQUEST, r->method);
+    }
+#undef SET
+    x->errbuf[0] = 0;
+    if (c == CURLE_OUT_OF_MEMORY) {
+        return RSL_ENOMEM;
+    }
+    return c == CURLE_OK ? 0 : RSL_EINVAL;
+}
+
+int rsl__http_start(rsl__http *h, const rsl__http_req *r, rsl__http_cb cb, void *ud,
+                    rsl__http_xfer **out) {
+    if (out) {
+        *out = NULL;
+    }
+    if (!h || !r || !cb || !r->url || !*r->url || !r->method || !*r->method ||
+        has_crlf(r->method) || h->closing || (r->nheaders > 0 && !r->headers)) {
+        return RSL_EINVAL;
+    }
+    rsl__http_xfer *x = h->idle;
+    if (x) {
+        h->idle = x->next;
+        h->nidle--;
+        x->next = NULL;
+    } else {
+        x = calloc(1, sizeof(*x));
+        if (!x) {
+            return RSL_ENOMEM;
+        }
+        x->easy = curl_easy_init();
+        if (!x->easy) {
+            free(x);
+            return RSL_ENOMEM;
+        }
+        x->h = h;
+    }
+    int rc = setup(h, x, r);
+    if (rc == 0 && curl_multi_add_handle(h->multi, x->easy) != CURLM_OK) {
+        rc = RSL_ESYS;
+    }
+    if (rc < 0) {
+        x->state = XF_DONE;
+        xfer_recycle(h, x);
+        return rc;
+    }
+    x->cb = cb;
+    x->ud = ud;
+    x->state = XF_RUNNING;
+    x->prev = NULL;
+    x->next = h->running;
+    if (h->running) {
+        h->running->prev = x;
+    }
+    h->running = x;
+    h->inflight++;
+    if (out) {
+        *out = x;
+    }
+    return 0;
+}
+
+void rsl__http_cancel(rsl__http *h, rsl__http_xfer *x) {
+    if (!h || !x || x->state != XF_RUNNING || h->closing) {
+        return;
+    }
+    /* Also drops a DONE message curl may hold for it: its callback can never run. */
+    curl_multi_remove_handle(h->multi, x->easy);
+    running_unlink(h, x);
+    x->state = XF_DONE;
+    xfer_recycle(h, x);
+}
+
+void rsl__http_close(rsl__http *h) {
+    if (!h || h->closing) {
+        return;
+    }
+    h->closing = 1;
+    while (h->running) {
+        rsl__http_xfer *x = h->running;
+        curl_multi_remove_handle(h->multi, x->easy);
+        running_unlink(h, x);
+        xfer_destroy(x);
+    }
+    while (h->idle) {
+        rsl__http_xfer *x = h->idle;
+        h->idle = x->next;
+        xfer_destroy(x);
+    }
+    h->nidle = 0;
+    /* Polls are closed while their fds are still open (curl closes the cached
+     * connections in curl_multi_cleanup), and curl must not call back into a client
+     * that is going away. */
+    curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, NULL);
+    curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, NULL);
+    while (h->socks) {
+        sock_close(h, h->socks);
+    }
+    curl_multi_cleanup(h->multi);
+    h->multi = NULL;
+    uv_close((uv_handle_t *)&h->timer, on_timer_closed);
+}
+
+int rsl__http_inflight(const rsl__http *h) {
+    return h ? h->inflight : 0;
+}

@@ -1,0 +1,326 @@
+/*
+ * bench_io -- what a call through resilua's I/O steps costs next to the same I/O done
+ * plainly, measured in the same run against the same servers on loopback:
+ *   - HTTP: calls/s of a policy with one r.http step (1 worker) versus a plain libcurl
+ *     multi loop (curl_multi_poll, easy handles re-added as they finish) with the same
+ *     number of requests in flight, both against examples/flaky in its fast mode;
+ *   - Redis: calls/s of a policy with one r.redis GET step versus a plain hiredis async
+ *     loop on libuv (redisLibuvAttach) with the same number of commands in flight, both
+ *     against one redis-server.
+ * Each side also reports CPU time per call (getrusage of this process: the servers are
+ * other processes).  The target (issue 4) is a ratio >= 0.9 for both.
+ *
+ * Usage: bench_io [--smoke] [--inflight N] [--calls N]
+ */
+#include "resilua.h"
+
+#include "../redis_server.h"
+#include "../upstream.h"
+
+#include <curl/curl.h>
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+static int inflight = 32;
+static int ncalls = 100000;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double cpu_s(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+           (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+}
+
+typedef struct run {
+    double wall, cpu;
+    int n, failed;
+} run;
+
+static void report(const char *what, const run *r) {
+    printf("  %-34s %9.0f calls/s  %6.1f us CPU/call  (%d calls, %d not ok)\n", what,
+           r->n / r->wall, r->cpu / r->n * 1e6, r->n, r->failed);
+}
+
+/* ---- plain libcurl multi ----------------------------------------------------------------- */
+static size_t sink(char *p, size_t size, size_t n, void *ud) {
+    (void)p;
+    (void)ud;
+    return size * n;
+}
+
+static run plain_curl(const char *url, int n) {
+    CURLM *m = curl_multi_init();
+    curl_multi_setopt(m, CURLMOPT_MAXCONNECTS, (long)inflight * 2);
+    CURL **e = calloc((size_t)inflight, sizeof(*e));
+    run r = {0};
+    int started = 0, done = 0;
+    double t0 = now_s(), c0 = cpu_s();
+    for (int i = 0; i < inflight && started < n; i++, started++) {
+        e[i] = curl_easy_init();
+        curl_easy_setopt(e[i], CURLOPT_URL, url);
+        curl_easy_setopt(e[i], CURLOPT_WRITEFUNCTION, sink);
+        curl_easy_setopt(e[i], CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e[i], CURLOPT_PROXY, "");
+        curl_multi_add_handle(m, e[i]);
+    }
+    while (done < n) {
+        int running = 0;
+        curl_multi_perform(m, &running);
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(m, &left))) {
+            if (msg->msg != CURLMSG_DONE) {
+                continue;
+            }
+            CURL *h = msg->easy_handle;
+            long status = 0;
+            curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+            r.failed += msg->data.result != CURLE_OK || status != 200;
+            done++;
+            curl_multi_remove_handle(m, h);
+            if (started < n) {
+                started++;
+                curl_multi_add_handle(m, h);
+            }
+        }
+        if (done < n) {
+            curl_multi_poll(m, NULL, 0, 1000, NULL);
+        }
+    }
+    r.wall = now_s() - t0;
+    r.cpu = cpu_s() - c0;
+    r.n = n;
+    for (int i = 0; i < inflight; i++) {
+        if (e[i]) {
+            curl_easy_cleanup(e[i]);
+        }
+    }
+    free(e);
+    curl_multi_cleanup(m);
+    return r;
+}
+
+/* ---- resilua: each completion starts the next call ---------------------------------- */
+typedef struct driver {
+    rsl_runtime *rt;
+    const char *policy;
+    rsl_req *req;
+    atomic_int started, done, failed;
+    int n;
+    uv_sem_t finished;
+} driver;
+
+static void on_done(const rsl_result *res, void *ud) {
+    driver *d = ud;
+    if (rsl_result_outcome(res) != RSL_OUTCOME_OK) {
+        atomic_fetch_add(&d->failed, 1);
+    }
+    if (atomic_fetch_add(&d->started, 1) < d->n) {
+        if (rsl_call(d->rt, d->policy, d->req, on_done, d) != 0) {
+            atomic_fetch_add(&d->failed, 1);
+            atomic_fetch_add(&d->done, 1);
+        }
+    }
+    if (atomic_fetch_add(&d->done, 1) + 1 == d->n) {
+        uv_sem_post(&d->finished);
+    }
+}
+
+static run through_resilua(rsl_runtime *rt, const char *policy, int n) {
+    driver d = {.rt = rt, .policy = policy, .n = n};
+    d.req = rsl_req_new();
+    rsl_req_set(d.req, "id", "1", 1);
+    uv_sem_init(&d.finished, 0);
+    int first = inflight < n ? inflight : n;
+    atomic_store(&d.started, first);
+    double t0 = now_s(), c0 = cpu_s();
+    for (int i = 0; i < first; i++) {
+        rsl_call(rt, policy, d.req, on_done, &d);
+    }
+    uv_sem_wait(&d.finished);
+    run r = {.wall = now_s() - t0, .cpu = cpu_s() - c0, .n = n, .failed = atomic_load(&d.failed)};
+    uv_sem_destroy(&d.finished);
+    rsl_req_free(d.req);
+    return r;
+}
+
+/* ---- plain hiredis async on libuv ---------------------------------------------------------- */
+typedef struct hdriver {
+    redisAsyncContext *ac;
+    int started, done, failed, n;
+} hdriver;
+
+static void on_reply(redisAsyncContext *ac, void *reply, void *ud) {
+    hdriver *d = ud;
+    redisReply *rep = reply;
+    d->failed += !rep || rep->type != REDIS_REPLY_STRING;
+    d->done++;
+    if (d->started < d->n) {
+        d->started++;
+        redisAsyncCommand(ac, on_reply, d, "GET %s", "bench:1");
+    } else if (d->done == d->n) {
+        redisAsyncDisconnect(ac);
+    }
+}
+
+static run plain_hiredis(int port, int n) {
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    hdriver d = {.n = n};
+    d.ac = redisAsyncConnect("127.0.0.1", port);
+    redisLibuvAttach(d.ac, &loop);
+    double t0 = now_s(), c0 = cpu_s();
+    for (; d.started < inflight && d.started < n; d.started++) {
+        redisAsyncCommand(d.ac, on_reply, &d, "GET %s", "bench:1");
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    run r = {.wall = now_s() - t0, .cpu = cpu_s() - c0, .n = n, .failed = d.failed};
+    uv_loop_close(&loop);
+    return r;
+}
+
+/* ---- main ------------------------------------------------------------------------------------ */
+static int write_policy(const char *dir, int http_port) {
+    char path[512];
+    snprintf(path, sizeof(path), "%s/bench.lua", dir);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        return -1;
+    }
+    fprintf(f,
+            "local r = require \"resilua\"\n"
+            "r.policy \"http\" {\n"
+            "  steps = { up = r.http { url = \"http://127.0.0.1:%d/items/${id}\", timeout = \"2s\" } },\n"
+            "  chain = { \"up\" },\n"
+            "}\n"
+            "r.policy \"redis\" {\n"
+            "  steps = { get = r.redis { cmd = { \"GET\", \"bench:${id}\" }, timeout = \"2s\" } },\n"
+            "  chain = { \"get\" },\n"
+            "}\n",
+            http_port);
+    return fclose(f);
+}
+
+int main(int argc, char **argv) {
+    int smoke = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--smoke") == 0) {
+            smoke = 1;
+        } else if (strcmp(argv[i], "--inflight") == 0 && i + 1 < argc) {
+            inflight = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--calls") == 0 && i + 1 < argc) {
+            ncalls = atoi(argv[++i]);
+        }
+    }
+    if (smoke) {
+        ncalls = 2000;
+    }
+    if (inflight < 1) {
+        inflight = 1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+
+    rsl_upstream up;
+    if (rsl_up_start("--quiet", &up) != 0) {
+        fprintf(stderr, "bench_io: cannot start examples/flaky\n");
+        return 1;
+    }
+    rsl_redis_server rs;
+    if (rsl_redis_start(&rs) != 0) {
+        fprintf(stderr, "bench_io: cannot start redis-server\n");
+        rsl_up_stop(&up);
+        return 1;
+    }
+    char out[256];
+    rsl_redis_cmd(&rs, "SET bench:1 hello", out, sizeof(out));
+
+    char dir[] = "/tmp/rsl-bench-io-XXXXXX";
+    if (!mkdtemp(dir) || write_policy(dir, up.port) != 0) {
+        return 1;
+    }
+    char addr[64];
+    snprintf(addr, sizeof(addr), "127.0.0.1:%d", rs.port);
+    rsl_options o;
+    rsl_options_init(&o);
+    o.policy_dir = dir;
+    o.workers = 1;
+    o.redis = addr;
+    rsl_runtime *rt = NULL;
+    char err[1024];
+    if (rsl_open(&rt, &o, err, sizeof(err)) != 0) {
+        fprintf(stderr, "bench_io: %s\n", err);
+        return 1;
+    }
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/items/1", up.port);
+
+    printf("bench_io: %d calls, %d in flight, 1 worker; servers on loopback\n", ncalls, inflight);
+    /* Warm both sides (connections opened, caches hot), then measure. */
+    plain_curl(url, inflight * 4);
+    through_resilua(rt, "http", inflight * 4);
+    run pc = plain_curl(url, ncalls);
+    run rh = through_resilua(rt, "http", ncalls);
+    printf("HTTP (examples/flaky, fast mode)\n");
+    report("plain libcurl multi loop", &pc);
+    report("resilua r.http", &rh);
+    printf("  ratio (resilua / plain): %.2f calls/s, %.2f CPU per call\n",
+           (rh.n / rh.wall) / (pc.n / pc.wall), (rh.cpu / rh.n) / (pc.cpu / pc.n));
+
+    /* Redis: the runtime's connection comes up in the background; give it a moment. */
+    rsl_req *one = rsl_req_new();
+    rsl_req_set(one, "id", "1", 1);
+    for (int i = 0; i < 200; i++) {
+        rsl_result *res = NULL;
+        if (rsl_call_sync(rt, "redis", one, 1000000000, &res) == 0 &&
+            rsl_result_outcome(res) == RSL_OUTCOME_OK) {
+            rsl_result_free(res);
+            break;
+        }
+        rsl_result_free(res);
+        usleep(10000);
+    }
+    rsl_req_free(one);
+    plain_hiredis(rs.port, inflight * 4);
+    through_resilua(rt, "redis", inflight * 4);
+    run ph = plain_hiredis(rs.port, ncalls);
+    run rr = through_resilua(rt, "redis", ncalls);
+    printf("Redis (GET of one key)\n");
+    report("plain hiredis async (libuv)", &ph);
+    report("resilua r.redis", &rr);
+    printf("  ratio (resilua / plain): %.2f calls/s, %.2f CPU per call\n",
+           (rr.n / rr.wall) / (ph.n / ph.wall), (rr.cpu / rr.n) / (ph.cpu / ph.n));
+
+    int bad = pc.failed + rh.failed + ph.failed + rr.failed;
+    rsl_close(rt);
+    rsl_up_stop(&up);
+    rsl_redis_stop(&rs);
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    if (system(cmd) != 0) {
+        fprintf(stderr, "bench_io: could not remove %s\n", dir);
+    }
+    curl_global_cleanup();
+    if (bad) {
+        fprintf(stderr, "bench_io: %d calls did not answer ok\n", bad);
+        return 1;
+    }
+    return 0;
+}
