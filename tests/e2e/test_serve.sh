@@ -548,7 +548,7 @@ ok
 t "usage errors: exit 2; a directory that does not load: exit 2 with file:line"
 run serve --workers 0
 expect_rc 2
-run serve --listen nohost
+run serve -p "$P" --listen nohost
 expect_rc 2
 expect_err 'expected HOST:PORT'
 policy "$TMP/bad" x.lua <<'LUA'
