@@ -32,8 +32,8 @@
 #include <errno.h>
 #include <http_parser.h>
 #include <jansson.h>
-#include <pthread.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -55,18 +55,18 @@
 #define BACKLOG 511
 
 /* X(enum, label, status): the limits a request can hit. */
-#define REJECTS(X)                                                                         \
-    X(HEADER_TOO_LARGE, "header_too_large", 431)                                           \
-    X(TOO_MANY_HEADERS, "too_many_headers", 431)                                           \
-    X(BODY_TOO_LARGE, "body_too_large", 413)                                               \
-    X(REQUEST_TIMEOUT, "request_timeout", 408)                                             \
+#define REJECTS(X)                                                                                 \
+    X(HEADER_TOO_LARGE, "header_too_large", 431)                                                   \
+    X(TOO_MANY_HEADERS, "too_many_headers", 431)                                                   \
+    X(BODY_TOO_LARGE, "body_too_large", 413)                                                       \
+    X(REQUEST_TIMEOUT, "request_timeout", 408)                                                     \
     X(MALFORMED, "malformed", 400)
 
 enum {
 #define X_(e, s, st) REJ_##e,
     REJECTS(X_)
 #undef X_
-    REJ__COUNT
+        REJ__COUNT
 };
 static const char *const reject_names[] = {
 #define X_(e, s, st) s,
@@ -88,8 +88,8 @@ typedef struct conn {
     struct conn *prev, *next;
     uv_tcp_t tcp;
     uv_timer_t timer;
-    int refs;            /* tcp handle, timer handle, an answer (call or reload) pending */
-    int timer_state;     /* T_* */
+    int refs;        /* tcp handle, timer handle, an answer (call or reload) pending */
+    int timer_state; /* T_* */
     http_parser p;
     /* input */
     char *in;
@@ -97,20 +97,20 @@ typedef struct conn {
     int reading;
     /* the request being parsed */
     int in_message;
-    int in_field;        /* the parser is inside a header name */
+    int in_field; /* the parser is inside a header name */
     size_t header_bytes;
     int nheaders;
-    char hname[16];      /* the current header's name, lowercased, truncated */
+    char hname[16]; /* the current header's name, lowercased, truncated */
     size_t hname_len;
-    int hdr_expect;      /* the current header is Expect */
+    int hdr_expect; /* the current header is Expect */
     int expect_continue;
     char *url;
     size_t url_len, url_cap;
     char *body;
     size_t body_len, body_cap;
-    int reject;          /* REJ_* + 1 when the request broke a limit */
+    int reject; /* REJ_* + 1 when the request broke a limit */
     /* the answer */
-    int busy;            /* a request is being answered (until its answer is written) */
+    int busy; /* a request is being answered (until its answer is written) */
     int call_pending;
     uint64_t call_id;
     int keep_alive;
@@ -128,11 +128,11 @@ struct srv_worker {
     uv_tcp_t listener;
     int listener_open;
     conn *conns;
-    int handles;         /* our handles open on this loop */
-    int live;            /* conns not yet freed */
+    int handles; /* our handles open on this loop */
+    int live;    /* conns not yet freed */
     int draining;
-    int done;            /* reported done to rsl_serve_stop */
-    int rc;              /* listen result */
+    int done; /* reported done to rsl_serve_stop */
+    int rc;   /* listen result */
     char err[256];
     /* counters: written by this worker only, read by /metrics on any worker */
     _Atomic uint64_t by_status[600];
@@ -151,7 +151,7 @@ struct rsl_serve {
     _Atomic int draining;
     pthread_mutex_t m;
     pthread_cond_t cv;
-    int step_done;       /* workers that finished the step rsl_serve_start/stop waits on */
+    int step_done; /* workers that finished the step rsl_serve_start/stop waits on */
 };
 
 static const http_parser_settings settings; /* defined after its callbacks */
@@ -209,32 +209,59 @@ static size_t query_decode(const char *s, size_t n, char *out) {
 
 static const char *reason_phrase(int status) {
     switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 413: return "Content Too Large";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 499: return "Client Closed Request";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return status < 300 ? "OK" : status < 400 ? "Redirect" : status < 500 ? "Client Error"
-                                                                                   : "Server Error";
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 413:
+        return "Content Too Large";
+    case 422:
+        return "Unprocessable Content";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 499:
+        return "Client Closed Request";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    default:
+        return status < 300   ? "OK"
+               : status < 400 ? "Redirect"
+               : status < 500 ? "Client Error"
+                              : "Server Error";
     }
 }
 
@@ -577,9 +604,10 @@ static void *reload_main(void *arg) {
         json_object_set_new(o, "error", json_string(j->err[0] ? j->err : rsl_strerror(j->rc)));
     }
     if (o) {
-        json_object_set_new(o, "generation", json_object_get(root, "generation")
-                                                 ? json_incref(json_object_get(root, "generation"))
-                                                 : json_null());
+        json_object_set_new(o, "generation",
+                            json_object_get(root, "generation")
+                                ? json_incref(json_object_get(root, "generation"))
+                                : json_null());
     }
     char *js = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     if (js) {
@@ -1051,7 +1079,7 @@ static void drive(conn *c) {
         enum http_errno e = HTTP_PARSER_ERRNO(&c->p);
         if (c->reject) {
             int rej = c->reject - 1;
-            const char *msg = rej == REJ_HEADER_TOO_LARGE ? "request header too large"
+            const char *msg = rej == REJ_HEADER_TOO_LARGE   ? "request header too large"
                               : rej == REJ_TOO_MANY_HEADERS ? "too many header fields"
                                                             : "request body too large";
             respond_reject(c, rej, msg);
@@ -1172,9 +1200,8 @@ static void listen_here(void *ud, uv_loop_t *loop) {
             struct sockaddr_storage got;
             int len = sizeof(got);
             if ((rc = uv_tcp_getsockname(&w->listener, (struct sockaddr *)&got, &len)) == 0) {
-                s->port = ntohs(got.ss_family == AF_INET6
-                                    ? ((struct sockaddr_in6 *)&got)->sin6_port
-                                    : ((struct sockaddr_in *)&got)->sin_port);
+                s->port = ntohs(got.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&got)->sin6_port
+                                                          : ((struct sockaddr_in *)&got)->sin_port);
                 if (s->addr.ss_family == AF_INET6) {
                     ((struct sockaddr_in6 *)&s->addr)->sin6_port = htons((uint16_t)s->port);
                 } else {
@@ -1270,8 +1297,7 @@ static int parse_listen(const char *spec, struct sockaddr_storage *ss, char *err
     } else if (uv_ip4_addr(host, (int)port, (struct sockaddr_in *)ss) == 0) {
         return 0;
     }
-    snprintf(err, errlen, "listen address \"%s\": HOST must be an IPv4 address or [IPv6]",
-             spec);
+    snprintf(err, errlen, "listen address \"%s\": HOST must be an IPv4 address or [IPv6]", spec);
     return RSL_EINVAL;
 }
 

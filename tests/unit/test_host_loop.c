@@ -14,20 +14,23 @@
 #include <unistd.h>
 #include <uv.h>
 
-static const char *policy =
-    "local r = require 'resilua'\n"
-    "r.policy 'p' { steps = { a = r.lua(function(req) return { body = 'hi ' .. tostring(req.n) } end) } }\n"
-    "r.policy 'slow' { steps = { a = r.stub { body = 'late', fault = { delay = '5s', delay_percent = 100 } } } }\n"
-    "r.policy 'user' { steps = { a = r.lua(function(req) return { body = 'user ' .. req.id } end) } }\n"
-    "r.policy 'me' { steps = { a = r.stub { body = 'me' } } }\n"
-    "r.policy 'pair' { steps = { a = r.lua(function(req) return { body = req.a .. '+' .. req.b } end) } }\n"
-    "r.policy 'create' { steps = { a = r.stub { status = 201 } } }\n"
-    "r.expose {\n"
-    "  ['GET /users/:id'] = 'user',\n"
-    "  ['GET /users/me'] = 'me',\n"
-    "  ['POST /users/:id'] = 'create',\n"
-    "  ['* /pair/:a/:b'] = 'pair',\n"
-    "}\n";
+static const char *policy = "local r = require 'resilua'\n"
+                            "r.policy 'p' { steps = { a = r.lua(function(req) return { body = 'hi "
+                            "' .. tostring(req.n) } end) } }\n"
+                            "r.policy 'slow' { steps = { a = r.stub { body = 'late', fault = { "
+                            "delay = '5s', delay_percent = 100 } } } }\n"
+                            "r.policy 'user' { steps = { a = r.lua(function(req) return { body = "
+                            "'user ' .. req.id } end) } }\n"
+                            "r.policy 'me' { steps = { a = r.stub { body = 'me' } } }\n"
+                            "r.policy 'pair' { steps = { a = r.lua(function(req) return { body = "
+                            "req.a .. '+' .. req.b } end) } }\n"
+                            "r.policy 'create' { steps = { a = r.stub { status = 201 } } }\n"
+                            "r.expose {\n"
+                            "  ['GET /users/:id'] = 'user',\n"
+                            "  ['GET /users/me'] = 'me',\n"
+                            "  ['POST /users/:id'] = 'create',\n"
+                            "  ['* /pair/:a/:b'] = 'pair',\n"
+                            "}\n";
 
 static rsl_runtime *open_rt(int workers) {
     const char *dir = rsl_test_tmpdir();
@@ -57,14 +60,14 @@ typedef struct job {
     uv_timer_t timer;
     /* calls made on the worker */
     int cb_runs;
-    int cb_before_return;   /* the callback ran before rsl_call returned */
+    int cb_before_return; /* the callback ran before rsl_call returned */
     int in_call;
     int same_thread;
     char body[64];
     int sync_rc;
     uint64_t id;
     int canceled;
-    int done_at_end;        /* the rsl_on_worker function says done, not the callback */
+    int done_at_end; /* the rsl_on_worker function says done, not the callback */
 } job;
 
 static void on_timer_closed(uv_handle_t *h) {
@@ -214,8 +217,7 @@ TEST(close_cancels_a_call_made_on_a_worker) {
 
 /* ---- rsl_expose_match -------------------------------------------------------------------- */
 
-static int match(rsl_runtime *rt, const char *method, const char *path, rsl_req *req,
-                 char *pol) {
+static int match(rsl_runtime *rt, const char *method, const char *path, rsl_req *req, char *pol) {
     return rsl_expose_match(rt, method, path, strlen(path), req, pol, 64);
 }
 
