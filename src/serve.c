@@ -79,7 +79,14 @@ static const int reject_status[] = {
 #undef X_
 };
 
-enum { T_NONE, T_IDLE, T_READING, T_WRITING };
+enum { T_NONE, T_IDLE, T_READING, T_WRITING, T_LINGER };
+
+/* After refusing a request the server closes the connection, but a client still sending
+ * its body would then get a reset that can destroy the answer before it reads it: the
+ * server shuts its side down and reads on, discarding, until the client closes or this
+ * long has passed (nginx's lingering_close does the same, 5 s; a refused client has had
+ * its answer by then). */
+#define LINGER_NS (2000 * NS_PER_MS)
 
 typedef struct srv_worker srv_worker;
 
@@ -117,6 +124,9 @@ typedef struct conn {
     int head;
     int closing;
     int close_after;
+    int linger_wanted; /* the answer refuses the request: linger after it */
+    int lingering;
+    uv_shutdown_t shut;
     uv_write_t wr;
     char *out;
 } conn;
@@ -191,8 +201,9 @@ static int hexval(int ch) {
     return ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1;
 }
 
-/* Decodes a query component (%XX and '+') into out (n bytes of room); returns its length. */
-static size_t query_decode(const char *s, size_t n, char *out) {
+/* Decodes %XX (and '+' as a space when `plus`: a query component) into out (n bytes of
+ * room); returns the decoded length. */
+static size_t pct_decode(const char *s, size_t n, char *out, int plus) {
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         int hi, lo;
@@ -201,7 +212,7 @@ static size_t query_decode(const char *s, size_t n, char *out) {
             out[o++] = (char)(hi * 16 + lo);
             i += 2;
         } else {
-            out[o++] = s[i] == '+' ? ' ' : s[i];
+            out[o++] = plus && s[i] == '+' ? ' ' : s[i];
         }
     }
     return o;
@@ -344,11 +355,36 @@ static void timer_set(conn *c, int state, int64_t ns) {
 
 /* ---- answers ------------------------------------------------------------------------------ */
 
+static void want_read(conn *c);
+
+static void on_shutdown(uv_shutdown_t *req, int status) {
+    conn *c = req->data;
+    if (status < 0 && status != UV_ECANCELED && !c->closing) {
+        conn_close(c);
+    }
+}
+
+static void start_linger(conn *c) {
+    c->lingering = 1;
+    c->in_off = c->in_len = 0;
+    timer_set(c, T_LINGER, LINGER_NS);
+    c->shut.data = c;
+    if (uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+        conn_close(c);
+        return;
+    }
+    want_read(c);
+}
+
 static void on_written(uv_write_t *wr, int status) {
     conn *c = wr->data;
     free(c->out);
     c->out = NULL;
     if (c->closing) {
+        return;
+    }
+    if (status >= 0 && c->close_after && c->linger_wanted) {
+        start_linger(c);
         return;
     }
     if (status < 0 || c->close_after) {
@@ -459,6 +495,7 @@ static void respond_error(conn *c, int status, const char *msg, int close_after)
 static void respond_reject(conn *c, int rej, const char *msg) {
     relaxed_inc(&c->w->rejected[rej]);
     c->busy = 1;
+    c->linger_wanted = 1;
     respond_error(c, reject_status[rej], msg, 1);
 }
 
@@ -522,7 +559,7 @@ static int add_query(rsl_req *req, const char *q, size_t n, int has_body) {
         }
         const char *eq = memchr(q + i, '=', j - i);
         size_t klen = eq ? (size_t)(eq - (q + i)) : j - i;
-        size_t kd = query_decode(q + i, klen, tmp);
+        size_t kd = pct_decode(q + i, klen, tmp, 1);
         tmp[kd] = 0;
         if (kd > 0 && strlen(tmp) == kd) { /* a name with a NUL in it is no name */
             const char *v = eq ? eq + 1 : q + j;
@@ -532,7 +569,7 @@ static int add_query(rsl_req *req, const char *q, size_t n, int has_body) {
                 rc = RSL_ENOMEM;
                 break;
             }
-            size_t vd = query_decode(v, vlen, val);
+            size_t vd = pct_decode(v, vlen, val, 1);
             if (strcmp(tmp, "body") == 0) {
                 rc = has_body ? 0 : rsl_req_set_body(req, val, vd);
             } else {
@@ -837,7 +874,7 @@ static void dispatch(conn *c) {
             respond_error(c, 404, "unknown policy (name too long)", 0);
             return;
         }
-        n = query_decode(path + 6, n, policy);
+        n = pct_decode(path + 6, n, policy, 0);
         policy[n] = 0;
     } else if (rc == 0) {
         const char *method = http_method_str((enum http_method)c->p.method);
@@ -1012,8 +1049,6 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf) {
     *buf = uv_buf_init(c->in + c->in_len, (unsigned)(c->in_cap - c->in_len));
 }
 
-static void want_read(conn *c);
-
 static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
     conn *c = st->data;
     if (n == 0) {
@@ -1022,6 +1057,13 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
     if (n == UV_ENOBUFS) {
         uv_read_stop(st);
         c->reading = 0;
+        return;
+    }
+    if (c->lingering) { /* discarding until the client closes */
+        c->in_off = c->in_len = 0;
+        if (n < 0) {
+            conn_close(c);
+        }
         return;
     }
     if (n < 0) {
@@ -1121,6 +1163,7 @@ static void on_timer(uv_timer_t *t) {
         }
         break;
     case T_WRITING:
+    case T_LINGER:
         conn_close(c);
         break;
     }
