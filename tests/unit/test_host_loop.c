@@ -2,15 +2,19 @@
  * What a host (the sidecar, or any embedder) needs to work on the runtime's own workers:
  * rsl_workers, rsl_on_worker (a function run once on worker i's thread and loop), calls
  * made on a worker thread starting there at once (the callback may run before rsl_call
- * returns), cancel of such a call, rsl_call_sync still refused there, and
- * rsl_expose_match over r.expose routes.
+ * returns), cancel of such a call, rsl_call_sync still refused there, rsl_expose_match over
+ * r.expose routes, and rsl_serve_start/stop (the sidecar on every worker; test_serve.sh
+ * drives the rest of it over HTTP).
  */
 // ctest-labels: tsan
 #include "resilua.h"
 #include "test.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -275,4 +279,73 @@ TEST(expose_match_routes_and_parameters) {
     rsl_result_free(res);
     rsl_req_free(req);
     rsl_close(rt);
+}
+
+/* ---- rsl_serve_start / rsl_serve_stop ----------------------------------------------------- */
+
+/* One HTTP/1.0 exchange on loopback: the answer's first line. */
+static void http_get(int port, const char *path, char *line, size_t cap) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    ASSERT_EQ(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    char req[256];
+    int n = snprintf(req, sizeof(req), "GET %s HTTP/1.0\r\n\r\n", path);
+    ASSERT_EQ(write(fd, req, (size_t)n), n);
+    char buf[4096];
+    size_t got = 0;
+    ssize_t r;
+    while (got < sizeof(buf) - 1 && (r = read(fd, buf + got, sizeof(buf) - 1 - got)) > 0) {
+        got += (size_t)r;
+    }
+    buf[got] = 0;
+    close(fd);
+    char *eol = strstr(buf, "\r\n");
+    snprintf(line, cap, "%.*s", eol ? (int)(eol - buf) : (int)got, buf);
+}
+
+TEST(serve_starts_on_every_worker_and_stops) {
+    rsl_runtime *rt = open_rt(2);
+    rsl_serve_options so;
+    rsl_serve_options_init(&so);
+    so.listen = "127.0.0.1:0";
+    rsl_serve *s = NULL;
+    char err[512];
+    ASSERT_EQ(rsl_serve_start(rt, &so, &s, err, sizeof(err)), 0);
+    int port = rsl_serve_port(s);
+    ASSERT(port > 0);
+    char line[256];
+    for (int i = 0; i < 8; i++) { /* connections spread over both workers' sockets */
+        http_get(port, "/users/42", line, sizeof(line));
+        ASSERT_STR_EQ(line, "HTTP/1.1 200 OK");
+    }
+    http_get(port, "/healthz", line, sizeof(line));
+    ASSERT_STR_EQ(line, "HTTP/1.1 200 OK");
+
+    /* The port is taken by a socket without SO_REUSEPORT: a second server cannot bind. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
+    inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    ASSERT_EQ(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    ASSERT_EQ(listen(fd, 1), 0);
+    socklen_t al = sizeof(a);
+    getsockname(fd, (struct sockaddr *)&a, &al);
+    char spec[64];
+    snprintf(spec, sizeof(spec), "127.0.0.1:%d", ntohs(a.sin_port));
+    so.listen = spec;
+    rsl_serve *s2 = NULL;
+    ASSERT_EQ(rsl_serve_start(rt, &so, &s2, err, sizeof(err)), RSL_ESYS);
+    ASSERT_CONTAINS(err, "cannot listen on 127.0.0.1:");
+    ASSERT(s2 == NULL);
+    close(fd);
+
+    so.listen = "localhost:80";
+    ASSERT_EQ(rsl_serve_start(rt, &so, &s2, err, sizeof(err)), RSL_EINVAL);
+    ASSERT_CONTAINS(err, "IPv4 address or [IPv6]");
+    so.listen = "127.0.0.1:99999";
+    ASSERT_EQ(rsl_serve_start(rt, &so, &s2, err, sizeof(err)), RSL_EINVAL);
+
+    rsl_serve_stop(s);
+    rsl_serve_stop(NULL);
+    rsl_close(rt); /* returns: nothing of the server is left on the workers' loops */
 }
