@@ -501,6 +501,20 @@ static void respond_reject(conn *c, int rej, const char *msg) {
 
 /* ---- calls -------------------------------------------------------------------------------- */
 
+/* Headers that describe this connection, not the answer (RFC 9110 7.6.1), and the length,
+ * which the server sets: a policy's (or, with r.http, an upstream's) are dropped. */
+static int hop_by_hop(const char *name) {
+    static const char *const names[] = {
+        "content-length", "connection", "keep-alive",      "transfer-encoding", "te",
+        "trailer",        "upgrade",    "proxy-connection"};
+    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+        if (strcasecmp(name, names[i]) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 static void on_call_done(const rsl_result *r, void *ud) {
     conn *c = ud;
     c->call_pending = 0;
@@ -513,8 +527,7 @@ static void on_call_done(const rsl_result *r, void *ud) {
     for (size_t i = 0; i < n; i++) {
         const char *name, *value;
         if (rsl_result_header(r, i, &name, &value) != 0 || !header_safe(name) ||
-            !header_safe(value) || !name[0] || strcasecmp(name, "content-length") == 0 ||
-            strcasecmp(name, "connection") == 0 || strcasecmp(name, "transfer-encoding") == 0) {
+            !header_safe(value) || !name[0] || hop_by_hop(name)) {
             continue;
         }
         out_fmt(&h, "%s: %s\r\n", name, value);

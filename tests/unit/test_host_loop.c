@@ -349,3 +349,53 @@ TEST(serve_starts_on_every_worker_and_stops) {
     rsl_serve_stop(NULL);
     rsl_close(rt); /* returns: nothing of the server is left on the workers' loops */
 }
+
+/* ---- attached to a host's loop -------------------------------------------------------------- */
+
+static void on_host_loop(void *ud, uv_loop_t *loop) {
+    job *j = ud;
+    j->loop = loop;
+    j->thread = pthread_self();
+    rsl_req *req = rsl_req_new();
+    rsl_req_set(req, "n", "a", 1);
+    j->in_call = 1;
+    j->done_at_end = 1;
+    if (rsl_call(j->rt, "p", req, local_cb, j) != 0) {
+        atomic_store(&j->ran, -1);
+    }
+    j->in_call = 0;
+    rsl_req_free(req);
+    atomic_store(&j->ran, 2);
+}
+
+TEST(on_worker_attached_runs_on_the_hosts_loop) {
+    const char *dir = rsl_test_tmpdir();
+    rsl_test_write(dir, "p.lua", policy);
+    uv_loop_t loop;
+    ASSERT_EQ(uv_loop_init(&loop), 0);
+    rsl_options o;
+    rsl_options_init(&o);
+    o.policy_dir = dir;
+    o.loop = &loop;
+    rsl_runtime *rt = NULL;
+    char err[1024];
+    ASSERT_EQ(rsl_open(&rt, &o, err, sizeof(err)), 0);
+    ASSERT_EQ(rsl_workers(rt), 1);
+    job j = {.rt = rt};
+    ASSERT_EQ(rsl_on_worker(rt, 0, on_host_loop, &j), 0);
+    ASSERT_EQ(atomic_load(&j.ran), 0); /* through the queue: never before it returns */
+    while (atomic_load(&j.ran) == 0) {
+        uv_run(&loop, UV_RUN_ONCE);
+    }
+    ASSERT_EQ(atomic_load(&j.ran), 2);
+    ASSERT(j.loop == &loop);
+    ASSERT(pthread_equal(j.thread, pthread_self()));
+    ASSERT_EQ(j.cb_runs, 1);
+    ASSERT_EQ(j.cb_before_return, 1);
+    ASSERT_STR_EQ(j.body, "hi a");
+    ASSERT_EQ(rsl_on_worker(rt, 1, on_host_loop, &j), RSL_EINVAL);
+    rsl_close(rt);
+    ASSERT_EQ(rsl_on_worker(rt, 0, on_host_loop, &j), RSL_ECLOSED); /* freed only by the loop */
+    ASSERT_EQ(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    ASSERT_EQ(uv_loop_close(&loop), 0);
+}
