@@ -3,8 +3,10 @@
 # Idempotent: installs only what is missing.
 set -euo pipefail
 
+# curl drives `resilua serve` in tests/e2e/test_serve.sh; prometheus brings promtool,
+# which checks the /metrics format there.
 pkgs=(pkg-config cmake gcc make libuv1-dev libcurl4-openssl-dev libhiredis-dev
-      libjansson-dev libhttp-parser-dev redis-server python3)
+      libjansson-dev libhttp-parser-dev redis-server python3 curl prometheus)
 # LuaJIT: OpenResty's maintained branch; Debian's older libluajit-5.1-dev works too (the
 # two conflict, so keep whichever is already there).
 if ! dpkg -s libluajit-5.1-dev >/dev/null 2>&1; then

@@ -9,6 +9,9 @@
  * 0 every outcome ok / 1 some outcome not ok / 2 usage error, unknown policy, or a
  * directory that does not load.  A SIGINT or SIGTERM during `call -n` stops after the
  * call in flight, closes the runtime (letting started cache writes finish) and exits 130.
+ * `serve` runs the sidecar (serve.c, through resilua.h) until SIGTERM or SIGINT, which this
+ * thread takes with sigwait, then drains it and exits 0; events (breaker transitions,
+ * reloads, log lines) go to stderr as one JSON object per line.
  */
 #include "resilua.h"
 
@@ -16,6 +19,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -48,7 +52,12 @@ static const char usage_text[] =
     "                             DURATION apart (default 0), and print each result as\n"
     "                             one JSON object per line; body=TEXT sets the request\n"
     "                             body, any other attr=value a request attribute\n"
-    "  serve                      the sidecar (not available yet)\n"
+    "  serve [-p DIR] [--listen HOST:PORT] [--workers N] [--redis HOST:PORT]\n"
+    "        [--max-body SIZE] [--request-timeout D] [--idle-timeout D] [--drain-timeout D]\n"
+    "                             the HTTP sidecar (default 127.0.0.1:8700; port 0: any\n"
+    "                             free one; prints \"listening HOST:PORT\"): /call/POLICY,\n"
+    "                             r.expose routes, /metrics, /state, /reload, /healthz;\n"
+    "                             SIGHUP reloads, SIGTERM/SIGINT drain and exit 0\n"
     "  version                    print the version\n"
     "\n"
     "options:\n"
@@ -605,6 +614,209 @@ out:
     return exit_code;
 }
 
+/* ---- serve ----------------------------------------------------------------------------- */
+
+/* "2024-05-01T12:00:00.123Z": the events' time. */
+static void now_rfc3339(char *buf, size_t n) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    struct tm tm;
+    gmtime_r(&ts.tv_sec, &tm);
+    char sec[32];
+    strftime(sec, sizeof(sec), "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(buf, n, "%s.%03ldZ", sec, ts.tv_nsec / 1000000L);
+}
+
+/* Prints one event as a JSON line on stderr: {"time", "event", ...fields}.  Takes `o`.
+ * One write per line: lines from several threads never interleave. */
+static void emit_event(const char *event, json_t *o) {
+    char t[64];
+    now_rfc3339(t, sizeof(t));
+    json_t *line = json_object();
+    json_object_set_new(line, "time", json_string(t));
+    json_object_set_new(line, "event", json_string(event));
+    json_object_update(line, o);
+    json_decref(o);
+    char *js = json_dumps(line, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(line);
+    if (js) {
+        fprintf(stderr, "%s\n", js);
+        free(js);
+    }
+}
+
+static void serve_log(void *ud, rsl_log_level level, const char *msg) {
+    static const char *names[] = {"error", "warning", "info", "debug"};
+    (void)ud;
+    if (level > RSL_LOG_WARN) {
+        return;
+    }
+    emit_event("log", json_pack("{s:s,s:s}", "level", names[level], "msg", msg));
+}
+
+static void serve_on_transition(void *ud, const char *breaker, const char *from, const char *to,
+                                const char *reason) {
+    (void)ud;
+    emit_event("transition", json_pack("{s:s,s:s,s:s,s:s}", "guard", breaker, "from", from,
+                                       "to", to, "reason", reason));
+}
+
+static void serve_on_reload(void *ud, int ok, const char *report_json) {
+    (void)ud;
+    json_t *rep = json_loads(report_json, 0, NULL);
+    json_t *o = json_object();
+    json_object_set_new(o, "ok", json_boolean(ok));
+    if (!ok) {
+        json_t *e = json_object_get(rep, "error");
+        json_object_set(o, "error", e ? e : json_null());
+    }
+    json_object_set_new(o, "report", rep ? rep : json_null());
+    emit_event("reload", o);
+}
+
+/* A byte count: digits, optionally k/K/KiB or m/M/MiB (powers of 1024). */
+static int parse_size(const char *s, size_t *out) {
+    char *end = NULL;
+    if (!s[0] || s[0] == '-' || s[0] == '+') {
+        return -1;
+    }
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (end == s || errno != 0) {
+        return -1;
+    }
+    unsigned long long mul = 1;
+    if (strcmp(end, "k") == 0 || strcmp(end, "K") == 0 || strcmp(end, "KiB") == 0) {
+        mul = 1024;
+    } else if (strcmp(end, "m") == 0 || strcmp(end, "M") == 0 || strcmp(end, "MiB") == 0) {
+        mul = 1024 * 1024;
+    } else if (*end) {
+        return -1;
+    }
+    if (v == 0 || v > (unsigned long long)SIZE_MAX / mul) {
+        return -1;
+    }
+    *out = (size_t)(v * mul);
+    return 0;
+}
+
+static int cmd_serve(int argc, char **argv) {
+    args a = {argc, argv, 0, 0};
+    const char *dir = "policies", *redis = NULL, *v = NULL;
+    long workers = 1;
+    rsl_serve_options so;
+    rsl_serve_options_init(&so);
+    while (a.i < a.argc) {
+        const char *s = a.argv[a.i];
+        int r = 0;
+        if (is_help(s)) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+        if (s[0] != '-' || s[1] == 0) {
+            usage_error("serve: unexpected argument \"%s\"", s);
+            return EXIT_USAGE;
+        }
+        int64_t ns = 0;
+        int64_t *dur = NULL;
+        if ((r = opt_value(&a, "-p", "--policies", &v)) > 0) {
+            dir = v;
+        } else if (r == 0 && (r = opt_value(&a, NULL, "--listen", &v)) > 0) {
+            so.listen = v;
+        } else if (r == 0 && (r = opt_value(&a, NULL, "--redis", &v)) > 0) {
+            redis = v;
+        } else if (r == 0 && (r = opt_value(&a, NULL, "--workers", &v)) > 0) {
+            if (parse_count(v, &workers) < 0 || workers > 256) {
+                usage_error("serve: --workers wants a whole number 1..256, got \"%s\"", v);
+                return EXIT_USAGE;
+            }
+        } else if (r == 0 && (r = opt_value(&a, NULL, "--max-body", &v)) > 0) {
+            if (parse_size(v, &so.max_body) < 0) {
+                usage_error("serve: --max-body wants a size such as 65536, 64k or 1M, got \"%s\"",
+                            v);
+                return EXIT_USAGE;
+            }
+        } else if (r == 0 && (r = opt_value(&a, NULL, "--request-timeout", &v)) > 0) {
+            dur = &so.request_timeout_ns;
+        } else if (r == 0 && (r = opt_value(&a, NULL, "--idle-timeout", &v)) > 0) {
+            dur = &so.idle_timeout_ns;
+        } else if (r == 0 && (r = opt_value(&a, NULL, "--drain-timeout", &v)) > 0) {
+            dur = &so.drain_timeout_ns;
+        } else if (r == 0) {
+            usage_error("serve: unknown option %s", s);
+            return EXIT_USAGE;
+        }
+        if (r < 0) {
+            return EXIT_USAGE;
+        }
+        if (dur) {
+            if (parse_duration(v, &ns) < 0 || ns <= 0) {
+                usage_error("serve: %s wants a duration such as 500ms, 10s or 2m, got \"%s\"", s,
+                            v);
+                return EXIT_USAGE;
+            }
+            *dur = ns;
+        }
+    }
+
+    /* SIGTERM and SIGINT are taken by this thread alone (sigwait below): blocked here
+     * before rsl_open, so every thread the runtime starts inherits the block.  SIGHUP is
+     * the runtime's (rsl_handle_sighup). */
+    sigset_t stop;
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &stop, NULL);
+
+    rsl_options o;
+    rsl_options_init(&o);
+    o.policy_dir = dir;
+    o.workers = (int)workers;
+    o.redis = redis;
+    o.log = serve_log;
+    o.on_transition = serve_on_transition;
+    o.on_reload = serve_on_reload;
+    rsl_runtime *rt = NULL;
+    char err[16384] = "";
+    int rc = rsl_open(&rt, &o, err, sizeof(err));
+    if (rc != 0) {
+        if (err[0]) {
+            print_errors(err);
+        }
+        fprintf(stderr, "%s: %s: %s\n", prog, dir, rsl_strerror(rc));
+        return EXIT_USAGE;
+    }
+    if ((rc = rsl_handle_sighup(rt)) != 0) {
+        fprintf(stderr, "%s: serve: cannot watch SIGHUP: %s\n", prog, rsl_strerror(rc));
+        rsl_close(rt);
+        return 1;
+    }
+    rsl_serve *srv = NULL;
+    if ((rc = rsl_serve_start(rt, &so, &srv, err, sizeof(err))) != 0) {
+        fprintf(stderr, "%s: serve: %s\n", prog, err[0] ? err : rsl_strerror(rc));
+        rsl_close(rt);
+        return rc == RSL_EINVAL ? EXIT_USAGE : 1;
+    }
+    /* The address as given, with the real port (tests listen on port 0 and read this). */
+    const char *colon = strrchr(so.listen, ':');
+    char addr[300];
+    snprintf(addr, sizeof(addr), "%.*s:%d", (int)(colon - so.listen), so.listen,
+             rsl_serve_port(srv));
+    printf("listening %s\n", addr);
+    fflush(stdout);
+    emit_event("listening", json_pack("{s:s,s:i,s:s}", "address", addr, "workers",
+                                      rsl_workers(rt), "policies", dir));
+
+    int sig = 0;
+    while (sigwait(&stop, &sig) != 0) {
+    }
+    emit_event("draining", json_pack("{s:s}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM"));
+    rsl_serve_stop(srv);
+    rsl_close(rt);
+    emit_event("stopped", json_object());
+    return 0;
+}
+
 /* ---- main ------------------------------------------------------------------------------ */
 
 int main(int argc, char **argv) {
@@ -628,16 +840,7 @@ int main(int argc, char **argv) {
         return cmd_call(argc - 2, argv + 2);
     }
     if (strcmp(cmd, "serve") == 0) {
-        for (int i = 2; i < argc; i++) {
-            if (is_help(argv[i])) {
-                fputs(usage_text, stdout);
-                return 0;
-            }
-        }
-        fprintf(stderr, "%s: serve: the sidecar is not available yet (it comes in a later "
-                        "release; use `resilua call` meanwhile)\n",
-                prog);
-        return EXIT_USAGE;
+        return cmd_serve(argc - 2, argv + 2);
     }
     usage_error("unknown command \"%s\"", cmd);
     return EXIT_USAGE;

@@ -197,6 +197,28 @@ int rsl_reload(rsl_runtime *rt, char *err, size_t errlen);
  */
 int rsl_handle_sighup(rsl_runtime *rt);
 
+/* Number of worker threads the runtime runs (1 when attached to a host's loop). Any
+ * thread. */
+int rsl_workers(const rsl_runtime *rt);
+
+/*
+ * Runs fn(ud, loop) once on worker i's thread (0 <= i < rsl_workers), `loop` being that
+ * worker's libuv loop, after whatever is already queued to that worker.  Lets a host put
+ * its own handles on a worker's loop (a listening socket, timers) and work next to the
+ * calls that worker runs: rsl_call made there starts on that worker at once.  Attached to
+ * a host's loop, worker 0 is that loop and fn runs from it.  Returns 0 and fn runs exactly
+ * once, never before this returns when called from another thread; or an error and fn
+ * never runs: RSL_EINVAL (bad index, NULL fn), RSL_ECLOSED (rsl_close began), RSL_ENOMEM.
+ *
+ * Handles the host puts on a worker's loop belong to the host, which must close them (and
+ * let their close callbacks run, from the worker's thread: another rsl_on_worker) before
+ * rsl_close: a worker's thread ends only once its loop has no handle left, so rsl_close
+ * would wait for them.  fn must not block: every call on that worker waits behind it.
+ * Any thread.
+ */
+int rsl_on_worker(rsl_runtime *rt, int i, void (*fn)(void *ud, struct uv_loop_s *loop),
+                  void *ud);
+
 /* ---------------------------------------------------------------------------------------
  * Requests
  */
@@ -259,10 +281,17 @@ typedef void (*rsl_call_cb)(const rsl_result *r, void *ud);
  * Calls `policy` for `req` (copied; may be freed on return).  `cb` runs exactly once when
  * this returns 0.  Errors: RSL_ENOENT (no such policy), RSL_ECLOSED, RSL_EINVAL, RSL_ENOMEM.
  * Any thread.
+ *
+ * From another thread the call is queued to a worker (round robin).  On one of this
+ * runtime's worker threads (inside an rsl_on_worker function, a callback of a handle on
+ * that worker's loop, or a completion callback) it starts at once on that same worker,
+ * with no hand-off: `cb` may then run before rsl_call returns (a policy that answers
+ * without waiting, such as a stub), so have everything `cb` needs ready before calling.
  */
 int rsl_call(rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb, void *ud);
 
-/* rsl_call that also hands back the call's id (never 0) for rsl_cancel. Any thread. */
+/* rsl_call that also hands back the call's id (never 0) for rsl_cancel; *id is set before
+ * the callback can run.  Any thread. */
 int rsl_call_id(rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb,
                 void *ud, uint64_t *id);
 
@@ -284,6 +313,25 @@ int rsl_cancel(rsl_runtime *rt, uint64_t id);
  */
 int rsl_call_sync(rsl_runtime *rt, const char *policy, const rsl_req *req, int64_t timeout_ns,
                   rsl_result **out);
+
+/*
+ * Matches an HTTP request against the `r.expose { ["GET /users/:id"] = "policy" }`
+ * routes of the current generation.  `method` is "GET", "POST", ... (a route declared
+ * with "*" takes any method; HEAD also matches GET routes); `path` (len bytes) is the
+ * request path without its query string, still percent-encoded.  Segments match one to
+ * one: a literal segment equals the decoded request segment, a ":name" segment takes any
+ * non-empty one.  When several routes match, the one whose first literal segment comes
+ * earliest wins ("/users/me" before "/users/:id"), then an exact method before "*".
+ *
+ * Returns 0 when a route matched: each path parameter is set on `req` as an attribute
+ * (percent-decoded; replacing an attribute of that name) and the policy's name is copied
+ * into `policy` (NUL-terminated).  RSL_ENOENT when no route matches (req untouched),
+ * RSL_EINVAL (bad arguments, or the name does not fit policy_cap), RSL_ENOMEM,
+ * RSL_ECLOSED.  The name refers to the generation current at the match: a reload in
+ * between may remove it, and rsl_call then says RSL_ENOENT.  Any thread.
+ */
+int rsl_expose_match(rsl_runtime *rt, const char *method, const char *path, size_t len,
+                     rsl_req *req, char *policy, size_t policy_cap);
 
 /* ---------------------------------------------------------------------------------------
  * Host C steps: `r.c "name"` in a policy calls the function registered under `name`.
@@ -339,6 +387,70 @@ char *rsl_state_json(rsl_runtime *rt);
  * be NULL) receives rsl_describe_json's document; free with rsl_free.  Any thread.
  */
 int rsl_check(const char *policy_dir, char **json, char *err, size_t errlen);
+
+/* ---------------------------------------------------------------------------------------
+ * The sidecar: an HTTP/1.1 server on the runtime's workers (`resilua serve`, serve.c).
+ *
+ * Each worker's loop gets its own listening socket on the same address (SO_REUSEPORT: the
+ * kernel spreads connections over the workers), so a connection lives on one worker from
+ * accept to close and its calls start there with no hand-off.  Endpoints:
+ *   GET|POST /call/POLICY?attr=value&...   query attributes (percent-decoded) and the
+ *                                          body make the request; answers with the
+ *                                          result's status, headers and body, plus
+ *                                          X-Resilua-Served-By, X-Resilua-Outcome,
+ *                                          X-Resilua-Degraded (0|1), X-Resilua-Path
+ *                                          ("primary=timeout,cache=ok")
+ *   r.expose routes                        the same, path parameters as attributes
+ *   GET /metrics    rsl_metrics_text and the server's resilua_http_* series
+ *   GET /state      rsl_state_json
+ *   POST /reload    rsl_reload: 200 and the reload record, 422 with `file:line: message`
+ *                   when the directory does not load (the old policies keep serving)
+ *   GET /healthz    200 "ok", 503 once rsl_serve_stop began
+ * Unknown policy or path: 404 with {"error": ...}.  Keep-alive and pipelining (answers
+ * in request order; a connection's next request is parsed only once the answer before it
+ * is written, and at most 64 KiB is read ahead meanwhile).  Limits, each answered and
+ * counted in resilua_http_rejected_total{reason}: see rsl_serve_options.  A client that
+ * closes its connection while its call runs cancels the call.
+ */
+typedef struct rsl_serve rsl_serve;
+
+typedef struct rsl_serve_options {
+    size_t size;               /* set by rsl_serve_options_init: lets this struct grow */
+    const char *listen;        /* "HOST:PORT" or "[IPV6]:PORT"; default "127.0.0.1:8700";
+                                  port 0 picks a free one (rsl_serve_port says which) */
+    size_t max_header_bytes;   /* request line + headers; default 8 KiB; past it: 431 */
+    int max_headers;           /* default 100; past it: 431 */
+    size_t max_body;           /* default 1 MiB; past it: 413 (and the connection closes) */
+    int64_t idle_timeout_ns;   /* an idle keep-alive connection closes; default 60 s */
+    int64_t request_timeout_ns;/* first byte to last of a request; default 10 s: 408 */
+    int64_t drain_timeout_ns;  /* rsl_serve_stop waits this long at most for answers in
+                                  flight, then cancels them; default 30 s */
+} rsl_serve_options;
+
+/* Fills `o` with defaults. Any thread. */
+void rsl_serve_options_init(rsl_serve_options *o);
+
+/*
+ * Starts serving `rt` (which must outlive the server) on every worker.  Returns 0 once
+ * every worker listens, or an error with a message in err: RSL_EINVAL (a bad listen
+ * address), RSL_ESYS (bind/listen failed, e.g. the address is in use), RSL_ECLOSED,
+ * RSL_ENOMEM.  Any thread but a worker thread.
+ */
+int rsl_serve_start(rsl_runtime *rt, const rsl_serve_options *o, rsl_serve **out, char *err,
+                    size_t errlen);
+
+/* The port the server listens on (the real one when the address said 0). Any thread. */
+int rsl_serve_port(const rsl_serve *s);
+
+/*
+ * Drains and frees the server: stops accepting, answers 503 on /healthz, closes idle
+ * connections and those that have not sent a whole request, lets calls in flight answer
+ * (up to their policies' deadlines, at most drain_timeout_ns, after which they are
+ * canceled) and closes each connection after its answer.  Returns once every handle it put
+ * on the workers' loops is closed: rsl_close may follow.  Any thread but a worker thread;
+ * NULL is a no-op.
+ */
+void rsl_serve_stop(rsl_serve *s);
 
 #ifdef __cplusplus
 }

@@ -691,8 +691,13 @@ static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req
         return rc;
     }
     c->cb_keeps_result = cb == sync_cb;
-    uint64_t n = atomic_fetch_add_explicit(&rt->rr, 1, memory_order_relaxed);
-    rsl__worker *w = &rt->workers[n % (uint64_t)rt->nworkers];
+    /* On one of this runtime's workers: start right here (no queue, no wake-up). */
+    rsl__worker *w = rsl__worker_self();
+    int local = w && w->rt == rt;
+    if (!local) {
+        uint64_t n = atomic_fetch_add_explicit(&rt->rr, 1, memory_order_relaxed);
+        w = &rt->workers[n % (uint64_t)rt->nworkers];
+    }
     c->w = w;
     c->id = (c->id << 8) | (uint64_t)w->index; /* rsl_cancel finds the worker in the id */
     if (id) {
@@ -717,6 +722,12 @@ static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req
     if (id) {
         *id = c->id;
     }
+    if (local) {
+        /* rsl__call_new saw the runtime open; a close beginning since then posts STOP to
+         * this very thread, which handles it after this call is tracked (and cancels it). */
+        rsl__call_start(c);
+        return 0;
+    }
     atomic_fetch_add(&rt->senders, 1);
     if (atomic_load(&rt->closing)) {
         atomic_fetch_sub(&rt->senders, 1);
@@ -738,6 +749,34 @@ int rsl_call(rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_c
 int rsl_call_id(rsl_runtime *rt, const char *policy, const rsl_req *req, rsl_call_cb cb,
                 void *ud, uint64_t *id) {
     return submit(rt, policy, req, cb, ud, id);
+}
+
+int rsl_workers(const rsl_runtime *rt) {
+    return rt ? rt->nworkers : 0;
+}
+
+int rsl_on_worker(rsl_runtime *rt, int i, void (*fn)(void *ud, struct uv_loop_s *loop),
+                  void *ud) {
+    if (!rt || !fn || i < 0 || i >= rt->nworkers) {
+        return RSL_EINVAL;
+    }
+    rsl__fn_msg *m = malloc(sizeof(*m));
+    if (!m) {
+        return RSL_ENOMEM;
+    }
+    m->msg.type = RSL_MSG_FN;
+    m->fn = fn;
+    m->ud = ud;
+    /* The sender window of submit: either refused here or queued before STOP. */
+    atomic_fetch_add(&rt->senders, 1);
+    if (atomic_load(&rt->closing)) {
+        atomic_fetch_sub(&rt->senders, 1);
+        free(m);
+        return RSL_ECLOSED;
+    }
+    rsl__worker_post(&rt->workers[i], &m->msg);
+    atomic_fetch_sub(&rt->senders, 1);
+    return 0;
 }
 
 void rsl__rt_untrack(struct rsl_runtime *rt, rsl__call *c) {
@@ -948,6 +987,153 @@ int rsl_gauge_set(rsl_runtime *rt, const char *name, double value) {
     }
     atomic_store_explicit(&rt->gauges[i].bits, bits, memory_order_relaxed);
     return 0;
+}
+
+/* ---- r.expose routes ------------------------------------------------------------------ */
+
+static int hexval(int ch) {
+    if (ch >= '0' && ch <= '9') {
+        return ch - '0';
+    }
+    if (ch >= 'a' && ch <= 'f') {
+        return ch - 'a' + 10;
+    }
+    if (ch >= 'A' && ch <= 'F') {
+        return ch - 'A' + 10;
+    }
+    return -1;
+}
+
+/* Percent-decodes n bytes of a path segment into out (n bytes of room); a '%' without two
+ * hex digits stays as it is.  Returns the decoded length. */
+static size_t pct_decode(const char *s, size_t n, char *out) {
+    size_t o = 0;
+    for (size_t i = 0; i < n; i++) {
+        int hi, lo;
+        if (s[i] == '%' && i + 2 < n && (hi = hexval((unsigned char)s[i + 1])) >= 0 &&
+            (lo = hexval((unsigned char)s[i + 2])) >= 0) {
+            out[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out[o++] = s[i];
+        }
+    }
+    return o;
+}
+
+/* Segments of a request path: at most this many are matched (a route has as many as its
+ * own path, and no sane route has 64). */
+#define EXPOSE_MAX_SEGS 64
+
+int rsl_expose_match(rsl_runtime *rt, const char *method, const char *path, size_t len,
+                     rsl_req *req, char *policy, size_t policy_cap) {
+    if (!rt || !method || (!path && len) || !req || !policy || !policy_cap) {
+        return RSL_EINVAL;
+    }
+    if (atomic_load(&rt->closing)) {
+        return RSL_ECLOSED;
+    }
+    if (len == 0 || path[0] != '/') {
+        return RSL_ENOENT;
+    }
+    /* The request's segments, decoded once into one block. */
+    const char *seg[EXPOSE_MAX_SEGS];
+    size_t segn[EXPOSE_MAX_SEGS];
+    int nseg = 0;
+    char *dec = malloc(len);
+    if (!dec) {
+        return RSL_ENOMEM;
+    }
+    size_t used = 0;
+    for (size_t i = 1; i <= len && nseg < EXPOSE_MAX_SEGS;) {
+        size_t j = i;
+        while (j < len && path[j] != '/') {
+            j++;
+        }
+        seg[nseg] = dec + used;
+        segn[nseg] = pct_decode(path + i, j - i, dec + used);
+        used += segn[nseg];
+        nseg++;
+        i = j + 1;
+    }
+    rsl__genr *G = current(rt);
+    if (!G) {
+        free(dec);
+        return RSL_ECLOSED;
+    }
+    const rsl__expose *best = NULL;
+    uint64_t best_score = 0;
+    int get_like = strcmp(method, "HEAD") == 0;
+    for (int k = 0; k < G->g->nexpose; k++) {
+        const rsl__expose *e = &G->g->expose[k];
+        int exact = strcmp(e->method, method) == 0;
+        if (!exact && strcmp(e->method, "*") != 0 && !(get_like && strcmp(e->method, "GET") == 0)) {
+            continue;
+        }
+        /* Walk the route's segments beside the request's; literal segments earlier in the
+         * path weigh more (bit 62 - position), the exact method breaks ties. */
+        uint64_t score = 0;
+        int n = 0, ok = 1;
+        for (const char *p = e->path + 1;; n++) {
+            const char *q = strchr(p, '/');
+            size_t pl = q ? (size_t)(q - p) : strlen(p);
+            if (n >= nseg) {
+                ok = 0;
+                break;
+            }
+            if (pl > 0 && p[0] == ':') {
+                ok = segn[n] > 0;
+            } else {
+                ok = pl == segn[n] && memcmp(p, seg[n], pl) == 0;
+                if (n < 62) {
+                    score |= (uint64_t)1 << (62 - n);
+                }
+            }
+            if (!ok || !q) {
+                break;
+            }
+            p = q + 1;
+        }
+        if (!ok || n + 1 != nseg) {
+            continue;
+        }
+        score = score * 2 + (uint64_t)exact;
+        if (!best || score > best_score) {
+            best = e;
+            best_score = score;
+        }
+    }
+    int rc = RSL_ENOENT;
+    if (best && best->policy >= 0) {
+        const char *name = G->g->policies[best->policy].name;
+        size_t nl = strlen(name);
+        rc = nl < policy_cap ? 0 : RSL_EINVAL;
+        int n = 0;
+        for (const char *p = best->path + 1; rc == 0; n++) {
+            const char *q = strchr(p, '/');
+            size_t pl = q ? (size_t)(q - p) : strlen(p);
+            if (pl > 1 && p[0] == ':') {
+                char pname[128];
+                if (pl - 1 >= sizeof(pname)) {
+                    rc = RSL_EINVAL;
+                    break;
+                }
+                memcpy(pname, p + 1, pl - 1);
+                pname[pl - 1] = 0;
+                rc = rsl_req_set(req, pname, seg[n], segn[n]);
+            }
+            if (!q) {
+                break;
+            }
+            p = q + 1;
+        }
+        if (rc == 0) {
+            memcpy(policy, name, nl + 1);
+        }
+    }
+    rsl__genr_unref(G);
+    free(dec);
+    return rc;
 }
 
 /* ---- introspection -------------------------------------------------------------------- */

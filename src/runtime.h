@@ -30,7 +30,7 @@
 #define RSL_MAX_GUARDS RSL_POLICY_MAX_GUARDS
 
 /* ---- messages to a worker: an intrusive MPSC queue (Vyukov) + uv_async_send ---------- */
-enum { RSL_MSG_CALL, RSL_MSG_ANSWER, RSL_MSG_CANCEL, RSL_MSG_STOP };
+enum { RSL_MSG_CALL, RSL_MSG_ANSWER, RSL_MSG_CANCEL, RSL_MSG_STOP, RSL_MSG_FN };
 
 typedef struct rsl__msg {
     _Atomic(struct rsl__msg *) next;
@@ -42,6 +42,13 @@ typedef struct rsl__queue {
     rsl__msg *tail;           /* the consumer's end */
     rsl__msg stub;
 } rsl__queue;
+
+/* RSL_MSG_FN: rsl_on_worker's function, malloc'd; the worker runs and frees it. */
+typedef struct rsl__fn_msg {
+    rsl__msg msg;
+    void (*fn)(void *ud, uv_loop_t *loop);
+    void *ud;
+} rsl__fn_msg;
 
 void rsl__queue_init(rsl__queue *q);
 void rsl__queue_push(rsl__queue *q, rsl__msg *m); /* any thread */

@@ -164,6 +164,14 @@ static void handle(rsl__worker *w, rsl__msg *m) {
         free(cm);
         break;
     }
+    case RSL_MSG_FN: {
+        /* Posted before STOP (rsl_on_worker refuses once closing began), so it runs even
+         * on a stopping worker: 0 from rsl_on_worker promises it runs. */
+        rsl__fn_msg *fm = (rsl__fn_msg *)m;
+        fm->fn(fm->ud, w->loop);
+        free(fm);
+        break;
+    }
     case RSL_MSG_STOP:
         w->stopping = 1;
         /* Canceling a call completes and unlinks it, or (a host answer already in

@@ -164,9 +164,12 @@ expect_out "usage: resilua"
 run version
 expect_rc 0
 grep -qE '^resilua [0-9]+\.[0-9]+\.[0-9]+$' "$TMP/out" || fail "version line"
-run serve
+run serve --help
+expect_rc 0
+expect_out "serve [-p DIR] [--listen HOST:PORT]"
+run serve --bogus
 expect_rc 2
-expect_err "not available yet"
+expect_err "unknown option --bogus"
 ok
 
 done_all
