@@ -16,11 +16,14 @@
  *   --down-every/--for    periodically closes the listening socket (connects are refused)
  *                         and resets open connections, then listens again on the port
  *   query: status=NNN (answer that status), delay=MS, bytes=N (a body of N 'x'),
- *          close=1 (close the connection instead of answering)
+ *          close=1 (close the connection instead of answering), chunked=1 (send the body
+ *          as one chunk, without Content-Length: clients cannot size it in advance)
  * Control endpoints (not counted, never failed or delayed):
  *   POST /_control?fail=PCT&slow=MS&slow_percent=PCT&down=MS   change modes; down=MS goes
  *        down now for MS ms, after this answer is written
- *   GET /_stats   {"requests":N,"paths":{"/a":3,...}}       POST /_reset   zeroes them
+ *   GET /_stats   {"requests":N,"connections":N,"paths":{"/a":3,...}} (connections
+ *                 accepted: a client that reuses its keep-alive connections keeps it low)
+ *   POST /_reset  zeroes them
  *   GET /_last    {"method":..,"url":..,"headers":{..},"body":..} of the last request
  * A request the parser rejects gets 400 and the connection is closed.
  *
@@ -122,10 +125,10 @@ struct conn {
     int nhdrs;
     int hstate; /* 0 start, 1 in a name, 2 in a value */
     pending *head, *tail;
-    sbuf out;        /* answers ready to send, written once per read (or timer) */
-    int nwrites;     /* uv_writes in flight */
-    int refs;        /* the tcp handle + pending timers */
-    int no_more;     /* no further requests: close once everything before is written */
+    sbuf out;    /* answers ready to send, written once per read (or timer) */
+    int nwrites; /* uv_writes in flight */
+    int refs;    /* the tcp handle + pending timers */
+    int no_more; /* no further requests: close once everything before is written */
     int closing;
     int graceful;    /* asked for down=MS: gets a FIN after its answer, not a reset */
     int64_t down_ms; /* go down once the current output is written */
@@ -157,7 +160,7 @@ static double fail_pct, slow_pct = 100;
 static int64_t slow_ms, down_every_ms, down_for_ms;
 static uint64_t rng = 0x9E3779B97F4A7C15ULL;
 
-static int64_t requests;
+static int64_t requests, connections;
 static json_t *paths; /* path -> count */
 static sbuf last_url, last_hdrs, last_body;
 static int last_nhdrs;
@@ -344,20 +347,32 @@ static const char *reason(int status) {
     return r && r[0] != '<' ? r : "Unknown";
 }
 
-/* One whole answer.  body == NULL with nx > 0: a body of nx 'x'.  No body (and no
- * Content-Length) for 1xx, 204 and 304; a HEAD answer has the length but no body. */
+/* One whole answer.  body == NULL: a body of nx 'x'.  No body (and no Content-Length)
+ * for 1xx, 204 and 304; a HEAD answer has the length but no body.  chunked: the body as
+ * one chunk and the terminating one. */
 static void render(sbuf *out, int status, const char *ctype, const char *body, size_t blen,
-                   size_t nx, int head, int close) {
+                   size_t nx, int head, int close, int chunked) {
     size_t len = body ? blen : nx;
     const char *conn_hdr = close ? "Connection: close\r\n" : "";
     if (status < 200 || status == 204 || status == 304) {
         sb_addf(out, "HTTP/1.1 %d %s\r\n%s\r\n", status, reason(status), conn_hdr);
         return;
     }
-    sb_addf(out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n", status,
-            reason(status), ctype, len, conn_hdr);
-    if (head) {
-        return;
+    if (chunked) {
+        sb_addf(out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nTransfer-Encoding: chunked\r\n%s\r\n",
+                status, reason(status), ctype, conn_hdr);
+        if (head) {
+            return;
+        }
+        if (len) {
+            sb_addf(out, "%zx\r\n", len);
+        }
+    } else {
+        sb_addf(out, "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n", status,
+                reason(status), ctype, len, conn_hdr);
+        if (head) {
+            return;
+        }
     }
     if (body) {
         sb_add(out, body, blen);
@@ -366,6 +381,9 @@ static void render(sbuf *out, int status, const char *ctype, const char *body, s
         memset(out->p + out->len, 'x', nx);
         out->len += nx;
         out->p[out->len] = 0;
+    }
+    if (chunked) {
+        sb_add(out, len ? "\r\n0\r\n\r\n" : "0\r\n\r\n", len ? 7 : 5);
     }
 }
 
@@ -403,7 +421,7 @@ static sbuf *answer_slot(conn *c, int64_t delay_ms, int close, pending **pp) {
 static void answer_json(conn *c, int status, const char *json, int head, int close) {
     pending *p;
     sbuf *out = answer_slot(c, 0, 0, &p);
-    render(out, status, "application/json", json, strlen(json), 0, head, close);
+    render(out, status, "application/json", json, strlen(json), 0, head, close, 0);
 }
 
 static void json_escape(sbuf *b, const char *s, size_t n) {
@@ -468,13 +486,14 @@ static void answer_dump(conn *c, int status, json_t *j, int head, int close) {
     json_decref(j);
 }
 
-static void control(conn *c, const char *path, const char *q, size_t qlen, int head,
-                    int close) {
+static void control(conn *c, const char *path, const char *q, size_t qlen, int head, int close) {
     if (strcmp(path, "/_stats") == 0) {
-        answer_dump(c, 200, json_pack("{s:I,s:O}", "requests", (json_int_t)requests, "paths", paths),
+        answer_dump(c, 200,
+                    json_pack("{s:I,s:I,s:O}", "requests", (json_int_t)requests, "connections",
+                              (json_int_t)connections, "paths", paths),
                     head, close);
     } else if (strcmp(path, "/_reset") == 0) {
-        requests = 0;
+        requests = connections = 0;
         json_object_clear(paths);
         answer_json(c, 200, "{\"ok\":true}", head, close);
     } else if (strcmp(path, "/_last") == 0) {
@@ -491,8 +510,8 @@ static void control(conn *c, const char *path, const char *q, size_t qlen, int h
         }
         answer_dump(c, 200,
                     json_pack("{s:s,s:o,s:o,s:o}", "method", last_method, "url",
-                              json_bytes(last_url.p ? last_url.p : "", last_url.len), "headers",
-                              h, "body", json_bytes(last_body.p ? last_body.p : "", last_body.len)),
+                              json_bytes(last_url.p ? last_url.p : "", last_url.len), "headers", h,
+                              "body", json_bytes(last_body.p ? last_body.p : "", last_body.len)),
                     head, close);
     } else { /* /_control */
         fail_pct = (double)qint(q, qlen, "fail", (int64_t)fail_pct);
@@ -579,6 +598,7 @@ static int on_message_complete(http_parser *hp) {
     int64_t delay = qint(q, qlen, "delay", -1);
     int64_t bytes = qint(q, qlen, "bytes", -1);
     int closenow = qint(q, qlen, "close", 0) != 0;
+    int chunked = qint(q, qlen, "chunked", 0) != 0;
     int injected = 0;
     if (status == 0) {
         injected = fail_pct > 0 && pct_draw() < fail_pct;
@@ -601,10 +621,11 @@ static int on_message_complete(http_parser *hp) {
     sbuf *out = answer_slot(c, delay, closenow, &p);
     if (!closenow) {
         if (bytes >= 0) {
-            render(out, (int)status, "text/plain", NULL, 0, (size_t)bytes, head, close);
+            render(out, (int)status, "text/plain", NULL, 0, (size_t)bytes, head, close, chunked);
         } else if (injected) {
             static const char inj[] = "{\"error\":\"injected\"}";
-            render(out, (int)status, "application/json", inj, sizeof(inj) - 1, 0, head, close);
+            render(out, (int)status, "application/json", inj, sizeof(inj) - 1, 0, head, close,
+                   chunked);
         } else {
             char body[512];
             size_t bl = 0;
@@ -624,13 +645,13 @@ static int on_message_complete(http_parser *hp) {
                 }
             }
             if (bl) {
-                render(out, (int)status, "application/json", body, bl, 0, head, close);
+                render(out, (int)status, "application/json", body, bl, 0, head, close, chunked);
             } else {
                 sbuf b = {0};
                 sb_add(&b, "{\"path\":\"", 9);
                 json_escape(&b, path, plen);
                 sb_addf(&b, "\",\"n\":%lld}", (long long)requests);
-                render(out, (int)status, "application/json", b.p, b.len, 0, head, close);
+                render(out, (int)status, "application/json", b.p, b.len, 0, head, close, chunked);
                 sb_free(&b);
             }
         }
@@ -734,6 +755,7 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     if (c->no_more) {
         uv_read_stop(s);
     }
+    drain_queue(c);
     flush(c);
     conn_check_close(c);
 }
@@ -759,6 +781,7 @@ static void on_connection(uv_stream_t *srv, int status) {
     http_parser_init(&c->parser, HTTP_REQUEST);
     c->parser.data = c;
     c->refs = 1;
+    connections++;
     c->next = conns;
     if (conns) {
         conns->prev = c;
@@ -901,9 +924,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "example_flaky: listen on %s: %s\n", listen, uv_strerror(rc));
         return 1;
     }
-    int real_port = ntohs(listen_addr.ss_family == AF_INET6
-                              ? ((struct sockaddr_in6 *)&listen_addr)->sin6_port
-                              : ((struct sockaddr_in *)&listen_addr)->sin_port);
+    int real_port =
+        ntohs(listen_addr.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&listen_addr)->sin6_port
+                                                : ((struct sockaddr_in *)&listen_addr)->sin_port);
     printf("listening %s:%d\n", listen_host, real_port);
     fflush(stdout);
 
@@ -916,8 +939,10 @@ int main(int argc, char **argv) {
     uv_signal_start(&sig_term, on_signal, SIGTERM);
     uv_signal_init(loop, &sig_int);
     uv_signal_start(&sig_int, on_signal, SIGINT);
-    logf_("fail %g%%, slow %lld ms for %g%%, down every %lld ms for %lld ms", fail_pct,
-          (long long)slow_ms, slow_pct, (long long)down_every_ms, (long long)down_for_ms);
+    if (fail_pct > 0 || slow_ms > 0 || down_every_ms > 0) {
+        logf_("fail %g%%, slow %lld ms for %g%%, down every %lld ms for %lld ms", fail_pct,
+              (long long)slow_ms, slow_pct, (long long)down_every_ms, (long long)down_for_ms);
+    }
 
     uv_run(loop, UV_RUN_DEFAULT);
     /* Stopped by a signal: exit without tearing down (the kernel closes the sockets). */

@@ -2,9 +2,17 @@
  * http -- libcurl's multi_socket API on a libuv loop (see http.h for the contract).
  *
  * The wiring follows curl's docs/examples/multi-uv.c:
- *  - CURLMOPT_SOCKETFUNCTION: one uv_poll per socket curl wants watched, found again
- *    through curl_multi_assign; closed when curl says CURL_POLL_REMOVE and freed from its
- *    close callback (the fd may already be reused by then: a new socket gets a new poll).
+ *  - CURLMOPT_SOCKETFUNCTION: one uv_poll per socket, found again through
+ *    curl_multi_assign, or by fd when curl comes back to a socket it had let go.  A
+ *    kept-alive connection goes REMOVE (transfer done) / IN (next transfer) once per
+ *    request, and libuv 1.44 pays an epoll_ctl for every uv_poll_start and uv_poll_stop
+ *    (uv_poll_start stops the handle first): so the poll of a connection's socket is not
+ *    stopped on REMOVE but left watching (unreferenced: it keeps no loop alive), and only
+ *    restarted when the events change.  An event on a socket curl no longer watches (the
+ *    server closed an idle connection) stops the poll then.  Only sockets curl opened
+ *    through CURLOPT_OPENSOCKETFUNCTION linger: their close comes through
+ *    CURLOPT_CLOSESOCKETFUNCTION, which closes the poll before the fd can be reused.
+ *    Any other socket (the resolver's socketpair) gets its poll closed on REMOVE.
  *  - CURLMOPT_TIMERFUNCTION: one uv_timer.  -1 stops it; 0 means "as soon as possible,
  *    but not from inside this callback", which a 0 ms uv_timer gives (it runs on the
  *    next loop turn).
@@ -26,6 +34,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 /* Kept connections per client: enough for the concurrency a worker sees against a few
  * upstreams (curl's default grows with the number of easy handles, but then a burst
@@ -39,8 +49,9 @@ typedef struct sock_ctx {
     uv_poll_t poll; /* first: the close callback gets the handle */
     rsl__http *h;
     curl_socket_t fd;
-    int events;  /* UV_READABLE | UV_WRITABLE that curl asked for */
-    int closing; /* REMOVE seen: uv_close called, freed in its callback */
+    int events;  /* UV_READABLE | UV_WRITABLE that curl asked for; 0 after REMOVE */
+    int armed;   /* what the poll watches now */
+    int closing; /* the socket is closing: uv_close called, freed in its callback */
     struct sock_ctx *prev, *next;
 } sock_ctx;
 
@@ -71,8 +82,16 @@ struct rsl__http {
     int nidle;
     int inflight;
     sock_ctx *socks; /* open polls: closed by close */
+    /* By fd: the open poll, and whether curl opened the socket through on_open_socket
+     * (then its close comes through on_close_socket and the poll may linger). */
+    struct fd_slot {
+        sock_ctx *s;
+        int mine;
+    } *byfd;
+    int nbyfd;
     int handles;     /* uv handles not yet through their close callback */
     int closing;
+    int in_timer; /* inside curl_multi_socket_action(CURL_SOCKET_TIMEOUT) */
     char capmsg[80];
 };
 
@@ -88,6 +107,7 @@ static void global_init(void) {
 static void handle_gone(rsl__http *h) {
     h->handles--;
     if (h->closing && h->handles == 0) {
+        free(h->byfd);
         free(h);
     }
 }
@@ -111,6 +131,9 @@ static void sock_close(rsl__http *h, sock_ctx *s) {
     }
     if (s->next) {
         s->next->prev = s->prev;
+    }
+    if (s->fd >= 0 && s->fd < h->nbyfd && h->byfd[s->fd].s == s) {
+        h->byfd[s->fd].s = NULL;
     }
     s->closing = 1;
     uv_close((uv_handle_t *)&s->poll, on_sock_closed);
@@ -338,7 +361,9 @@ static void drain(rsl__http *h) {
 static void on_timer(uv_timer_t *t) {
     rsl__http *h = t->data;
     int running;
+    h->in_timer = 1;
     curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+    h->in_timer = 0;
     drain(h);
 }
 
@@ -349,15 +374,51 @@ static int on_curl_timer(CURLM *m, long ms, void *ud) {
     }
     if (ms < 0) {
         uv_timer_stop(&h->timer);
-    } else {
-        uv_timer_start(&h->timer, on_timer, (uint64_t)ms, 0);
+        return 0;
     }
+    /* libuv before 1.45 runs a timer re-armed at 0 from its own callback again in the
+     * same pass, before any I/O is polled: were curl to keep asking for 0 from inside
+     * its timeout action, the loop would spin.  1 ms there; 0 everywhere else (the
+     * common case: a transfer just added), which runs on the next loop turn. */
+    if (ms == 0 && h->in_timer) {
+        ms = 1;
+    }
+    uv_timer_start(&h->timer, on_timer, (uint64_t)ms, 0);
+    return 0;
+}
+
+static void poll_arm(sock_ctx *s, int events);
+
+static int byfd_grow(rsl__http *h, int fd) {
+    if (fd < h->nbyfd) {
+        return 0;
+    }
+    int n = h->nbyfd ? h->nbyfd : 64;
+    while (n <= fd) {
+        n *= 2;
+    }
+    struct fd_slot *b = realloc(h->byfd, (size_t)n * sizeof(*b));
+    if (!b) {
+        return -1;
+    }
+    memset(b + h->nbyfd, 0, (size_t)(n - h->nbyfd) * sizeof(*b));
+    h->byfd = b;
+    h->nbyfd = n;
     return 0;
 }
 
 static void on_poll(uv_poll_t *p, int status, int events) {
     sock_ctx *s = (sock_ctx *)p;
     rsl__http *h = s->h;
+    if (status < 0) {
+        s->armed = 0; /* libuv stopped the poll */
+    }
+    if (s->events == 0) {
+        /* Not curl's right now (an idle connection in its cache): stop watching, else a
+         * closed connection would keep the loop busy.  curl finds it dead on reuse. */
+        poll_arm(s, 0);
+        return;
+    }
     int flags = 0;
     if (status < 0) {
         flags = CURL_CSELECT_ERR;
@@ -369,23 +430,49 @@ static void on_poll(uv_poll_t *p, int status, int events) {
     curl_multi_socket_action(h->multi, s->fd, flags, &running);
     /* On POLLERR libuv stops the poll; curl only calls the socket hook when what it
      * wants changes, so a socket it keeps would never be watched again. */
-    if (status < 0 && !h->closing && !s->closing && !uv_is_active((uv_handle_t *)p)) {
-        uv_poll_start(p, s->events, on_poll);
+    if (status < 0 && !h->closing && !s->closing) {
+        poll_arm(s, s->events);
     }
     drain(h);
+}
+
+static void poll_arm(sock_ctx *s, int events) {
+    if (events == s->armed || s->closing) {
+        return;
+    }
+    s->armed = events;
+    if (events) {
+        uv_poll_start(&s->poll, events, on_poll);
+    } else {
+        uv_poll_stop(&s->poll);
+    }
 }
 
 static int on_curl_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp) {
     rsl__http *h = ud;
     sock_ctx *s = sockp;
     if (what == CURL_POLL_REMOVE) {
-        if (s) {
+        if (s && fd < h->nbyfd && h->byfd[fd].mine) {
+            s->events = 0; /* still watched, see the top of the file */
+            uv_unref((uv_handle_t *)&s->poll); /* ...but it keeps no loop alive */
+        } else if (s) {
+            /* A socket curl may close without telling (its resolver's socketpair): a
+             * lingering poll could outlive the fd and be found again for another. */
             sock_close(h, s);
+        }
+        if (s) {
             curl_multi_assign(h->multi, fd, NULL);
         }
         return 0;
     }
+    if (!s && fd >= 0 && fd < h->nbyfd && h->byfd[fd].s && !h->byfd[fd].s->closing) {
+        s = h->byfd[fd].s;
+        curl_multi_assign(h->multi, fd, s);
+    }
     if (!s) {
+        if (fd < 0 || byfd_grow(h, fd) < 0) {
+            return -1;
+        }
         s = calloc(1, sizeof(*s));
         if (!s) {
             return -1;
@@ -402,10 +489,43 @@ static int on_curl_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *s
         }
         h->socks = s;
         h->handles++;
+        h->byfd[fd].s = s;
         curl_multi_assign(h->multi, fd, s);
     }
-    s->events = ((what & CURL_POLL_IN) ? UV_READABLE : 0) | ((what & CURL_POLL_OUT) ? UV_WRITABLE : 0);
-    return uv_poll_start(&s->poll, s->events, on_poll) == 0 ? 0 : -1;
+    s->events =
+        ((what & CURL_POLL_IN) ? UV_READABLE : 0) | ((what & CURL_POLL_OUT) ? UV_WRITABLE : 0);
+    uv_ref((uv_handle_t *)&s->poll);
+    poll_arm(s, s->events);
+    return 0;
+}
+
+/* curl closes a socket: its poll goes first (uv_close stops watching at once), so the
+ * fd number can be reused by anyone (hiredis on the same loop) without a stale watcher. */
+static int on_close_socket(void *ud, curl_socket_t fd) {
+    rsl__http *h = ud;
+    if (fd >= 0 && fd < h->nbyfd) {
+        if (h->byfd[fd].s) {
+            sock_close(h, h->byfd[fd].s);
+        }
+        h->byfd[fd].mine = 0;
+    }
+    return close(fd);
+}
+
+/* curl opens a connection's socket: as it would (socket(2) with the address's family,
+ * type and protocol; curl sets non-blocking itself), noting that its close will come
+ * through on_close_socket. */
+static curl_socket_t on_open_socket(void *ud, curlsocktype purpose, struct curl_sockaddr *a) {
+    rsl__http *h = ud;
+    (void)purpose;
+    int fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    if (fd < 0) {
+        return CURL_SOCKET_BAD;
+    }
+    if (byfd_grow(h, fd) == 0) {
+        h->byfd[fd].mine = 1;
+    }
+    return fd;
 }
 
 /* ---- API ----------------------------------------------------------------------------------- */
@@ -421,8 +541,7 @@ rsl__http *rsl__http_new(uv_loop_t *loop, size_t max_body) {
     }
     h->loop = loop;
     h->max_body = max_body ? max_body : (size_t)4 << 20;
-    snprintf(h->capmsg, sizeof(h->capmsg), "answer body larger than the %zu-byte cap",
-             h->max_body);
+    snprintf(h->capmsg, sizeof(h->capmsg), "answer body larger than the %zu-byte cap", h->max_body);
     h->multi = curl_multi_init();
     if (!h->multi || uv_timer_init(loop, &h->timer) != 0) {
         curl_multi_cleanup(h->multi);
@@ -506,11 +625,11 @@ static int setup(rsl__http *h, rsl__http_xfer *x, const rsl__http_req *r) {
         return rc;
     }
     CURLcode c = CURLE_OK;
-#define SET(opt, val)                                                                      \
-    do {                                                                                   \
-        if (c == CURLE_OK) {                                                               \
-            c = curl_easy_setopt(e, opt, val);                                             \
-        }                                                                                  \
+#define SET(opt, val)                                                                              \
+    do {                                                                                           \
+        if (c == CURLE_OK) {                                                                       \
+            c = curl_easy_setopt(e, opt, val);                                                     \
+        }                                                                                          \
     } while (0)
     SET(CURLOPT_URL, r->url);
     SET(CURLOPT_PRIVATE, (char *)x);
@@ -523,6 +642,10 @@ static int setup(rsl__http *h, rsl__http_xfer *x, const rsl__http_req *r) {
     SET(CURLOPT_WRITEDATA, x);
     SET(CURLOPT_HEADERFUNCTION, on_header);
     SET(CURLOPT_HEADERDATA, x);
+    SET(CURLOPT_CLOSESOCKETFUNCTION, on_close_socket);
+    SET(CURLOPT_CLOSESOCKETDATA, h);
+    SET(CURLOPT_OPENSOCKETFUNCTION, on_open_socket);
+    SET(CURLOPT_OPENSOCKETDATA, h);
     /* A Content-Length above the cap fails before any byte is read. */
     SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)h->max_body);
     if (r->timeout_ns > 0) {

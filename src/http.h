@@ -28,28 +28,30 @@ typedef struct rsl__http rsl__http;
 typedef struct rsl__http_xfer rsl__http_xfer;
 
 typedef struct rsl__http_req {
-    const char *method;                      /* "GET", "POST", "PUT", "HEAD", ... */
-    const char *url;                         /* NUL-terminated, expanded and encoded */
-    const rsl__header *headers;              /* sent as "name: value" */
+    const char *method;         /* "GET", "POST", "PUT", "HEAD", ... */
+    const char *url;            /* NUL-terminated, expanded and encoded */
+    const rsl__header *headers; /* sent as "name: value" */
     int nheaders;
-    const char *body;                        /* sent when != NULL (also for GET); must
-                                                stay valid until the callback or cancel */
+    /* Sent when != NULL (also for GET); not copied: must stay valid until the callback
+     * runs or the transfer is canceled. */
+    const char *body;
     size_t body_len;
-    int64_t timeout_ns;                      /* whole transfer, connect included; 0: none */
+    int64_t timeout_ns; /* whole transfer, connect included; 0: none */
 } rsl__http_req;
 
 typedef struct rsl__http_res {
     /* ok / 4xx / 5xx by status; timeout; connect (refused, reset, DNS, TLS, nothing
      * received); error (body over the cap, a malformed URL, anything else). */
     rsl_outcome outcome;
-    int status;          /* HTTP status; 0 when none was received */
-    rsl__buf body;       /* NUL-terminated (p never NULL); the callback may steal it */
+    int status;           /* HTTP status; 0 when none was received */
+    rsl__buf body;        /* NUL-terminated (p never NULL); the callback may steal it */
     rsl__header *headers; /* of the final response: names as received, values trimmed;
                              the callback may steal the array (set headers = NULL,
                              nheaders = 0); each name and value is its own malloc */
     int nheaders;
-    const char *error;   /* when outcome != ok: curl's message, "status 503", or "answer
-                            body larger than the N-byte cap"; borrowed for the callback */
+    /* When outcome != ok: curl's message, "status 503", or "answer body larger than the
+     * N-byte cap"; borrowed for the duration of the callback. */
+    const char *error;
 } rsl__http_res;
 
 /* Called exactly once per started transfer (unless canceled), from the loop.  res and

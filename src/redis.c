@@ -88,14 +88,45 @@ struct rsl__redis {
 };
 
 /* ------------------------------------------------------------------------------------
- * Event hooks: hiredis <-> one uv_poll_t.  The poller is its own allocation, freed from
- * its close callback, so it never outlives nor holds up the rsl__redis.
+ * Event hooks: hiredis <-> one uv_poll_t, plus a uv_prepare_t that batches writes.
+ *
+ * The stock adapter polls for writable whenever a command is queued and stops when the
+ * buffer is written, and libuv 1.44's uv_poll_start and uv_poll_stop each cost an
+ * epoll_ctl (uv_poll_start stops the handle first, which removes the fd from epoll): two
+ * or three syscalls per command, as many as the command's own write.  Here, once
+ * connected, a queued command only arms the prepare handle, which runs right before the
+ * loop next polls: every command queued in this loop turn goes out in one write, and
+ * the poll handle is touched only when a write would block (or while connecting).  The
+ * poll handle is restarted only when the events actually change.
+ *
+ * The poller is its own allocation, freed once both handles closed, so it never
+ * outlives nor holds up the rsl__redis.
  */
 typedef struct poller {
     uv_poll_t handle;
+    uv_prepare_t flush;
     redisAsyncContext *ac; /* NULL once hiredis cleaned up: the context may be gone */
-    int events;
+    int events;            /* what hiredis wants */
+    int armed;             /* what the poll handle watches */
+    int connected;         /* writes may be batched */
+    int flushing;          /* inside on_flush: an add-write now means "would block" */
+    int open_handles;
 } poller;
+
+static void on_poll(uv_poll_t *h, int status, int events);
+
+static void poll_update(poller *p, int events) {
+    p->events = events;
+    if (events == p->armed) {
+        return;
+    }
+    p->armed = events;
+    if (events) {
+        uv_poll_start(&p->handle, events, on_poll);
+    } else {
+        uv_poll_stop(&p->handle);
+    }
+}
 
 static void on_poll(uv_poll_t *h, int status, int events) {
     poller *p = h->data;
@@ -103,6 +134,7 @@ static void on_poll(uv_poll_t *h, int status, int events) {
         /* POLLERR: libuv stopped the handle.  Whatever hiredis waited for, its next read
          * or write (or its connect check) finds the socket error and tears down. */
         events = p->events;
+        p->armed = 0;
     }
     if (p->ac && (events & UV_READABLE)) {
         redisAsyncHandleRead(p->ac);
@@ -111,16 +143,17 @@ static void on_poll(uv_poll_t *h, int status, int events) {
         redisAsyncHandleWrite(p->ac);
     }
     if (status < 0 && p->ac && p->events) {
-        uv_poll_start(&p->handle, p->events, on_poll); /* not torn down: poll again */
+        poll_update(p, p->events); /* not torn down: poll again */
     }
 }
 
-static void poll_update(poller *p, int events) {
-    p->events = events;
-    if (events) {
-        uv_poll_start(&p->handle, events, on_poll);
-    } else {
-        uv_poll_stop(&p->handle);
+static void on_flush(uv_prepare_t *h) {
+    poller *p = h->data;
+    uv_prepare_stop(&p->flush);
+    if (p->ac) {
+        p->flushing = 1;
+        redisAsyncHandleWrite(p->ac); /* may tear the context down (p->ac = NULL) */
+        p->flushing = 0;
     }
 }
 
@@ -136,6 +169,10 @@ static void ev_del_read(void *d) {
 
 static void ev_add_write(void *d) {
     poller *p = d;
+    if (p->connected && !p->flushing) {
+        uv_prepare_start(&p->flush, on_flush); /* a no-op when already started */
+        return;
+    }
     poll_update(p, p->events | UV_WRITABLE);
 }
 
@@ -145,7 +182,10 @@ static void ev_del_write(void *d) {
 }
 
 static void on_poller_closed(uv_handle_t *h) {
-    free(h->data);
+    poller *p = h->data;
+    if (--p->open_handles == 0) {
+        free(p);
+    }
 }
 
 /* hiredis is about to free the context (and then close the fd): uv_close stops watching
@@ -155,6 +195,7 @@ static void ev_cleanup(void *d) {
     p->ac = NULL;
     if (!uv_is_closing((uv_handle_t *)&p->handle)) {
         uv_close((uv_handle_t *)&p->handle, on_poller_closed);
+        uv_close((uv_handle_t *)&p->flush, on_poller_closed);
     }
 }
 
@@ -167,7 +208,10 @@ static int attach(redisAsyncContext *ac, uv_loop_t *loop) {
         free(p);
         return RSL_ESYS;
     }
+    uv_prepare_init(loop, &p->flush); /* cannot fail */
+    p->open_handles = 2;
     p->handle.data = p;
+    p->flush.data = p;
     p->ac = ac;
     ac->ev.data = p;
     ac->ev.addRead = ev_add_read;
@@ -239,6 +283,7 @@ static void on_connect(const redisAsyncContext *ac, int status) {
     }
     uv_timer_stop(&r->timer);
     r->connected = 1;
+    ((poller *)ac->ev.data)->connected = 1; /* from now on, writes are batched */
     r->backoff_ms = BACKOFF_MIN_MS;
     if (r->logged != LOGGED_UP) {
         r->logged = LOGGED_UP;

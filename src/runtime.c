@@ -335,7 +335,6 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
                 snprintf(err, errlen, "redis: expected HOST:PORT, got \"%s\"", o->redis);
             }
             free(rt->dir);
-    free(rt->redis_host);
             free(rt);
             return RSL_EINVAL;
         }
@@ -427,6 +426,7 @@ static void rt_free(rsl_runtime *rt) {
     pthread_mutex_destroy(&rt->reg_lock);
     pthread_mutex_destroy(&rt->reload_lock);
     pthread_mutex_destroy(&rt->lock);
+    free(rt->redis_host);
     free(rt->dir);
     free(rt);
 }

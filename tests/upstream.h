@@ -37,9 +37,9 @@
 #endif
 
 typedef struct rsl_upstream {
-    pid_t pid;      /* 0 once stopped */
+    pid_t pid; /* 0 once stopped */
     int port;
-    char base[64];  /* "http://127.0.0.1:PORT" */
+    char base[64]; /* "http://127.0.0.1:PORT" */
 } rsl_upstream;
 
 #define RSL_UP_UNUSED __attribute__((unused))

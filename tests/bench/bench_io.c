@@ -10,7 +10,7 @@
  * Each side also reports CPU time per call (getrusage of this process: the servers are
  * other processes).  The target (issue 4) is a ratio >= 0.9 for both.
  *
- * Usage: bench_io [--smoke] [--inflight N] [--calls N]
+ * Usage: bench_io [--smoke] [--inflight N] [--calls N] [--profile http|redis|plain-http|plain-redis]
  */
 #include "resilua.h"
 
@@ -34,6 +34,7 @@
 
 static int inflight = 32;
 static int ncalls = 100000;
+static const char *profile;
 
 static double now_s(void) {
     struct timespec ts;
@@ -227,6 +228,8 @@ int main(int argc, char **argv) {
             inflight = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--calls") == 0 && i + 1 < argc) {
             ncalls = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--profile") == 0 && i + 1 < argc) {
+            profile = argv[++i]; /* "http" or "redis": only resilua's side, for perf */
         }
     }
     if (smoke) {
@@ -272,6 +275,20 @@ int main(int argc, char **argv) {
     char url[128];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/items/1", up.port);
 
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/items/1", up.port);
+    if (profile) {
+        if (strcmp(profile, "redis") == 0) {
+            usleep(300 * 1000); /* the connection comes up in the background */
+        }
+        run p = strcmp(profile, "plain-redis") == 0  ? plain_hiredis(rs.port, ncalls)
+                : strcmp(profile, "plain-http") == 0 ? plain_curl(url, ncalls)
+                                                     : through_resilua(rt, profile, ncalls);
+        report(profile, &p);
+        rsl_close(rt);
+        rsl_up_stop(&up);
+        rsl_redis_stop(&rs);
+        return 0;
+    }
     printf("bench_io: %d calls, %d in flight, 1 worker; servers on loopback\n", ncalls, inflight);
     /* Warm both sides (connections opened, caches hot), then measure. */
     plain_curl(url, inflight * 4);
