@@ -584,6 +584,12 @@ local function compile_step(pctx, name, tok)
     if type(c.cmd) ~= "table" or #c.cmd == 0 then
       fail(ctx, 'cmd must be a list like { "GET", "user:${id}" }, got %s', show(c.cmd))
     end
+    -- Replies to these stop pairing with requests on a shared, pipelined connection.
+    local verb = type(c.cmd[1]) == "string" and c.cmd[1]:lower() or ""
+    if verb == "subscribe" or verb == "psubscribe" or verb == "unsubscribe"
+        or verb == "punsubscribe" or verb == "monitor" then
+      fail(ctx, "cmd: %s cannot run on the worker's shared connection", c.cmd[1])
+    end
     s.cmd = {}
     for i, a in ipairs(c.cmd) do
       if type(a) == "number" then

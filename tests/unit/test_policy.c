@@ -246,6 +246,8 @@ TEST(step_errors) {
         {"r.http { url = 'http://x', verb = 'GET' }", "unknown field \"verb\""},
         {"r.redis { cmd = {} }", "cmd must be a list like { \"GET\", \"user:${id}\" }, got a table"},
         {"r.redis { cmd = { 'GET', true } }", "cmd[2] must be a template like \"user:${id}\", got true"},
+        {"r.redis { cmd = { 'subscribe', 'ch' } }",
+         "cmd: subscribe cannot run on the worker's shared connection"},
         {"r.redis_cache { key = 'k', ttl = 'soon' }",
          "ttl must be a duration like \"150ms\", got \"soon\""},
         {"r.redis_cache { }", "key must be a template like \"user:${id}\", got nil"},
