@@ -695,10 +695,16 @@ static void run_local_cache(rsl__call *c, const rsl__step *s, int64_t now) {
 
 /* ---- I/O steps ------------------------------------------------------------------------ */
 
-/* The time this attempt may take: the step's timeout, cut by what is left of the deadline
- * (DESIGN.md: "every step gets min(own, left)").  0: unbounded. */
+/* An I/O step with neither a timeout nor a deadline still ends: a hung upstream or a
+ * stopped Redis must not hold a call (and its bulkhead slot) forever.  As Envoy's route
+ * timeout, generous enough never to cut a real answer short. */
+#define IO_DEFAULT_TIMEOUT_NS (30 * RSL_NS_PER_S)
+
+/* The time this attempt may take: the step's timeout (IO_DEFAULT_TIMEOUT_NS when it has
+ * none), cut by what is left of the deadline (DESIGN.md: "every step gets min(own,
+ * left)").  Always > 0. */
 static int64_t attempt_limit(const rsl__call *c, const rsl__step *s, int64_t now) {
-    int64_t limit = s->timeout_ns;
+    int64_t limit = s->timeout_ns ? s->timeout_ns : IO_DEFAULT_TIMEOUT_NS;
     if (c->deadline && (limit == 0 || c->deadline - now < limit)) {
         limit = c->deadline - now;
         if (limit < 1) {
@@ -810,9 +816,12 @@ static int start_http(rsl__call *c, const rsl__step *s, int64_t now) {
         .nheaders = nh,
         .body = NULL,
         .body_len = 0,
-        /* The step timer below is the authority (it also covers the deadline); the
-         * client's own timeout is a backstop a little later. */
-        .timeout_ns = limit ? limit + 50 * RSL_NS_PER_MS : 0,
+        /* None: the step timer below bounds the attempt (it also covers the deadline)
+         * and aborts the transfer.  A curl timeout as a backstop 50 ms behind it never
+         * decided an outcome, yet cost every call about 1 us of curl's timer
+         * bookkeeping (two timeouts per transfer in its splay tree, the multi timer
+         * moved as they finish): bench_io. */
+        .timeout_ns = 0,
     };
     if (s->u.http.body) {
         r.body = c->io.p ? c->io.p : "";

@@ -3,14 +3,17 @@
  * plainly, measured in the same run against the same servers on loopback:
  *   - HTTP: calls/s of a policy with one r.http step (1 worker) versus a plain libcurl
  *     multi loop (curl_multi_poll, easy handles re-added as they finish) with the same
- *     number of requests in flight, both against examples/flaky in its fast mode;
+ *     number of requests in flight, and versus plain libcurl multi_socket driven by a libuv
+ *     loop on the calling thread (the wiring of curl's docs/examples/multi-uv.c: one
+ *     uv_poll per socket, one uv_timer), all against examples/flaky in its fast mode;
  *   - Redis: calls/s of a policy with one r.redis GET step versus a plain hiredis async
  *     loop on libuv (redisLibuvAttach) with the same number of commands in flight, both
  *     against one redis-server.
  * Each side also reports CPU time per call (getrusage of this process: the servers are
  * other processes).  The target (issue 4) is a ratio >= 0.9 for both.
  *
- * Usage: bench_io [--smoke] [--inflight N] [--calls N] [--profile http|redis|plain-http|plain-redis]
+ * Usage: bench_io [--smoke] [--inflight N] [--calls N]
+ *                 [--profile http|redis|plain-http|plain-uv|plain-redis]
  */
 #include "resilua.h"
 
@@ -115,6 +118,158 @@ static run plain_curl(const char *url, int n) {
     }
     free(e);
     curl_multi_cleanup(m);
+    return r;
+}
+
+/* ---- plain libcurl multi_socket on a libuv loop ------------------------------------------
+ * The wiring of curl's docs/examples/multi-uv.c on a loop of this thread: one uv_poll per
+ * socket (curl_multi_assign), one uv_timer for CURLMOPT_TIMERFUNCTION, finished transfers
+ * taken off curl_multi_info_read after each socket action and their easy handles re-added
+ * as they are (same requests in flight as the other loops). */
+typedef struct uvcurl {
+    uv_loop_t loop;
+    uv_timer_t timer;
+    CURLM *m;
+    int started, done, failed, n;
+} uvcurl;
+
+typedef struct uvsock {
+    uv_poll_t poll;
+    uvcurl *u;
+    curl_socket_t fd;
+} uvsock;
+
+static void uv_check_done(uvcurl *u) {
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(u->m, &left))) {
+        if (msg->msg != CURLMSG_DONE) {
+            continue;
+        }
+        CURL *h = msg->easy_handle;
+        long status = 0;
+        curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &status);
+        u->failed += msg->data.result != CURLE_OK || status != 200;
+        u->done++;
+        curl_multi_remove_handle(u->m, h);
+        if (u->started < u->n) {
+            u->started++;
+            curl_multi_add_handle(u->m, h);
+        }
+    }
+    if (u->done == u->n) {
+        uv_stop(&u->loop);
+    }
+}
+
+static void uv_on_poll(uv_poll_t *p, int status, int events) {
+    uvsock *s = (uvsock *)p;
+    int flags = 0, running;
+    if (status < 0) {
+        flags = CURL_CSELECT_ERR;
+    } else {
+        flags |= (events & UV_READABLE) ? CURL_CSELECT_IN : 0;
+        flags |= (events & UV_WRITABLE) ? CURL_CSELECT_OUT : 0;
+    }
+    uvcurl *u = s->u;
+    curl_multi_socket_action(u->m, s->fd, flags, &running);
+    uv_check_done(u);
+}
+
+static void uv_on_timeout(uv_timer_t *t) {
+    uvcurl *u = t->data;
+    int running;
+    curl_multi_socket_action(u->m, CURL_SOCKET_TIMEOUT, 0, &running);
+    uv_check_done(u);
+}
+
+static int uv_start_timeout(CURLM *m, long ms, void *ud) {
+    (void)m;
+    uvcurl *u = ud;
+    if (ms < 0) {
+        uv_timer_stop(&u->timer);
+    } else {
+        /* 0 means directly call socket_action, but we will do it in a bit */
+        uv_timer_start(&u->timer, uv_on_timeout, ms == 0 ? 1 : (uint64_t)ms, 0);
+    }
+    return 0;
+}
+
+static void uv_sock_closed(uv_handle_t *h) {
+    free(h);
+}
+
+static int uv_handle_socket(CURL *e, curl_socket_t fd, int what, void *ud, void *sockp) {
+    (void)e;
+    uvcurl *u = ud;
+    uvsock *s = sockp;
+    if (what == CURL_POLL_REMOVE) {
+        if (s) {
+            uv_poll_stop(&s->poll);
+            uv_close((uv_handle_t *)&s->poll, uv_sock_closed);
+            curl_multi_assign(u->m, fd, NULL);
+        }
+        return 0;
+    }
+    if (!s) {
+        s = calloc(1, sizeof(*s));
+        s->u = u;
+        s->fd = fd;
+        uv_poll_init_socket(&u->loop, &s->poll, fd);
+        curl_multi_assign(u->m, fd, s);
+    }
+    int events =
+        ((what & CURL_POLL_IN) ? UV_READABLE : 0) | ((what & CURL_POLL_OUT) ? UV_WRITABLE : 0);
+    uv_poll_start(&s->poll, events, uv_on_poll);
+    return 0;
+}
+
+static void uv_walk_close(uv_handle_t *h, void *ud) {
+    (void)ud;
+    if (!uv_is_closing(h)) {
+        uv_close(h, h->type == UV_POLL ? uv_sock_closed : NULL);
+    }
+}
+
+static run plain_uv(const char *url, int n) {
+    uvcurl u = {.n = n};
+    uv_loop_init(&u.loop);
+    uv_timer_init(&u.loop, &u.timer);
+    u.timer.data = &u;
+    u.m = curl_multi_init();
+    curl_multi_setopt(u.m, CURLMOPT_MAXCONNECTS, (long)inflight * 2);
+    curl_multi_setopt(u.m, CURLMOPT_SOCKETFUNCTION, uv_handle_socket);
+    curl_multi_setopt(u.m, CURLMOPT_SOCKETDATA, &u);
+    curl_multi_setopt(u.m, CURLMOPT_TIMERFUNCTION, uv_start_timeout);
+    curl_multi_setopt(u.m, CURLMOPT_TIMERDATA, &u);
+    CURL **e = calloc((size_t)inflight, sizeof(*e));
+    double t0 = now_s(), c0 = cpu_s();
+    for (int i = 0; i < inflight && u.started < n; i++, u.started++) {
+        e[i] = curl_easy_init();
+        curl_easy_setopt(e[i], CURLOPT_URL, url);
+        curl_easy_setopt(e[i], CURLOPT_WRITEFUNCTION, sink);
+        curl_easy_setopt(e[i], CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e[i], CURLOPT_PROXY, "");
+        curl_multi_add_handle(u.m, e[i]);
+    }
+    if (n > 0) {
+        uv_run(&u.loop, UV_RUN_DEFAULT);
+    }
+    run r = {.wall = now_s() - t0, .cpu = cpu_s() - c0, .n = n, .failed = u.failed};
+    for (int i = 0; i < inflight; i++) {
+        if (e[i]) {
+            curl_multi_remove_handle(u.m, e[i]);
+            curl_easy_cleanup(e[i]);
+        }
+    }
+    free(e);
+    /* Polls first, while their fds are open (curl_multi_cleanup closes the connections). */
+    curl_multi_setopt(u.m, CURLMOPT_SOCKETFUNCTION, NULL);
+    curl_multi_setopt(u.m, CURLMOPT_TIMERFUNCTION, NULL);
+    uv_walk(&u.loop, uv_walk_close, NULL);
+    uv_run(&u.loop, UV_RUN_DEFAULT);
+    curl_multi_cleanup(u.m);
+    uv_loop_close(&u.loop);
     return r;
 }
 
@@ -229,7 +384,7 @@ int main(int argc, char **argv) {
         } else if (strcmp(argv[i], "--calls") == 0 && i + 1 < argc) {
             ncalls = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--profile") == 0 && i + 1 < argc) {
-            profile = argv[++i]; /* "http" or "redis": only resilua's side, for perf */
+            profile = argv[++i]; /* one side only, for perf: see Usage */
         }
     }
     if (smoke) {
@@ -282,6 +437,7 @@ int main(int argc, char **argv) {
         }
         run p = strcmp(profile, "plain-redis") == 0  ? plain_hiredis(rs.port, ncalls)
                 : strcmp(profile, "plain-http") == 0 ? plain_curl(url, ncalls)
+                : strcmp(profile, "plain-uv") == 0   ? plain_uv(url, ncalls)
                                                      : through_resilua(rt, profile, ncalls);
         report(profile, &p);
         rsl_close(rt);
@@ -292,14 +448,19 @@ int main(int argc, char **argv) {
     printf("bench_io: %d calls, %d in flight, 1 worker; servers on loopback\n", ncalls, inflight);
     /* Warm both sides (connections opened, caches hot), then measure. */
     plain_curl(url, inflight * 4);
+    plain_uv(url, inflight * 4);
     through_resilua(rt, "http", inflight * 4);
     run pc = plain_curl(url, ncalls);
+    run pu = plain_uv(url, ncalls);
     run rh = through_resilua(rt, "http", ncalls);
     printf("HTTP (examples/flaky, fast mode)\n");
     report("plain libcurl multi loop", &pc);
+    report("plain libcurl multi_socket (libuv)", &pu);
     report("resilua r.http", &rh);
     printf("  ratio (resilua / plain): %.2f calls/s, %.2f CPU per call\n",
            (rh.n / rh.wall) / (pc.n / pc.wall), (rh.cpu / rh.n) / (pc.cpu / pc.n));
+    printf("  ratio (resilua / plain libuv): %.2f calls/s, %.2f CPU per call\n",
+           (rh.n / rh.wall) / (pu.n / pu.wall), (rh.cpu / rh.n) / (pu.cpu / pu.n));
 
     /* Redis: the runtime's connection comes up in the background; give it a moment. */
     rsl_req *one = rsl_req_new();
@@ -325,7 +486,7 @@ int main(int argc, char **argv) {
     printf("  ratio (resilua / plain): %.2f calls/s, %.2f CPU per call\n",
            (rr.n / rr.wall) / (ph.n / ph.wall), (rr.cpu / rr.n) / (ph.cpu / ph.n));
 
-    int bad = pc.failed + rh.failed + ph.failed + rr.failed;
+    int bad = pc.failed + pu.failed + rh.failed + ph.failed + rr.failed;
     rsl_close(rt);
     rsl_up_stop(&up);
     rsl_redis_stop(&rs);
