@@ -82,8 +82,9 @@ struct rsl__http_xfer {
     void *ud;
     struct curl_slist *hdrs;
     rsl__buf body;
-    rsl__header *rh; /* response headers so far (reset at each status line) */
-    int nrh, caprh;
+    rsl__buf rh; /* response headers so far, "name\0value\0" (reset at each status line);
+                  * kept across transfers, packed into one block at the end (tmpl.h) */
+    int nrh;
     int over_cap, oom;
     int based; /* the base options are set (a fresh or reset handle has none) */
     int plain; /* this request: GET, no body, no credentials in the URL */
@@ -168,21 +169,15 @@ static void sock_close(rsl__http *h, sock_ctx *s) {
 
 /* ---- transfers ----------------------------------------------------------------------------- */
 
-static void free_headers(rsl__header *hd, int n) {
-    for (int i = 0; i < n; i++) {
-        free(hd[i].name);
-        free(hd[i].value);
-    }
-    free(hd);
-}
-
 static void xfer_clear(rsl__http_xfer *x) {
     curl_slist_free_all(x->hdrs);
     x->hdrs = NULL;
     rsl__buf_free(&x->body);
-    free_headers(x->rh, x->nrh);
-    x->rh = NULL;
-    x->nrh = x->caprh = 0;
+    if (x->rh.cap > 16384) {
+        rsl__buf_free(&x->rh); /* an unusual answer's headers are not kept around */
+    }
+    x->rh.len = 0;
+    x->nrh = 0;
     x->over_cap = x->oom = 0;
     x->cb = NULL;
     x->ud = NULL;
@@ -190,6 +185,7 @@ static void xfer_clear(rsl__http_xfer *x) {
 
 static void xfer_destroy(rsl__http_xfer *x) {
     xfer_clear(x);
+    rsl__buf_free(&x->rh);
     curl_easy_cleanup(x->easy);
     free(x);
 }
@@ -257,9 +253,8 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
     rsl__http_xfer *x = ud;
     size_t len = size * n;
     if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
-        free_headers(x->rh, x->nrh);
-        x->rh = NULL;
-        x->nrh = x->caprh = 0;
+        x->rh.len = 0;
+        x->nrh = 0;
         return len;
     }
     const char *colon = memchr(p, ':', len);
@@ -273,26 +268,12 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
     while (end > v && is_space(end[-1])) {
         end--;
     }
-    if (x->nrh == x->caprh) {
-        int cap = x->caprh ? 2 * x->caprh : 8;
-        rsl__header *a = realloc(x->rh, (size_t)cap * sizeof(*a));
-        if (!a) {
-            x->oom = 1;
-            return 0;
-        }
-        x->rh = a;
-        x->caprh = cap;
-    }
-    char *name = strndup(p, (size_t)(colon - p));
-    char *value = strndup(v, (size_t)(end - v));
-    if (!name || !value) {
-        free(name);
-        free(value);
+    if (rsl__buf_append(&x->rh, p, (size_t)(colon - p)) < 0 ||
+        rsl__buf_append(&x->rh, "", 1) < 0 || rsl__buf_append(&x->rh, v, (size_t)(end - v)) < 0 ||
+        rsl__buf_append(&x->rh, "", 1) < 0) {
         x->oom = 1;
         return 0;
     }
-    x->rh[x->nrh].name = name;
-    x->rh[x->nrh].value = value;
     x->nrh++;
     return len;
 }
@@ -366,15 +347,17 @@ static void finish(rsl__http *h, rsl__http_xfer *x, CURLcode code) {
         res.outcome = RSL_OUTCOME_ERROR; /* callers may rely on a non-NULL body */
         res.error = "out of memory (HTTP answer)";
     }
-    res.headers = x->rh;
-    res.nheaders = x->nrh;
-    x->rh = NULL;
-    x->nrh = x->caprh = 0;
+    res.headers = rsl__headers_unpack(x->rh.p, x->rh.len, x->nrh);
+    res.nheaders = res.headers ? x->nrh : 0;
+    if (x->nrh && !res.headers && res.outcome == RSL_OUTCOME_OK) {
+        res.outcome = RSL_OUTCOME_ERROR;
+        res.error = "out of memory (HTTP answer)";
+    }
 
     x->cb(x->ud, &res);
 
     rsl__buf_free(&res.body);
-    free_headers(res.headers, res.nheaders);
+    free(res.headers); /* packed, unless the callback took it */
     xfer_recycle(h, x);
 }
 
@@ -678,15 +661,17 @@ static int build_headers(rsl__http_xfer *x, const rsl__http_req *r) {
         if (!n || !*n || has_crlf(n) || has_crlf(v) || strchr(n, ':')) {
             return RSL_EINVAL;
         }
-        size_t need = strlen(n) + strlen(v) + 3;
+        size_t nl = strlen(n), vl = strlen(v), need = nl + vl + 3;
         char *line = need <= sizeof(stack) ? stack : malloc(need);
         if (!line) {
             return RSL_ENOMEM;
         }
-        if (*v) {
-            snprintf(line, need, "%s: %s", n, v);
+        memcpy(line, n, nl);
+        if (vl) {
+            memcpy(line + nl, ": ", 2);
+            memcpy(line + nl + 2, v, vl + 1);
         } else {
-            snprintf(line, need, "%s;", n);
+            memcpy(line + nl, ";", 2);
         }
         struct curl_slist *l = curl_slist_append(x->hdrs, line);
         if (line != stack) {

@@ -46,8 +46,8 @@ typedef struct rsl__http_res {
     int status;           /* HTTP status; 0 when none was received */
     rsl__buf body;        /* NUL-terminated (p never NULL); the callback may steal it */
     rsl__header *headers; /* of the final response: names as received, values trimmed;
-                             the callback may steal the array (set headers = NULL,
-                             nheaders = 0); each name and value is its own malloc */
+                             one packed allocation (tmpl.h: free() releases it); the
+                             callback may steal it (set headers = NULL, nheaders = 0) */
     int nheaders;
     /* When outcome != ok: curl's message, "status 503", or "answer body larger than the
      * N-byte cap"; borrowed for the duration of the callback. */

@@ -402,22 +402,23 @@ static void read_result(lua_State *L, int idx, rsl__answer *ans) {
             n++;
             lua_pop(L, 1);
         }
-        ans->headers = n ? calloc((size_t)n, sizeof(rsl__header)) : NULL;
+        rsl__buf pairs = {0};
+        int np = 0, oom = 0;
         lua_pushnil(L);
-        while (ans->headers && lua_next(L, -2)) {
+        while (n && lua_next(L, -2)) {
             if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1)) {
-                rsl__header *h = &ans->headers[ans->nheaders];
-                h->name = strdup(lua_tostring(L, -2));
-                h->value = strdup(lua_tostring(L, -1));
-                if (h->name && h->value) {
-                    ans->nheaders++;
-                } else {
-                    free(h->name);
-                    free(h->value);
-                }
+                const char *k = lua_tostring(L, -2), *v = lua_tostring(L, -1);
+                oom |= rsl__buf_append(&pairs, k, strlen(k) + 1) < 0 ||
+                       rsl__buf_append(&pairs, v, strlen(v) + 1) < 0;
+                np++;
             }
             lua_pop(L, 1);
         }
+        if (!oom) {
+            ans->headers = rsl__headers_unpack(pairs.p, pairs.len, np);
+            ans->nheaders = ans->headers ? np : 0;
+        }
+        rsl__buf_free(&pairs);
     }
     lua_pop(L, 1);
     if (ans->outcome != RSL_OUTCOME_OK) {

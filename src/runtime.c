@@ -1040,7 +1040,8 @@ int rsl_expose_match(rsl_runtime *rt, const char *method, const char *path, size
     const char *seg[EXPOSE_MAX_SEGS];
     size_t segn[EXPOSE_MAX_SEGS];
     int nseg = 0;
-    char *dec = malloc(len);
+    char stack[512];
+    char *dec = len <= sizeof(stack) ? stack : malloc(len);
     if (!dec) {
         return RSL_ENOMEM;
     }
@@ -1058,7 +1059,9 @@ int rsl_expose_match(rsl_runtime *rt, const char *method, const char *path, size
     }
     rsl__genr *G = current(rt);
     if (!G) {
-        free(dec);
+        if (dec != stack) {
+            free(dec);
+        }
         return RSL_ECLOSED;
     }
     const rsl__expose *best = NULL;
@@ -1132,7 +1135,9 @@ int rsl_expose_match(rsl_runtime *rt, const char *method, const char *path, size
         }
     }
     rsl__genr_unref(G);
-    free(dec);
+    if (dec != stack) {
+        free(dec);
+    }
     return rc;
 }
 

@@ -126,6 +126,48 @@ void rsl__buf_free(rsl__buf *b) {
     b->len = b->cap = 0;
 }
 
+rsl__header *rsl__headers_unpack(const char *pairs, size_t len, int n) {
+    if (n <= 0) {
+        return NULL;
+    }
+    rsl__header *h = malloc((size_t)n * sizeof(*h) + len);
+    if (!h) {
+        return NULL;
+    }
+    char *p = memcpy(h + n, pairs, len);
+    for (int i = 0; i < n; i++) {
+        h[i].name = p;
+        p += strlen(p) + 1;
+        h[i].value = p;
+        p += strlen(p) + 1;
+    }
+    return h;
+}
+
+rsl__header *rsl__headers_pack(const rsl__header *h, int n) {
+    if (n <= 0) {
+        return NULL;
+    }
+    size_t len = 0;
+    for (int i = 0; i < n; i++) {
+        len += strlen(h[i].name) + 1 + (h[i].value ? strlen(h[i].value) : 0) + 1;
+    }
+    rsl__header *out = malloc((size_t)n * sizeof(*out) + len);
+    if (!out) {
+        return NULL;
+    }
+    char *p = (char *)(out + n);
+    for (int i = 0; i < n; i++) {
+        const char *v = h[i].value ? h[i].value : "";
+        size_t nl = strlen(h[i].name) + 1, vl = strlen(v) + 1;
+        out[i].name = memcpy(p, h[i].name, nl);
+        p += nl;
+        out[i].value = memcpy(p, v, vl);
+        p += vl;
+    }
+    return out;
+}
+
 static int unreserved(unsigned char c) {
     return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
            c == '-' || c == '.' || c == '_' || c == '~';

@@ -24,12 +24,20 @@ typedef struct rsl__buf {
 } rsl__buf;
 int rsl__buf_append(rsl__buf *b, const char *s, size_t n);
 
-/* A header of a stub or an answer: two malloc'd NUL-terminated strings. */
+void rsl__buf_free(rsl__buf *b);
+
+/* A header: two NUL-terminated strings.  A stub's own are two allocations each; the
+ * header set of an answer or a result is one allocation, the array followed by its
+ * strings, released whole with free() (a call's answer is built and dropped on every
+ * request: one malloc, not 1 + 2 per header). */
 typedef struct rsl__header {
     char *name;
     char *value;
 } rsl__header;
-void rsl__buf_free(rsl__buf *b);
+/* A packed copy of n headers (a NULL value as "").  NULL when n <= 0 or out of memory. */
+rsl__header *rsl__headers_pack(const rsl__header *h, int n);
+/* A packed set from n "name\0value\0" pairs, len bytes in all. */
+rsl__header *rsl__headers_unpack(const char *pairs, size_t len, int n);
 
 /* Appends the expansion to `out` (NUL-terminated, len excludes it).  urlencode: encode
  * attribute values (RFC 3986 unreserved kept).  Returns 0, RSL_ENOMEM, or RSL_EINVAL with

@@ -12,7 +12,10 @@
  * Each side also reports CPU time per call (getrusage of this process: the servers are
  * other processes).  The target (issue 4) is a ratio >= 0.9 for both.
  *
- * Usage: bench_io [--smoke] [--inflight N] [--calls N]
+ * Sides alternate over --rounds (default 5); each figure is the median of the rounds, and
+ * the ratio is taken round by round (its median, lowest and highest are printed).
+ *
+ * Usage: bench_io [--smoke] [--inflight N] [--calls N] [--rounds N]
  *                 [--profile http|redis|plain-http|plain-uv|plain-redis]
  */
 #include "resilua.h"
@@ -60,6 +63,48 @@ typedef struct run {
 static void report(const char *what, const run *r) {
     printf("  %-34s %9.0f calls/s  %6.1f us CPU/call  (%d calls, %d not ok)\n", what,
            r->n / r->wall, r->cpu / r->n * 1e6, r->n, r->failed);
+}
+
+/* Rounds alternate the sides, so a noisy stretch of the machine hits both; the figures
+ * are medians over the rounds. */
+#define MAX_ROUNDS 15
+static int rounds = 5;
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n) {
+    qsort(v, (size_t)n, sizeof(*v), cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* One side over the rounds: median calls/s and CPU per call, as one run to report. */
+static run median_run(const run *r, int n) {
+    double rate[MAX_ROUNDS], cpu[MAX_ROUNDS];
+    int failed = 0;
+    for (int i = 0; i < n; i++) {
+        rate[i] = r[i].n / r[i].wall;
+        cpu[i] = r[i].cpu / r[i].n;
+        failed += r[i].failed;
+    }
+    run m = {.n = r[0].n, .failed = failed};
+    m.wall = m.n / median(rate, n);
+    m.cpu = median(cpu, n) * m.n;
+    return m;
+}
+
+/* The ratio of calls/s of a to b, round by round: median, min and max. */
+static void print_ratio(const char *what, const run *a, const run *b, int n) {
+    double q[MAX_ROUNDS], c[MAX_ROUNDS];
+    for (int i = 0; i < n; i++) {
+        q[i] = (a[i].n / a[i].wall) / (b[i].n / b[i].wall);
+        c[i] = (a[i].cpu / a[i].n) / (b[i].cpu / b[i].n);
+    }
+    double cm = median(c, n), qm = median(q, n); /* sorts q: min and max at its ends */
+    printf("  ratio (%s): %.2f calls/s (rounds %.2f..%.2f), %.2f CPU per call\n", what, qm,
+           q[0], q[n - 1], cm);
 }
 
 /* ---- plain libcurl multi ----------------------------------------------------------------- */
@@ -383,13 +428,17 @@ int main(int argc, char **argv) {
             inflight = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--calls") == 0 && i + 1 < argc) {
             ncalls = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--rounds") == 0 && i + 1 < argc) {
+            rounds = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--profile") == 0 && i + 1 < argc) {
             profile = argv[++i]; /* one side only, for perf: see Usage */
         }
     }
     if (smoke) {
         ncalls = 2000;
+        rounds = 1;
     }
+    rounds = rounds < 1 ? 1 : rounds > MAX_ROUNDS ? MAX_ROUNDS : rounds;
     if (inflight < 1) {
         inflight = 1;
     }
@@ -445,22 +494,26 @@ int main(int argc, char **argv) {
         rsl_redis_stop(&rs);
         return 0;
     }
-    printf("bench_io: %d calls, %d in flight, 1 worker; servers on loopback\n", ncalls, inflight);
+    printf("bench_io: %d calls per side per round, %d rounds, %d in flight, 1 worker; "
+           "servers on loopback\n",
+           ncalls, rounds, inflight);
     /* Warm both sides (connections opened, caches hot), then measure. */
     plain_curl(url, inflight * 4);
     plain_uv(url, inflight * 4);
     through_resilua(rt, "http", inflight * 4);
-    run pc = plain_curl(url, ncalls);
-    run pu = plain_uv(url, ncalls);
-    run rh = through_resilua(rt, "http", ncalls);
-    printf("HTTP (examples/flaky, fast mode)\n");
+    run pcs[MAX_ROUNDS], pus[MAX_ROUNDS], rhs[MAX_ROUNDS];
+    for (int i = 0; i < rounds; i++) {
+        pcs[i] = plain_curl(url, ncalls);
+        pus[i] = plain_uv(url, ncalls);
+        rhs[i] = through_resilua(rt, "http", ncalls);
+    }
+    run pc = median_run(pcs, rounds), pu = median_run(pus, rounds), rh = median_run(rhs, rounds);
+    printf("HTTP (examples/flaky, fast mode), medians of the rounds\n");
     report("plain libcurl multi loop", &pc);
     report("plain libcurl multi_socket (libuv)", &pu);
     report("resilua r.http", &rh);
-    printf("  ratio (resilua / plain): %.2f calls/s, %.2f CPU per call\n",
-           (rh.n / rh.wall) / (pc.n / pc.wall), (rh.cpu / rh.n) / (pc.cpu / pc.n));
-    printf("  ratio (resilua / plain libuv): %.2f calls/s, %.2f CPU per call\n",
-           (rh.n / rh.wall) / (pu.n / pu.wall), (rh.cpu / rh.n) / (pu.cpu / pu.n));
+    print_ratio("resilua / plain", rhs, pcs, rounds);
+    print_ratio("resilua / plain libuv", rhs, pus, rounds);
 
     /* Redis: the runtime's connection comes up in the background; give it a moment. */
     rsl_req *one = rsl_req_new();
@@ -478,13 +531,16 @@ int main(int argc, char **argv) {
     rsl_req_free(one);
     plain_hiredis(rs.port, inflight * 4);
     through_resilua(rt, "redis", inflight * 4);
-    run ph = plain_hiredis(rs.port, ncalls);
-    run rr = through_resilua(rt, "redis", ncalls);
-    printf("Redis (GET of one key)\n");
+    run phs[MAX_ROUNDS], rrs[MAX_ROUNDS];
+    for (int i = 0; i < rounds; i++) {
+        phs[i] = plain_hiredis(rs.port, ncalls);
+        rrs[i] = through_resilua(rt, "redis", ncalls);
+    }
+    run ph = median_run(phs, rounds), rr = median_run(rrs, rounds);
+    printf("Redis (GET of one key), medians of the rounds\n");
     report("plain hiredis async (libuv)", &ph);
     report("resilua r.redis", &rr);
-    printf("  ratio (resilua / plain): %.2f calls/s, %.2f CPU per call\n",
-           (rr.n / rr.wall) / (ph.n / ph.wall), (rr.cpu / rr.n) / (ph.cpu / ph.n));
+    print_ratio("resilua / plain", rrs, phs, rounds);
 
     int bad = pc.failed + pu.failed + rh.failed + ph.failed + rr.failed;
     rsl_close(rt);

@@ -61,10 +61,8 @@ static void on_got(void *ud, rsl__http_res *res) {
         if (strcasecmp(res->headers[i].name, "content-type") == 0) {
             snprintf(g->ctype, sizeof(g->ctype), "%s", res->headers[i].value);
         }
-        free(res->headers[i].name);
-        free(res->headers[i].value);
     }
-    free(res->headers);
+    free(res->headers); /* packed: one allocation */
     res->headers = NULL;
     res->nheaders = 0;
 }
