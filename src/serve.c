@@ -79,7 +79,7 @@ static const int reject_status[] = {
 #undef X_
 };
 
-enum { T_NONE, T_IDLE, T_READING, T_WRITING, T_LINGER };
+enum { T_NONE, T_IDLE, T_READING, T_WRITING, T_LINGER, T_WRITTEN };
 
 /* After refusing a request the server closes the connection, but a client still sending
  * its body would then get a reset that can destroy the answer before it reads it: the
@@ -376,8 +376,8 @@ static void start_linger(conn *c) {
     want_read(c);
 }
 
-static void on_written(uv_write_t *wr, int status) {
-    conn *c = wr->data;
+/* The answer is written (or failed): on to the next request, or close. */
+static void written(conn *c, int status) {
     free(c->out);
     c->out = NULL;
     if (c->closing) {
@@ -394,6 +394,10 @@ static void on_written(uv_write_t *wr, int status) {
     c->busy = 0;
     timer_set(c, T_NONE, 0);
     drive(c);
+}
+
+static void on_written(uv_write_t *wr, int status) {
+    written(wr->data, status);
 }
 
 typedef struct outbuf {
@@ -500,6 +504,20 @@ static void answer_send(conn *c, outbuf *b, int status, const char *body, size_t
     }
     c->out = b->p;
     uv_buf_t buf = uv_buf_init(b->p, (unsigned)b->len);
+    /* Most answers fit the socket's buffer: written here, and what follows a write left
+     * to a 0 ms timer, as libuv defers a write callback to the next loop turn.  A queued
+     * uv_write that completes at once still costs an epoll_ctl per answer (libuv 1.44
+     * re-registers the fd when its write queue empties). */
+    int n = uv_try_write((uv_stream_t *)&c->tcp, &buf, 1);
+    if (n == (int)b->len) {
+        c->timer_state = T_WRITTEN;
+        uv_timer_start(&c->timer, on_timer, 0, 0);
+        return;
+    }
+    if (n > 0) {
+        buf.base += n;
+        buf.len -= (size_t)n;
+    }
     c->wr.data = c;
     if (uv_write(&c->wr, (uv_stream_t *)&c->tcp, &buf, 1, on_written) < 0) {
         free(c->out);
@@ -1230,6 +1248,9 @@ static void on_timer(uv_timer_t *t) {
     case T_WRITING:
     case T_LINGER:
         conn_close(c);
+        break;
+    case T_WRITTEN:
+        written(c, 0);
         break;
     }
 }

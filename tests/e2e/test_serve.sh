@@ -36,6 +36,9 @@ r.policy "teapot" { steps = { a = r.stub { status = 418, body = "short and stout
 
 r.policy "slow" { steps = { a = r.stub { body = "slow done", fault = { delay = "500ms", delay_percent = 100 } } } }
 
+-- 3 MB: more than a loopback socket takes at once from a client that is not reading.
+r.policy "big" { steps = { a = r.stub { body = string.rep("x", 3000000) .. "end" } } }
+
 r.expose {
   ["GET /users/:id"] = "echo",
   ["POST /orders/:id/items/:name"] = "echo",
@@ -327,6 +330,27 @@ get --data-binary @"$TMP/big" -H "Expect: 100-continue" "/call/echo?id=big"
 elapsed=$((($(date +%s%N) - start) / 1000000))
 expect_code 200
 [ "$elapsed" -lt 900 ] || fail "took ${elapsed} ms: the 100 Continue did not come"
+ok
+
+t "an answer larger than the socket takes at once, to a client that reads late, pipelined"
+py <<'PY'
+import os, socket, time
+s = socket.create_connection(("127.0.0.1", int(os.environ["PORT"])), timeout=10)
+s.sendall(b"GET /call/big HTTP/1.1\r\nHost: x\r\n\r\n" * 2 + b"GET /call/teapot HTTP/1.1\r\nHost: x\r\n\r\n")
+time.sleep(0.5)  # the server writes what fits and queues the rest
+data = b""
+while data.count(b"short and stout") == 0:
+    chunk = s.recv(1 << 20)
+    assert chunk, "connection closed after %d bytes" % len(data)
+    data += chunk
+answers = data.split(b"HTTP/1.1 ")[1:]
+assert len(answers) == 3, [a[:40] for a in answers]
+for a in answers[:2]:
+    head, body = a.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"200 ") and b"Content-Length: 3000003" in head, head
+    assert len(body) == 3000003 and body.endswith(b"end"), len(body)
+assert answers[2].startswith(b"418 "), answers[2][:40]
+PY
 ok
 
 t "a client that goes away mid-call cancels its call"
