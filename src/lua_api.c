@@ -396,16 +396,10 @@ static void read_result(lua_State *L, int idx, rsl__answer *ans) {
 
     lua_getfield(L, idx, "headers");
     if (lua_istable(L, -1)) {
-        int n = 0;
-        lua_pushnil(L);
-        while (lua_next(L, -2)) {
-            n++;
-            lua_pop(L, 1);
-        }
         rsl__buf pairs = {0};
         int np = 0, oom = 0;
         lua_pushnil(L);
-        while (n && lua_next(L, -2)) {
+        while (lua_next(L, -2)) {
             if (lua_type(L, -2) == LUA_TSTRING && lua_isstring(L, -1)) {
                 const char *k = lua_tostring(L, -2), *v = lua_tostring(L, -1);
                 oom |= rsl__buf_append(&pairs, k, strlen(k) + 1) < 0 ||

@@ -460,8 +460,8 @@ static int answer_status(int status) {
 static void answer_begin(outbuf *b, int status, size_t reserve) {
     status = answer_status(status);
     /* The status line, the length and connection lines and their CRLFs fit in 128 bytes
-     * beside what the caller reserves.  Formatted by hand: vsnprintf was a tenth of the
-     * sidecar's own CPU per request (callgrind). */
+     * beside what the caller reserves.  Formatted by hand: vsnprintf was about 7% of the
+     * sidecar's instructions per proxied request (callgrind). */
     memset(b, 0, sizeof(*b));
     b->oom = grow(&b->p, &b->cap, 128 + reserve) < 0;
     out_add(b, "HTTP/1.1 ", 9);
