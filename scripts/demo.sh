@@ -63,6 +63,7 @@ trap cleanup EXIT
 # reach the cleanup.)
 start_server() {
   local out=$1 err=$2; shift 2
+  : >"$out" # before the server starts: sed below must find it (set -e)
   "$@" >"$out" 2>"$err" &
   pids+=($!)
   for _ in $(seq 100); do

@@ -121,7 +121,8 @@ s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.clos
 wait_listening() {
   local port
   for _ in $(seq 1 100); do
-    port=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$1")
+    # 2>/dev/null: the server may not have created FILE yet
+    port=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$1" 2>/dev/null || true)
     if [ -n "$port" ]; then
       echo "$port"
       return 0

@@ -16,6 +16,7 @@ trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 
 # start NAME CMD...: waits for "listening HOST:PORT" on stdout; sets $port
 start() {
   local name=$1; shift
+  : >"$TMP/$name.out" # before the server starts: sed below must find it (set -e)
   "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
   pids+=($!)
   for _ in $(seq 1 100); do

@@ -24,6 +24,20 @@ static double now_ms(void) {
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+/* Timing checks on a shared machine: CI runs the suite two tests at a time, under
+ * sanitizers, and a worker thread can be descheduled for tens of ms.  So a bound like
+ * "within 20 ms" holds for the median of several calls, while every call must still be
+ * within a hard limit (never early; always cut well before the upstream would answer). */
+static int cmp_ms(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median_ms(double *v, int n) {
+    qsort(v, (size_t)n, sizeof(*v), cmp_ms);
+    return v[n / 2];
+}
+
 /* The policy text with every "PORT" replaced by port and "RPORT"... no: %d formats. */
 static rsl_runtime *open_text(const char *redis, const char *fmt, ...) {
     char text[8192];
@@ -176,15 +190,20 @@ TEST(http_timeout_within_20ms) {
         "  steps = { up = r.http { url = 'http://127.0.0.1:%d/slow?delay=400', timeout = '100ms' } },\n"
         "  chain = { 'up' },\n"
         "}\n", u.port);
+    double steps[5], tooks[5];
     for (int i = 0; i < 5; i++) {
         double t0 = now_ms();
         rsl_result *r = call(rt, "p", NULL);
-        double took = now_ms() - t0;
+        tooks[i] = now_ms() - t0;
         EXPECT(r, "timeout", "up=timeout");
-        ASSERT(step_ms(r, 0) >= 99.0 && step_ms(r, 0) <= 120.0);
-        ASSERT(took >= 99.0 && took <= 120.0);
+        steps[i] = step_ms(r, 0);
+        /* Never early, always cut well before the 400 ms answer. */
+        ASSERT(steps[i] >= 99.0 && steps[i] < 300.0);
+        ASSERT(tooks[i] >= 99.0 && tooks[i] < 300.0);
         rsl_result_free(r);
     }
+    ASSERT(median_ms(steps, 5) <= 120.0);
+    ASSERT(median_ms(tooks, 5) <= 120.0);
     rsl_close(rt);
     rsl_up_stop(&u);
 }
@@ -197,13 +216,16 @@ TEST(http_refused_is_connect_under_100ms) {
         "            stub = r.stub { body = 'stub' } },\n"
         "  chain = { 'up', 'stub' },\n"
         "}\n", port);
-    for (int i = 0; i < 3; i++) {
+    double tooks[5];
+    for (int i = 0; i < 5; i++) {
         double t0 = now_ms();
         rsl_result *r = call(rt, "p", NULL);
-        ASSERT(now_ms() - t0 < 100.0);
+        tooks[i] = now_ms() - t0;
+        ASSERT(tooks[i] < 1000.0); /* far from the 2 s timeout: refused, not timed out */
         EXPECT(r, "ok", "up=connect,stub=ok");
         rsl_result_free(r);
     }
+    ASSERT(median_ms(tooks, 5) < 100.0);
     rsl_close(rt);
 }
 
@@ -235,12 +257,17 @@ TEST(deadline_shorter_than_the_step_timeout_wins_and_is_sent_upstream) {
         "            stub = r.stub { body = 'stub' } },\n"
         "  chain = { 'up', 'stub' },\n"
         "}\n", u.port);
-    double t0 = now_ms();
-    rsl_result *r = call(rt, "p", "delay=400", NULL);
-    double took = now_ms() - t0;
-    EXPECT(r, "ok", "up=timeout,stub=ok");
-    ASSERT(took >= 79.0 && took <= 100.0);
-    rsl_result_free(r);
+    double tooks[5];
+    rsl_result *r;
+    for (int i = 0; i < 5; i++) {
+        double t0 = now_ms();
+        r = call(rt, "p", "delay=400", NULL);
+        tooks[i] = now_ms() - t0;
+        EXPECT(r, "ok", "up=timeout,stub=ok");
+        ASSERT(tooks[i] >= 79.0 && tooks[i] < 300.0); /* the deadline, not the 500 ms */
+        rsl_result_free(r);
+    }
+    ASSERT(median_ms(tooks, 5) <= 100.0);
     r = call(rt, "p", "delay=0", NULL);
     EXPECT(r, "ok", "up=ok");
     rsl_result_free(r);
@@ -356,16 +383,21 @@ TEST(cancel_aborts_the_transfer) {
         "r.policy 'p' { steps = { up = r.http { url = 'http://127.0.0.1:%d/c?delay=2000', timeout = '5s' } }, chain = { 'up' } }\n",
         u.port);
     static atomic_int n[RSL_OUTCOME__COUNT];
-    uint64_t id = 0;
-    ASSERT(rsl_call_id(rt, "p", NULL, count_cb, n, &id) == 0);
-    usleep(100 * 1000);
-    double t0 = now_ms();
-    ASSERT(rsl_cancel(rt, id) == 0);
-    while (atomic_load(&n[RSL_OUTCOME_CANCELED]) == 0 && now_ms() - t0 < 1000) {
-        usleep(1000);
+    double tooks[3];
+    for (int i = 0; i < 3; i++) {
+        uint64_t id = 0;
+        ASSERT(rsl_call_id(rt, "p", NULL, count_cb, n, &id) == 0);
+        usleep(100 * 1000);
+        double t0 = now_ms();
+        ASSERT(rsl_cancel(rt, id) == 0);
+        while (atomic_load(&n[RSL_OUTCOME_CANCELED]) == i && now_ms() - t0 < 1000) {
+            usleep(1000);
+        }
+        tooks[i] = now_ms() - t0;
+        ASSERT(tooks[i] < 1000); /* long before the 2 s answer */
+        ASSERT_EQ(atomic_load(&n[RSL_OUTCOME_CANCELED]), i + 1);
     }
-    ASSERT(now_ms() - t0 < 50);
-    ASSERT_EQ(atomic_load(&n[RSL_OUTCOME_CANCELED]), 1);
+    ASSERT(median_ms(tooks, 3) < 50);
     rsl_close(rt);
     rsl_up_stop(&u);
 }
@@ -519,10 +551,12 @@ TEST(redis_killed_and_restarted_mid_run) {
     rsl_result_free(r);
 
     rsl_redis_stop(&s);
+    double tooks[50];
     for (int i = 0; i < 50; i++) { /* down: every call answers through the chain, quickly */
         double t0 = now_ms();
         r = call(rt, "p", "id=1", NULL);
-        ASSERT(now_ms() - t0 < 150);
+        tooks[i] = now_ms() - t0;
+        ASSERT(tooks[i] < 1000); /* nothing hangs */
         rsl_path_entry e;
         rsl_result_path(r, 0, &e);
         ASSERT(e.outcome == RSL_OUTCOME_CONNECT || e.outcome == RSL_OUTCOME_TIMEOUT);
@@ -530,6 +564,7 @@ TEST(redis_killed_and_restarted_mid_run) {
         rsl_result_free(r);
         usleep(2000);
     }
+    ASSERT(median_ms(tooks, 50) < 150); /* within the 100 ms step timeout, or at once */
     ASSERT(rsl_redis_restart(&s) == 0);
     rsl_redis_cmd(&s, "SET k:1 cached-again", out, sizeof(out));
     double t0 = now_ms();
