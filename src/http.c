@@ -258,8 +258,9 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
         return len;
     }
     const char *colon = memchr(p, ':', len);
-    if (!colon || colon == p) {
-        return len; /* the blank line that ends the headers, or a malformed line */
+    if (!colon || colon == p || memchr(p, 0, len)) {
+        return len; /* the blank line that ends the headers, or a malformed line (a NUL
+                       would also split the packed name/value pairs wrongly) */
     }
     const char *v = colon + 1, *end = p + len;
     while (v < end && is_space(*v)) {

@@ -282,6 +282,77 @@ TEST(refused_is_connect_under_100ms) {
     env_close(&e);
 }
 
+/* A server that answers its first n connections with raw bytes, one answer each (for
+ * answers examples/flaky would never give).  A forked child on a loopback port. */
+typedef struct raw_answer {
+    const char *p;
+    size_t len;
+} raw_answer;
+
+static int raw_server(const raw_answer *a, int n, pid_t *pid) {
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ASSERT(bind(l, (struct sockaddr *)&sa, sizeof(sa)) == 0);
+    ASSERT(listen(l, 16) == 0);
+    socklen_t len = sizeof(sa);
+    getsockname(l, (struct sockaddr *)&sa, &len);
+    *pid = fork();
+    ASSERT(*pid >= 0);
+    if (*pid == 0) {
+        alarm(10); /* never outlives the test */
+        for (int i = 0; i < n; i++) {
+            int c = accept(l, NULL, NULL);
+            char buf[4096];
+            if (c < 0 || read(c, buf, sizeof(buf)) <= 0 || write(c, a[i].p, a[i].len) < 0) {
+                _exit(1);
+            }
+            shutdown(c, SHUT_WR);
+            while (read(c, buf, sizeof(buf)) > 0) {
+            }
+            close(c);
+        }
+        _exit(0);
+    }
+    close(l);
+    return ntohs(sa.sin_port);
+}
+
+#define RAW(s) {s, sizeof(s) - 1}
+
+/* Malformed answers are the outcome `error` with curl's reason, and the client serves on. */
+TEST(malformed_answers_are_errors_and_the_client_serves_on) {
+    static const raw_answer answers[] = {
+        RAW("hello, this is not HTTP\r\n\r\n"),
+        RAW("HTTP/1.1 200 OK\r\nX-A: a\0b\r\nContent-Length: 2\r\n\r\nok"),
+        RAW("HTTP/1.1 abc Nope\r\nContent-Length: 2\r\n\r\nok"),
+        RAW("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"),
+    };
+    int n = (int)(sizeof(answers) / sizeof(answers[0]));
+    pid_t pid;
+    int port = raw_server(answers, n, &pid);
+    env e;
+    env_open(&e, "", 0);
+    char url[128];
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/x", port);
+    for (int i = 0; i < n; i++) {
+        rsl__http_req r = {.method = "GET", .url = url, .timeout_ns = 2000 * MS};
+        got g;
+        fetch(&e, &r, &g);
+        /* The first three are answers curl refuses; the last one is cut short. */
+        ASSERT_EQ(g.outcome, i < 3 ? RSL_OUTCOME_ERROR : RSL_OUTCOME_CONNECT);
+        ASSERT(g.error && *g.error);
+        got_free(&g);
+    }
+    int st = 0;
+    ASSERT_EQ(waitpid(pid, &st, 0), pid);
+    ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    got g;
+    get(&e, "/after", 1000 * MS, &g);
+    ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
+    got_free(&g);
+    env_close(&e);
+}
+
 TEST(closed_without_answer_is_connect) {
     env e;
     env_open(&e, "", 0);
