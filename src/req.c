@@ -114,6 +114,11 @@ const char *rsl_req_get(const rsl_req *r, const char *name, size_t *len) {
 }
 
 rsl_req *rsl__req_dup(const rsl_req *r) {
+    size_t size = 0;
+    return rsl__req_copy(r, NULL, &size);
+}
+
+rsl_req *rsl__req_copy(const rsl_req *r, rsl_req *into, size_t *size) {
     size_t need = sizeof(rsl_req);
     int n = r ? r->nattrs : 0;
     need += (size_t)n * sizeof(rsl__attr);
@@ -121,9 +126,14 @@ rsl_req *rsl__req_dup(const rsl_req *r) {
         need += r->attrs[i].nlen + r->attrs[i].vlen + 2;
     }
     need += (r && r->body ? r->body_len : 0) + 1;
-    rsl_req *c = malloc(need);
-    if (!c) {
-        return NULL;
+    rsl_req *c = into;
+    if (!c || *size < need) {
+        free(into);
+        c = malloc(need);
+        *size = c ? need : 0;
+        if (!c) {
+            return NULL;
+        }
     }
     c->attrs = (rsl__attr *)(c + 1);
     c->nattrs = c->cap = n;

@@ -25,5 +25,9 @@ struct rsl_req {
 
 /* A deep copy in one block (free with rsl_req_free). NULL on no memory. */
 rsl_req *rsl__req_dup(const rsl_req *r);
+/* The same copy made in `into` (a block of *size bytes from an earlier copy, may be NULL)
+ * when it is large enough, else in a new block (`into` is then freed); *size is set to the
+ * block's size.  NULL on no memory (`into` freed). */
+rsl_req *rsl__req_copy(const rsl_req *r, rsl_req *into, size_t *size);
 
 #endif

@@ -659,8 +659,9 @@ int rsl__call_new(struct rsl_runtime *rt, const char *policy, const rsl_req *req
         rsl__genr_unref(G);
         return RSL_ENOENT;
     }
-    rsl__call *c = calloc(1, sizeof(*c));
-    if (!c) {
+    rsl__worker *self = rsl__worker_self(); /* its kept call objects: see chain.c */
+    rsl__call *c = self && self->rt == rt ? rsl__call_spare(self) : NULL;
+    if (!c && !(c = calloc(1, sizeof(*c)))) {
         rsl__genr_unref(G);
         return RSL_ENOMEM;
     }
@@ -673,12 +674,13 @@ int rsl__call_new(struct rsl_runtime *rt, const char *policy, const rsl_req *req
     c->cb = cb;
     c->ud = ud;
     c->id = atomic_fetch_add_explicit(&rt->next_id, 1, memory_order_relaxed) + 1;
-    c->req = rsl__req_dup(req);
-    c->res = c->req ? rsl__result_new(c) : NULL;
-    if (!c->res) {
+    c->req = rsl__req_copy(req, c->req, &c->req_size);
+    rsl_result *r = c->req ? rsl__result_new(c) : NULL;
+    if (!r) {
         rsl__call_free(c);
         return RSL_ENOMEM;
     }
+    c->res = r;
     *out = c;
     return 0;
 }

@@ -108,6 +108,7 @@ typedef struct rsl__entry {
 
 struct rsl_result {
     char *names;  /* the policy and step names, copied when the call finishes */
+    size_t names_size; /* names' allocation, kept when the call object is reused */
     rsl__genr *G; /* only when that copy failed: a reference keeping the names alive */
     const char *policy;
     int status;
@@ -144,6 +145,7 @@ typedef struct rsl__call {
     rsl__policy *p;
     int pidx;
     rsl_req *req;                     /* frozen copy, owned */
+    size_t req_size;                  /* req's allocation (reused by the next call) */
     rsl_call_cb cb;
     void *ud;
     int cb_keeps_result;              /* the callback takes the result (rsl_call_sync) */
@@ -184,6 +186,11 @@ void rsl__call_host_answered(rsl_step_call *sc);
 /* Completes a call that never started (queued at close): outcome canceled. */
 void rsl__call_abort(rsl__call *c, rsl_outcome o, const char *msg);
 void rsl__call_free(rsl__call *c);
+/* A finished call's object kept by worker w for its next call (its buffers, result and
+ * request block with it), zeroed but for those; NULL when w keeps none.  w's thread. */
+rsl__call *rsl__call_spare(rsl__worker *w);
+/* Frees the objects w keeps (w's thread, as it stops). */
+void rsl__call_drop_spares(rsl__worker *w);
 /* The result a call fills; made with the call so that running out of memory fails
  * rsl_call instead of losing a callback.  Names are borrowed from the generation until
  * the call finishes, then copied: a result may outlive its runtime. */
@@ -227,6 +234,8 @@ struct rsl__worker {
     rsl__msg stop; /* RSL_MSG_STOP, posted once by rsl__worker_join */
     rsl__http *http;   /* made on first use; closed when the worker stops */
     rsl__redis *redis; /* made at start when the runtime has Redis */
+    rsl__call *spare;  /* finished calls' objects kept for reuse (chain.c) */
+    int nspare;
     uv_sem_t ready;
 };
 

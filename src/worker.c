@@ -136,6 +136,7 @@ static void maybe_finish(rsl__worker *w) {
         rsl__redis_close(w->redis);
         w->redis = NULL;
     }
+    rsl__call_drop_spares(w); /* calls freed from now on are not kept */
     uv_close((uv_handle_t *)&w->async, w->attached ? on_attached_closed : NULL);
 }
 
@@ -282,6 +283,8 @@ int rsl__worker_start(rsl__worker *w, struct rsl_runtime *rt, int index) {
     w->calls = NULL;
     w->ncalls = 0;
     w->stopping = 0;
+    w->spare = NULL;
+    w->nspare = 0;
     rsl__queue_init(&w->q);
     w->loop = &w->own_loop;
     w->attached = 0;
@@ -321,6 +324,8 @@ int rsl__worker_attach(rsl__worker *w, struct rsl_runtime *rt, uv_loop_t *loop) 
     w->calls = NULL;
     w->ncalls = 0;
     w->stopping = 0;
+    w->spare = NULL;
+    w->nspare = 0;
     w->loop = loop;
     w->attached = 1;
     rsl__queue_init(&w->q);

@@ -10,6 +10,9 @@
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 static _Atomic int64_t fake_now = 1000000000000; /* 1000 s: far from 0 */
@@ -550,6 +553,115 @@ TEST(close_completes_every_call_once) {
     for (int i = 0; i < 10; i++) {
         ASSERT_EQ(rsl_step_answer(parked[i], 200, "late", 4), RSL_EALREADY);
     }
+}
+
+/* Calls made on a worker (here: each callback makes the next call) reuse the objects of
+ * finished calls with their buffers, request block and result: nothing of an earlier call
+ * may show in a later one, whatever the sizes (bodies, attributes and names growing and
+ * shrinking, some past what is kept). */
+#define REUSE_CALLS 600
+
+static struct {
+    rsl_runtime *rt;
+    _Atomic int done;
+    int bad;
+    char first_bad[256];
+} reuse;
+
+static void reuse_next(int i);
+
+static void reuse_bad(int i, const char *what) {
+    if (!reuse.bad++) {
+        snprintf(reuse.first_bad, sizeof(reuse.first_bad), "call %d: %.200s", i, what);
+    }
+}
+
+static size_t reuse_pad(int i) {
+    return i % 7 == 0 ? 10000 + (size_t)i : 1 + (size_t)(i % 50) * 40;
+}
+
+static void reuse_cb(const rsl_result *r, void *ud) {
+    int i = (int)(intptr_t)ud;
+    char path[512], want[64];
+    path_str(r, path, sizeof(path));
+    size_t len;
+    const char *body = rsl_result_body(r, &len);
+    rsl_path_entry e;
+    switch (i % 3) {
+    case 0: /* the attribute comes back as the body, with one header */
+        if (strcmp(path, "echo=ok") != 0 || len != reuse_pad(i) + 1 || body[len - 1] != '!' ||
+            rsl_result_header_count(r) != 1 || rsl_result_degraded(r) ||
+            strcmp(rsl_result_policy(r), "a") != 0) {
+            reuse_bad(i, path);
+        }
+        break;
+    case 1: /* a failure with its message, then a stub without headers */
+        snprintf(want, sizeof(want), "no %d", i);
+        rsl_result_path(r, 0, &e);
+        if (strcmp(path, "fails=5xx,stub=ok") != 0 || strcmp(body, "b") != 0 ||
+            !e.error || strcmp(e.error, want) != 0 || rsl_result_header_count(r) != 0 ||
+            !rsl_result_degraded(r)) {
+            reuse_bad(i, path);
+        }
+        break;
+    default: /* long names, an empty body */
+        rsl_result_path(r, 0, &e);
+        if (strcmp(path, "a_step_with_a_rather_long_name=ok") != 0 || len != 0 ||
+            e.error || strcmp(rsl_result_policy(r), "a_much_longer_policy_name") != 0 ||
+            strcmp(rsl_result_served_by(r), "a_step_with_a_rather_long_name") != 0) {
+            reuse_bad(i, path);
+        }
+    }
+    if (i + 1 < REUSE_CALLS) {
+        reuse_next(i + 1);
+    }
+    atomic_fetch_add(&reuse.done, 1);
+}
+
+static void reuse_next(int i) {
+    static const char *const policies[] = {"a", "f", "a_much_longer_policy_name"};
+    rsl_req *req = rsl_req_new();
+    if (i % 3 == 0) {
+        size_t n = reuse_pad(i);
+        char *pad = malloc(n);
+        memset(pad, 'x', n);
+        rsl_req_set(req, "pad", pad, n);
+        rsl_req_set_body(req, pad, n / 2);
+        free(pad);
+    } else {
+        char v[16];
+        snprintf(v, sizeof(v), "%d", i);
+        rsl_req_set(req, "n", v, strlen(v));
+    }
+    if (rsl_call(reuse.rt, policies[i % 3], req, reuse_cb, (void *)(intptr_t)i) != 0) {
+        reuse_bad(i, "rsl_call failed");
+        atomic_store(&reuse.done, REUSE_CALLS);
+    }
+    rsl_req_free(req);
+}
+
+TEST(calls_made_on_a_worker_reuse_objects_and_carry_nothing_over) {
+    reuse.rt = open_policy(
+        "local r = require 'resilua'\n"
+        "r.policy 'a' { steps = { echo = r.lua(function(req)\n"
+        "    return { body = req.pad .. '!', headers = { ['X-Len'] = tostring(#req.pad) } } end) } }\n"
+        "r.policy 'f' {\n"
+        "  steps = { fails = r.lua(function(req) return nil, '5xx', 'no ' .. req.n end),\n"
+        "            stub = r.stub { body = 'b' } },\n"
+        "  chain = { 'fails', 'stub' } }\n"
+        "r.policy 'a_much_longer_policy_name' {\n"
+        "  steps = { a_step_with_a_rather_long_name = r.stub { body = '' } } }\n");
+    atomic_store(&reuse.done, 0);
+    reuse_next(0);
+    for (int waited = 0; atomic_load(&reuse.done) < REUSE_CALLS && waited < 10000; waited++) {
+        usleep(1000);
+    }
+    ASSERT_EQ(atomic_load(&reuse.done), REUSE_CALLS);
+    if (reuse.bad) {
+        rsl_test_fail(__FILE__, __LINE__, "%d results wrong, first: %s", reuse.bad,
+                      reuse.first_bad);
+    }
+    rsl_close(reuse.rt);
 }
 
 static rsl_runtime *shared_rt;
