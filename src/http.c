@@ -172,7 +172,12 @@ static void sock_close(rsl__http *h, sock_ctx *s) {
 static void xfer_clear(rsl__http_xfer *x) {
     curl_slist_free_all(x->hdrs);
     x->hdrs = NULL;
-    rsl__buf_free(&x->body);
+    if (x->body.cap > 16384) {
+        rsl__buf_free(&x->body); /* nor a large body's buffer */
+    } else if (x->body.p) {
+        x->body.len = 0;
+        x->body.p[0] = 0;
+    }
     if (x->rh.cap > 16384) {
         rsl__buf_free(&x->rh); /* an unusual answer's headers are not kept around */
     }
@@ -185,6 +190,7 @@ static void xfer_clear(rsl__http_xfer *x) {
 
 static void xfer_destroy(rsl__http_xfer *x) {
     xfer_clear(x);
+    rsl__buf_free(&x->body);
     rsl__buf_free(&x->rh);
     curl_easy_cleanup(x->easy);
     free(x);
@@ -269,12 +275,18 @@ static size_t on_header(char *p, size_t size, size_t n, void *ud) {
     while (end > v && is_space(end[-1])) {
         end--;
     }
-    if (rsl__buf_append(&x->rh, p, (size_t)(colon - p)) < 0 ||
-        rsl__buf_append(&x->rh, "", 1) < 0 || rsl__buf_append(&x->rh, v, (size_t)(end - v)) < 0 ||
-        rsl__buf_append(&x->rh, "", 1) < 0) {
+    size_t nlen = (size_t)(colon - p), vlen = (size_t)(end - v);
+    if (rsl__buf_reserve(&x->rh, nlen + vlen + 2) < 0) {
         x->oom = 1;
         return 0;
     }
+    char *o = x->rh.p + x->rh.len; /* "name\0value\0" */
+    memcpy(o, p, nlen);
+    o[nlen] = 0;
+    memcpy(o + nlen + 1, v, vlen);
+    o[nlen + 1 + vlen] = 0;
+    x->rh.len += nlen + vlen + 2;
+    x->rh.p[x->rh.len] = 0;
     x->nrh++;
     return len;
 }
@@ -357,7 +369,13 @@ static void finish(rsl__http *h, rsl__http_xfer *x, CURLcode code) {
 
     x->cb(x->ud, &res);
 
-    rsl__buf_free(&res.body);
+    /* What the callback left in res.body (the chain swaps in the call's empty buffer)
+     * takes the next answer of this transfer object: no allocation per answer. */
+    if (!x->body.p) {
+        x->body = res.body;
+    } else {
+        rsl__buf_free(&res.body);
+    }
     free(res.headers); /* packed, unless the callback took it */
     xfer_recycle(h, x);
 }

@@ -44,7 +44,9 @@ typedef struct rsl__http_res {
      * received); error (body over the cap, a malformed URL, anything else). */
     rsl_outcome outcome;
     int status;           /* HTTP status; 0 when none was received */
-    rsl__buf body;        /* NUL-terminated (p never NULL); the callback may steal it */
+    rsl__buf body;        /* NUL-terminated (p never NULL); the callback may steal it,
+                             and may leave a buffer of its own here (rsl__buf memory), which
+                             the client keeps for a later answer */
     rsl__header *headers; /* of the final response: names as received, values trimmed;
                              one packed allocation (tmpl.h: free() releases it); the
                              callback may steal it (set headers = NULL, nheaders = 0) */

@@ -99,7 +99,7 @@ int rsl__tmpl_is_literal(const rsl__tmpl *t) {
     return 1;
 }
 
-int rsl__buf_append(rsl__buf *b, const char *s, size_t n) {
+int rsl__buf_reserve(rsl__buf *b, size_t n) {
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 64;
         while (cap < b->len + n + 1) {
@@ -111,6 +111,13 @@ int rsl__buf_append(rsl__buf *b, const char *s, size_t n) {
         }
         b->p = p;
         b->cap = cap;
+    }
+    return 0;
+}
+
+int rsl__buf_append(rsl__buf *b, const char *s, size_t n) {
+    if (rsl__buf_reserve(b, n) < 0) {
+        return RSL_ENOMEM;
     }
     if (n) {
         memcpy(b->p + b->len, s, n);

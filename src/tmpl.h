@@ -23,6 +23,8 @@ typedef struct rsl__buf {
     size_t len, cap;
 } rsl__buf;
 int rsl__buf_append(rsl__buf *b, const char *s, size_t n);
+/* Room for n more bytes and a NUL after them: 0, or RSL_ENOMEM. */
+int rsl__buf_reserve(rsl__buf *b, size_t n);
 
 void rsl__buf_free(rsl__buf *b);
 
