@@ -202,6 +202,8 @@ grep -q '^resilua_http_rejected_total{reason="header_too_large"} 0' "$TMP/out" |
 grep -q '^resilua_breaker_state{breaker="b",state="closed"} 1' "$TMP/out" || fail "no breaker state"
 if command -v promtool >/dev/null; then
   promtool check metrics <"$TMP/out" >"$TMP/promtool" 2>&1 || { cat "$TMP/promtool" >&2; fail "promtool check metrics"; }
+elif [ -n "${CI:-}" ]; then
+  fail "promtool not installed (scripts/setup.sh installs prometheus; CI must check the format)"
 else
   echo "# promtool not installed: format not checked (scripts/setup.sh installs prometheus)"
 fi
