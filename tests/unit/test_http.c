@@ -289,13 +289,20 @@ typedef struct raw_answer {
     size_t len;
 } raw_answer;
 
-static int raw_server(const raw_answer *a, int n, pid_t *pid) {
+/* A listening socket on an ephemeral loopback port; *sa gets its address. */
+static int loopback_listener(int backlog, struct sockaddr_in *sa) {
     int l = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    ASSERT(bind(l, (struct sockaddr *)&sa, sizeof(sa)) == 0);
-    ASSERT(listen(l, 16) == 0);
-    socklen_t len = sizeof(sa);
-    getsockname(l, (struct sockaddr *)&sa, &len);
+    *sa = (struct sockaddr_in){.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    ASSERT(bind(l, (struct sockaddr *)sa, sizeof(*sa)) == 0);
+    ASSERT(listen(l, backlog) == 0);
+    socklen_t len = sizeof(*sa);
+    getsockname(l, (struct sockaddr *)sa, &len);
+    return l;
+}
+
+static int raw_server(const raw_answer *a, int n, pid_t *pid) {
+    struct sockaddr_in sa;
+    int l = loopback_listener(16, &sa);
     *pid = fork();
     ASSERT(*pid >= 0);
     if (*pid == 0) {
@@ -520,13 +527,8 @@ TEST(cancel_in_flight_never_calls_back) {
 /* A listener whose accept queue is full: the kernel drops further SYNs, so a connect to
  * it stays in progress (loopback only).  Returns the port; fds[] keeps it full. */
 static int stuck_listener(int fds[4]) {
-    int l = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    ASSERT(bind(l, (struct sockaddr *)&a, sizeof(a)) == 0);
-    ASSERT(listen(l, 0) == 0);
-    socklen_t len = sizeof(a);
-    getsockname(l, (struct sockaddr *)&a, &len);
-    fds[0] = l;
+    struct sockaddr_in a;
+    fds[0] = loopback_listener(0, &a);
     for (int i = 1; i < 4; i++) {
         fds[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
         connect(fds[i], (struct sockaddr *)&a, sizeof(a));
