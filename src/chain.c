@@ -278,12 +278,14 @@ static int waits_on_io(const rsl__step *s) {
 #define SPARE_MAX 64
 #define SPARE_BUF_MAX 8192
 
-#if defined(__has_feature)
-#if __has_feature(address_sanitizer) && !defined(__SANITIZE_ADDRESS__)
-#define __SANITIZE_ADDRESS__ 1 /* clang's way of saying it */
+#if defined(__SANITIZE_ADDRESS__) /* gcc; clang says it with __has_feature */
+#define RSL_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define RSL_ASAN 1
 #endif
 #endif
-#if defined(__SANITIZE_ADDRESS__)
+#ifdef RSL_ASAN
 #include <sanitizer/asan_interface.h>
 /* The call object, its result, request block, names and buffers: all of it. */
 static void spare_poison(rsl__call *c, int on) {
@@ -327,15 +329,6 @@ static void spare_poison(rsl__call *c, int on) {
 #define SPARE_UNPOISON(c) ((void)(c))
 #endif
 
-static void buf_keep(rsl__buf *b) {
-    if (b->cap > SPARE_BUF_MAX) {
-        rsl__buf_free(b);
-    } else if (b->p) {
-        b->len = 0;
-        b->p[0] = 0;
-    }
-}
-
 /* Back to what calloc gives, but for the buffers and names it keeps. */
 static void result_scrub(rsl_result *r) {
     for (int i = 0; i < r->npath; i++) {
@@ -349,7 +342,7 @@ static void result_scrub(rsl_result *r) {
     char *names = r->names;
     size_t names_size = r->names_size;
     memset(r, 0, sizeof(*r));
-    buf_keep(&body);
+    rsl__buf_empty(&body, SPARE_BUF_MAX);
     r->body = body;
     r->names = names;
     r->names_size = names_size;
@@ -367,7 +360,7 @@ static void call_keep(rsl__call *c, rsl__worker *w) {
     size_t req_size = c->req_size;
     memset(c, 0, sizeof(*c));
     for (int i = 0; i < 4; i++) {
-        buf_keep(&b[i]);
+        rsl__buf_empty(&b[i], SPARE_BUF_MAX);
     }
     c->ans.body = b[0];
     c->prev_ans.body = b[1];

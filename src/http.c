@@ -172,16 +172,8 @@ static void sock_close(rsl__http *h, sock_ctx *s) {
 static void xfer_clear(rsl__http_xfer *x) {
     curl_slist_free_all(x->hdrs);
     x->hdrs = NULL;
-    if (x->body.cap > 16384) {
-        rsl__buf_free(&x->body); /* nor a large body's buffer */
-    } else if (x->body.p) {
-        x->body.len = 0;
-        x->body.p[0] = 0;
-    }
-    if (x->rh.cap > 16384) {
-        rsl__buf_free(&x->rh); /* an unusual answer's headers are not kept around */
-    }
-    x->rh.len = 0;
+    rsl__buf_empty(&x->body, 16384); /* an unusual answer's buffers are not kept around */
+    rsl__buf_empty(&x->rh, 16384);
     x->nrh = 0;
     x->over_cap = x->oom = 0;
     x->cb = NULL;
@@ -370,12 +362,9 @@ static void finish(rsl__http *h, rsl__http_xfer *x, CURLcode code) {
     x->cb(x->ud, &res);
 
     /* What the callback left in res.body (the chain swaps in the call's empty buffer)
-     * takes the next answer of this transfer object: no allocation per answer. */
-    if (!x->body.p) {
-        x->body = res.body;
-    } else {
-        rsl__buf_free(&res.body);
-    }
+     * takes the next answer of this transfer object (x->body was handed over, so it is
+     * empty): no allocation per answer.  xfer_recycle empties or frees it. */
+    x->body = res.body;
     free(res.headers); /* packed, unless the callback took it */
     xfer_recycle(h, x);
 }

@@ -127,6 +127,15 @@ int rsl__buf_append(rsl__buf *b, const char *s, size_t n) {
     return 0;
 }
 
+void rsl__buf_empty(rsl__buf *b, size_t keep_max) {
+    if (b->cap > keep_max) {
+        rsl__buf_free(b);
+    } else if (b->p) {
+        b->len = 0;
+        b->p[0] = 0;
+    }
+}
+
 void rsl__buf_free(rsl__buf *b) {
     free(b->p);
     b->p = NULL;

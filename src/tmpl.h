@@ -25,6 +25,8 @@ typedef struct rsl__buf {
 int rsl__buf_append(rsl__buf *b, const char *s, size_t n);
 /* Room for n more bytes and a NUL after them: 0, or RSL_ENOMEM. */
 int rsl__buf_reserve(rsl__buf *b, size_t n);
+/* Empties b for reuse, keeping its memory unless it grew past keep_max bytes. */
+void rsl__buf_empty(rsl__buf *b, size_t keep_max);
 
 void rsl__buf_free(rsl__buf *b);
 
