@@ -104,13 +104,16 @@ LUA
 
 # A flaky upstream behind a breaker with small numbers: calls 4..7 that reach it fail, so
 # the breaker trips at call 6 (3 of 6 failed: 50%), its first probe (upstream call 7)
-# fails and re-opens it, the second (upstream call 8) succeeds and closes it.
+# fails and re-opens it, the second (upstream call 8) succeeds and closes it.  The CLI runs
+# on the real clock: the open period (1 s) is 20 of the test's intervals (50 ms), so a
+# call lands in it unless the machine stalls for a second, and a slow machine only spaces
+# the calls further apart, which leaves more closed calls at the end, never fewer.
 policy "$P" flaky.lua <<'LUA'
 local r = require "resilua"
 
 r.breaker "flaky-api" {
   window = "10s", buckets = 10, min_calls = 5, failure_rate = 50,
-  open_for = "300ms", backoff = { factor = 1, max = "1s", jitter = 0 }, probes = 1,
+  open_for = "1s", backoff = { factor = 1, max = "1s", jitter = 0 }, probes = 1,
 }
 
 local n = 0
@@ -223,12 +226,12 @@ expect_rc 0
 expect_json 'R[0]["served_by"] == "b"' "pcall cannot catch the limit"
 ok
 
-t "-n 30 --interval 50ms: the breaker trips, rejects, and recovers"
+t "-n 60 --interval 50ms: the breaker trips, rejects, and recovers"
 start=$(date +%s%N)
-run call -p "$P" -n 30 --interval 50ms flaky
+run call -p "$P" -n 60 --interval 50ms flaky
 end=$(date +%s%N)
 expect_rc 1
-expect_json 'len(R) == 30'
+expect_json 'len(R) == 60'
 expect_json 'all(path(r) == "primary=ok" for r in R[:3])' "calls 1-3 ok"
 expect_json 'first(lambda r: path(r) == "primary=5xx,stub=5xx") == 3' "call 4 fails over to the stub"
 expect_json 'first(lambda r: entry(r, "primary")["outcome"] == "rejected") is not None' "the breaker trips"
@@ -236,7 +239,7 @@ expect_json 'first(lambda r: path(r) == "primary=ok", first(lambda r: entry(r, "
 expect_json 'first(lambda r: entry(r, "primary")["outcome"] == "rejected", first(lambda r: path(r) == "primary=5xx,stub=5xx", first(lambda r: entry(r, "primary")["outcome"] == "rejected"))) is not None' "a failed probe re-opens it"
 expect_json 'all(path(r) == "primary=ok" for r in R[-3:])' "closed again at the end"
 expect_json 'all(r["served_by"] == "stub" and r["degraded"] for r in R if entry(r, "primary")["outcome"] == "rejected")' "rejected calls are served by the stub"
-[ $(((end - start) / 1000000)) -ge 1400 ] || fail "29 intervals of 50ms took only $(((end - start) / 1000000)) ms"
+[ $(((end - start) / 1000000)) -ge 2900 ] || fail "59 intervals of 50ms took only $(((end - start) / 1000000)) ms"
 ok
 
 t "--interval units"
@@ -248,16 +251,31 @@ run call -p "$P" -n 2 --interval=1ms echo
 expect_rc 0
 ok
 
+# wait_lines FILE N: until FILE has N lines (30 s at most)
+wait_lines() {
+  for _ in $(seq 1 300); do
+    [ "$(wc -l <"$1")" -ge "$2" ] && return 0
+    sleep 0.1
+  done
+  fail "$1 never had $2 lines: $(cat "$1")"
+}
+
 t "results are flushed line by line"
 set +e
-"$RESILUA" call -p "$P" -n 4 --interval 400ms echo >"$TMP/stream" 2>"$TMP/err" &
+# The second call is a minute away: the first line must show while the process runs.
+"$RESILUA" call -p "$P" -n 2 --interval 60s echo >"$TMP/stream" 2>"$TMP/err" &
 pid=$!
 set -e
-sleep 0.6
-lines=$(wc -l <"$TMP/stream")
-wait "$pid" || fail "streaming call failed"
-[ "$lines" -ge 1 ] && [ "$lines" -lt 4 ] || fail "after 0.6 s stdout had $lines lines (want 1..3)"
-[ "$(wc -l <"$TMP/stream")" -eq 4 ] || fail "4 lines in the end"
+wait_lines "$TMP/stream" 1
+kill -0 "$pid" 2>/dev/null || fail "exited before its second call"
+[ "$(wc -l <"$TMP/stream")" -eq 1 ] || fail "one line before the second call: $(cat "$TMP/stream")"
+python3 -c 'import json,sys; json.loads(open(sys.argv[1]).read())' "$TMP/stream" || fail "the line is not complete JSON"
+kill -INT "$pid"
+set +e
+wait "$pid"
+rc=$?
+set -e
+expect_rc 130
 no_sanitizer_report "$TMP/err"
 ok
 
@@ -265,14 +283,16 @@ t "SIGINT stops after the call in flight: exit 130, complete lines"
 set +e
 "$RESILUA" call -p "$P" -n 1000 --interval 100ms echo >"$TMP/out" 2>"$TMP/err" &
 pid=$!
-sleep 0.5
+set -e
+wait_lines "$TMP/out" 2
 kill -INT "$pid"
+set +e
 wait "$pid"
 rc=$?
 set -e
 expect_rc 130
 no_sanitizer_report "$TMP/err"
-expect_json 'len(R) >= 1 and len(R) < 1000'
+expect_json 'len(R) >= 2 and len(R) < 1000'
 ok
 
 t "unknown policy: exit 2, the known ones listed"

@@ -19,71 +19,122 @@ start() {
   : >"$TMP/$name.out" # before the server starts: sed below must find it (set -e)
   "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
   pids+=($!)
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 300); do
     port=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$TMP/$name.out")
     [ -n "$port" ] && return 0
+    kill -0 "${pids[-1]}" 2>/dev/null || break
     sleep 0.1
   done
   cp "$TMP/$name.err" "$TMP/err"
   fail "$name did not print its address"
 }
 
-# call PATH: $code, $TMP/body, $TMP/hdr.txt
+# call PORT PATH: $code, $TMP/body, $TMP/hdr.txt
 call() {
-  code=$(curl -sS --max-time 5 -o "$TMP/body" -D "$TMP/hdr" -w '%{http_code}' "http://127.0.0.1:$SC$1")
+  code=$(curl -sS --max-time 30 -o "$TMP/body" -D "$TMP/hdr" -w '%{http_code}' "http://127.0.0.1:$1$2")
   tr -d '\r' <"$TMP/hdr" >"$TMP/hdr.txt"
 }
 served_by() { sed -n 's/^X-Resilua-Served-By: //Ip' "$TMP/hdr.txt"; }
 breaker() {
-  curl -sS --max-time 5 "http://127.0.0.1:$SC/state" |
+  curl -sS --max-time 30 "http://127.0.0.1:$1/state" |
     python3 -c 'import json,sys; print(json.load(sys.stdin)["guards"]["products-api"]["state"])'
 }
-control() { curl -sS --max-time 5 -o /dev/null -X POST "http://127.0.0.1:$UP/_control?$1"; }
+# transitions FILE: the breaker's transitions a sidecar logged on stderr, "from->to" a line
+transitions() {
+  python3 -c '
+import json, sys
+for l in open(sys.argv[1]):
+    try:
+        e = json.loads(l)
+    except ValueError:
+        continue
+    if e.get("event") == "transition" and e.get("guard") == "products-api":
+        print("%s->%s" % (e["from"], e["to"]))' "$1"
+}
+control() { curl -sS --max-time 30 -o /dev/null -X POST "http://127.0.0.1:$UP/_control?$1"; }
+# edit FILE FROM TO: replaces the fixed string FROM, which must be in FILE
+edit() {
+  grep -qF -- "$2" "$1" || fail "$1 no longer has: $2"
+  python3 -c 'import sys; p, a, b = sys.argv[1:]; s = open(p).read(); open(p, "w").write(s.replace(a, b))' "$1" "$2" "$3"
+}
 
-t "the upstream and the sidecar start with the shipped storefront policy"
+# Two sidecars on the same upstream.  "held" serves a copy of storefront.lua whose
+# breaker stays open for an hour once it trips (and whose timeouts are generous), so that
+# what the policy does while the breaker is open is checked without racing a 1 s timer on
+# a busy machine.  "shipped" serves storefront.lua as the demo does (a 1 s open period):
+# every check on it waits for what the breaker did, with a bounded poll.
+t "the upstream and two sidecars start with the storefront policy"
 start flaky "$FLAKY" --listen 127.0.0.1:0 --quiet
 UP=$port
 grep -q '127.0.0.1:9000' "$RSL_SOURCE_DIR/policies/storefront.lua" || fail "storefront.lua no longer names 127.0.0.1:9000"
 sed "s/127\.0\.0\.1:9000/127.0.0.1:$UP/" "$RSL_SOURCE_DIR/policies/storefront.lua" >"$P/storefront.lua"
+mkdir -p "$TMP/held"
+cp "$P/storefront.lua" "$TMP/held/storefront.lua"
+edit "$TMP/held/storefront.lua" 'open_for = "1s"' 'open_for = "1h"'
+edit "$TMP/held/storefront.lua" 'max = "4s"' 'max = "2h"'
+edit "$TMP/held/storefront.lua" 'window = "2s"' 'window = "1h"'
+edit "$TMP/held/storefront.lua" 'deadline = "400ms"' 'deadline = "20s"'
+edit "$TMP/held/storefront.lua" 'timeout = "200ms"' 'timeout = "10s"'
+start held "$RESILUA" serve -p "$TMP/held" --listen 127.0.0.1:0 --workers 2
+HELD=$port
 start serve "$RESILUA" serve -p "$P" --listen 127.0.0.1:0 --workers 2
 SC=$port
 ok
 
 t "healthy: both tiers served by the upstream, through r.expose"
 for id in 1 2 3; do
-  call "/products/$id?tier=vip"
+  call "$HELD" "/products/$id?tier=vip"
   [ "$code" = 200 ] && [ "$(served_by)" = primary ] || fail "vip $id: $code $(served_by)"
 done
-call "/products/1?tier=free"
+call "$HELD" "/products/1?tier=free"
 [ "$code" = 200 ] && [ "$(served_by)" = primary ] || fail "free: $code $(served_by)"
 grep -q '"path":"/products/1"' "$TMP/body" || fail "body $(cat "$TMP/body")"
 ok
 
+# 12 VIP calls fail on the primary (or are rejected once the breaker is open): with 4 good
+# calls before them, min_calls = 10 and 50% are reached well within them.
 t "upstream failing: VIP from the cache, free users the stub, the breaker opens"
 control fail=100
 for i in $(seq 1 12); do
-  call "/products/2?tier=vip"
+  call "$HELD" "/products/2?tier=vip"
   [ "$code" = 200 ] && [ "$(served_by)" = cache ] || fail "vip call $i: $code $(served_by)"
   grep -qix 'X-Resilua-Degraded: 1' "$TMP/hdr.txt" || fail "vip call $i not marked degraded"
   grep -q '"path":"/products/2"' "$TMP/body" || fail "vip call $i: not the cached answer: $(cat "$TMP/body")"
 done
-call "/products/3?tier=free"
+call "$HELD" "/products/3?tier=free"
 [ "$code" = 200 ] && [ "$(served_by)" = stub ] || fail "free: $code $(served_by)"
-[ "$(breaker)" = open ] || fail "breaker $(breaker) after 12 failing calls"
-call "/products/3?tier=free"
+[ "$(breaker "$HELD")" = open ] || fail "breaker $(breaker "$HELD") after 12 failing calls"
+[ "$(transitions "$TMP/held.err")" = "closed->open" ] ||
+  fail "transitions logged: $(transitions "$TMP/held.err" | tr '\n' ' ')"
+call "$HELD" "/products/3?tier=free"
 grep -qix 'X-Resilua-Path: stub=ok' "$TMP/hdr.txt" || fail "free while open: $(grep -i x-resilua-path "$TMP/hdr.txt")"
 ok
 
-t "upstream back: a probe closes the breaker within its open period (1-4 s)"
+# The shipped policy: free calls (20 on one connection a round) until the breaker has
+# opened, then the upstream comes back and calls go on until a probe has closed it.  Each
+# wait is bounded by rounds and by 60 s, never by the open period itself.
+t "upstream back: with the shipped 1 s open period, a probe closes the breaker"
+urls=()
+for _ in $(seq 1 20); do urls+=("http://127.0.0.1:$SC/products/1?tier=free"); done
+opened=""
+for _ in $(seq 1 50); do
+  curl -sS --max-time 30 "${urls[@]}" >/dev/null || fail "free calls to the shipped policy"
+  if transitions "$TMP/serve.err" | grep -qx 'closed->open'; then opened=1; break; fi
+done
+[ -n "$opened" ] || fail "the shipped breaker did not open after 1000 failing calls: $(breaker "$SC")"
 control fail=0
 closed=""
-for _ in $(seq 1 80); do
-  call "/products/1?tier=vip"
-  if [ "$(breaker)" = closed ]; then closed=1; break; fi
+limit=$((SECONDS + 60))
+for _ in $(seq 1 600); do
+  call "$SC" "/products/1?tier=vip"
+  if [ "$(breaker "$SC")" = closed ]; then closed=1; break; fi
+  [ "$SECONDS" -lt "$limit" ] || break
   sleep 0.1
 done
-[ -n "$closed" ] || fail "breaker still $(breaker) 8 s after the upstream came back"
-call "/products/1?tier=free"
+[ -n "$closed" ] || fail "breaker still $(breaker "$SC") 60 s after the upstream came back"
+transitions "$TMP/serve.err" | grep -qx 'half_open->closed' ||
+  fail "no half_open->closed logged: $(transitions "$TMP/serve.err" | tr '\n' ' ')"
+call "$SC" "/products/1?tier=free"
 [ "$(served_by)" = primary ] || fail "free after recovery: $(served_by)"
 ok
 
@@ -98,9 +149,12 @@ grep -q 'VIP customers got real data' "$TMP/out" || fail "no summary"
 [ "$(grep -c '^ *[0-9]*s ' "$TMP/out")" = 8 ] || { cat "$TMP/out" >&2; fail "expected 8 rows"; }
 ok
 
-t "SIGTERM: the sidecar exits 0 with no sanitizer report"
-kill -TERM "${pids[1]}"
-wait "${pids[1]}" || fail "serve exited $?"
+t "SIGTERM: both sidecars exit 0 with no sanitizer report"
+for i in 1 2; do
+  kill -TERM "${pids[$i]}"
+  wait "${pids[$i]}" || fail "serve exited $?"
+done
+no_sanitizer_report "$TMP/held.err"
 no_sanitizer_report "$TMP/serve.err"
 ok
 

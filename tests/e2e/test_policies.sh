@@ -16,7 +16,9 @@ expect_json 'all(path(r) == "primary=5xx,cache=ok" and r["degraded"] for r in R[
 expect_json 'R[5]["body"] == R[4]["body"]' "the cache holds the last good answer"
 expect_json "first($REJ) == 10" "the breaker trips after call 10 (5 of 10 failed)"
 expect_json "all(path(r) == 'primary=rejected,cache=ok' for r in R if $REJ(r))" "rejected calls are served by the cache"
-expect_json "5 <= sum(1 for r in R if $REJ(r)) <= 14" "open for about 1 s"
+# Calls are at least 100 ms apart, so the 1 s open period holds at most about 10 of them;
+# a loaded machine spaces them further apart (fewer), never closer.
+expect_json "1 <= sum(1 for r in R if $REJ(r)) <= 14" "open for at most about 1 s"
 expect_json "first(lambda r: path(r) == 'primary=ok', first($REJ)) is not None" "recovers: primary ok after the rejections"
 expect_json 'all(path(r) == "primary=ok" for r in R[-5:])' "closed at the end"
 ok

@@ -13,6 +13,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 static _Atomic int64_t fake_now = 1000000000000; /* 1000 s: far from 0 */
@@ -25,7 +26,21 @@ static void advance_ms(int64_t ms) {
     atomic_fetch_add(&fake_now, ms * 1000000);
 }
 
-static rsl_runtime *open_policy(const char *text) {
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The run-time limits of route() and of Lua steps are on the real clock (the sandbox's
+ * watchdog), not the injected one.  Calls that must succeed get 2 s, far beyond any
+ * stall of a loaded machine; cases that want a runaway stopped get shorter ones, still
+ * far above what a route or a step that ends needs. */
+#define LIMIT_MS         2000
+#define RUNAWAY_ROUTE_MS 250
+#define RUNAWAY_STEP_MS  500
+
+static rsl_runtime *open_policy_limits(const char *text, int64_t route_ms, int64_t step_ms) {
     const char *dir = rsl_test_tmpdir();
     rsl_test_write(dir, "p.lua", text);
     rsl_options o;
@@ -33,8 +48,8 @@ static rsl_runtime *open_policy(const char *text) {
     o.policy_dir = dir;
     o.clock = fake_clock;
     o.seed = 42;
-    o.route_limit_ns = 20 * 1000000;
-    o.lua_step_limit_ns = 50 * 1000000;
+    o.route_limit_ns = route_ms * 1000000;
+    o.lua_step_limit_ns = step_ms * 1000000;
     rsl_runtime *rt = NULL;
     char err[1024];
     int rc = rsl_open(&rt, &o, err, sizeof(err));
@@ -42,6 +57,10 @@ static rsl_runtime *open_policy(const char *text) {
         rsl_test_fail(__FILE__, __LINE__, "rsl_open: %s: %s", rsl_strerror(rc), err);
     }
     return rt;
+}
+
+static rsl_runtime *open_policy(const char *text) {
+    return open_policy_limits(text, LIMIT_MS, LIMIT_MS);
 }
 
 /* "step=outcome,step=outcome" */
@@ -300,9 +319,17 @@ static const policy_case cases[] = {
       {10000, {NULL}, "ok", "a=ok"}, END}},
 };
 
+/* The cases with calls that loop forever: shorter run-time limits. */
+static int has_runaways(const policy_case *pc) {
+    return strcmp(pc->name, "failing_routes_take_chain") == 0 ||
+           strcmp(pc->name, "prev_and_lua_errors") == 0;
+}
+
 static void run_case(const policy_case *pc) {
     atomic_store(&fake_now, 1000000000000);
-    rsl_runtime *rt = open_policy(pc->policy ? pc->policy : flaky_breaker);
+    const char *text = pc->policy ? pc->policy : flaky_breaker;
+    rsl_runtime *rt = has_runaways(pc) ? open_policy_limits(text, RUNAWAY_ROUTE_MS, RUNAWAY_STEP_MS)
+                                       : open_policy(text);
     rsl_gauge_set(rt, "cpu", 0.5);
     for (int i = 0; pc->calls[i].advance_ms >= 0; i++) {
         const step_case *sc = &pc->calls[i];
@@ -457,6 +484,14 @@ static void never_answer(rsl_step_call *sc, const rsl_req *req, void *ud) {
     parked[atomic_fetch_add(&nparked, 1)] = sc;
 }
 
+/* Waits (10 s at most) until n calls are parked in `never`. */
+static void wait_parked(int n) {
+    for (int64_t until = mono_ms() + 10000; atomic_load(&nparked) < n && mono_ms() < until;) {
+        usleep(1000);
+    }
+    ASSERT_EQ(atomic_load(&nparked), n);
+}
+
 static void slow_clock_step(rsl_step_call *sc, const rsl_req *req, void *ud) {
     advance_ms(500);
     rsl_step_answer(sc, 500, "slow", 4);
@@ -465,7 +500,7 @@ static void slow_clock_step(rsl_step_call *sc, const rsl_req *req, void *ud) {
 static const char *host_policy =
     "local r = require 'resilua'\n"
     "r.policy 'now' { steps = { h = r.c 'now' } }\n"
-    "r.policy 'later' { steps = { h = r.c { name = 'later', timeout = '2s' } } }\n"
+    "r.policy 'later' { steps = { h = r.c { name = 'later', timeout = '10s' } } }\n"
     "r.policy 'never' { steps = { h = r.c { name = 'never', timeout = '30ms' }, s = r.stub { body = 's' } },\n"
     "  chain = { 'h', 's' } }\n"
     "r.policy 'never_untimed' { steps = { h = r.c 'never' } }\n"
@@ -513,12 +548,23 @@ TEST(host_steps) {
     rsl_close(rt);
 }
 
+/* The sync timeout (the test wants it to fire: the step never answers) cancels the call.
+ * Which stage the cancel finds it in depends on how soon the worker ran it: queued, or
+ * parked in the host step.  The parked case is the one to see (its late answer is then
+ * dropped), so a timeout that beat the worker to the step is tried again, longer. */
 TEST(sync_timeout_cancels) {
     rsl_runtime *rt = open_host();
-    rsl_result *r = NULL;
     atomic_store(&nparked, 0);
-    ASSERT_EQ(rsl_call_sync(rt, "never_untimed", NULL, 30 * 1000000, &r), RSL_ETIMEDOUT);
-    ASSERT(r == NULL);
+    int64_t timeout_ms = 30;
+    for (int tries = 0; atomic_load(&nparked) == 0; tries++) {
+        ASSERT(tries < 8); /* 30 ms .. 3.8 s */
+        rsl_result *r = NULL;
+        ASSERT_EQ(rsl_call_sync(rt, "never_untimed", NULL, timeout_ms * 1000000, &r),
+                  RSL_ETIMEDOUT);
+        ASSERT(r == NULL);
+        timeout_ms *= 2;
+    }
+    ASSERT_EQ(atomic_load(&nparked), 1);
     ASSERT_EQ(rsl_step_answer(parked[0], 200, "late", 4), RSL_EALREADY);
     rsl_close(rt);
 }
@@ -544,9 +590,7 @@ TEST(close_completes_every_call_once) {
     for (int i = 0; i < 1000; i++) {
         ASSERT_EQ(rsl_call(rt, "now", NULL, count_cb, NULL), 0);
     }
-    while (atomic_load(&nparked) < 10) {
-        usleep(1000);
-    }
+    wait_parked(10);
     rsl_close(rt);
     ASSERT_EQ(atomic_load(&completions), 1010);
     ASSERT_EQ(atomic_load(&canceled_n), 10);
@@ -653,7 +697,8 @@ TEST(calls_made_on_a_worker_reuse_objects_and_carry_nothing_over) {
         "  steps = { a_step_with_a_rather_long_name = r.stub { body = '' } } }\n");
     atomic_store(&reuse.done, 0);
     reuse_next(0);
-    for (int waited = 0; atomic_load(&reuse.done) < REUSE_CALLS && waited < 10000; waited++) {
+    for (int64_t until = mono_ms() + 30000;
+         atomic_load(&reuse.done) < REUSE_CALLS && mono_ms() < until;) {
         usleep(1000);
     }
     ASSERT_EQ(atomic_load(&reuse.done), REUSE_CALLS);
@@ -800,8 +845,9 @@ static void outcome_cb(const rsl_result *r, void *ud) {
     atomic_fetch_add(&completions, 1);
 }
 
+/* Waits (10 s at most) until n calls have completed. */
 static void wait_completions(int n) {
-    for (int i = 0; i < 5000 && atomic_load(&completions) < n; i++) {
+    for (int64_t until = mono_ms() + 10000; atomic_load(&completions) < n && mono_ms() < until;) {
         usleep(1000);
     }
     ASSERT_EQ(atomic_load(&completions), n);
@@ -818,9 +864,7 @@ TEST(cancel_one_call) {
     /* Parked in a host step: canceled at once, the late answer dropped. */
     ASSERT_EQ(rsl_call_id(rt, "never_untimed", NULL, outcome_cb, NULL, &id), 0);
     ASSERT(id != 0);
-    while (atomic_load(&nparked) < 1) {
-        usleep(1000);
-    }
+    wait_parked(1);
     ASSERT_EQ(rsl_cancel(rt, id), 0);
     wait_completions(1);
     ASSERT_EQ(atomic_load(&last_outcome), RSL_OUTCOME_CANCELED);
@@ -836,21 +880,38 @@ TEST(cancel_one_call) {
     ASSERT_EQ(atomic_load(&completions), 2);
 }
 
+/* Polls the metrics (10 s at most) until they contain `line`. */
+static void wait_metric(rsl_runtime *rt, const char *line) {
+    for (int64_t until = mono_ms() + 10000;;) {
+        char *m = rsl_metrics_text(rt);
+        int found = m && strstr(m, line) != NULL;
+        rsl_free(m);
+        if (found) {
+            return;
+        }
+        if (mono_ms() >= until) {
+            rsl_test_fail(__FILE__, __LINE__, "metrics never showed %s", line);
+        }
+        usleep(1000);
+    }
+}
+
 TEST(cancel_during_retry_backoff) {
     rsl_runtime *rt = open_policy(
         "local r = require 'resilua'\n"
         "r.policy 'p' {\n"
         "  steps = { a = r.lua { run = function() return nil, '5xx' end,\n"
-        "            retry = { attempts = 3, backoff = 'constant', base = '2s', jitter = 'none' } },\n"
+        "            retry = { attempts = 3, backoff = 'constant', base = '60s', jitter = 'none' } },\n"
         "            s = r.stub {} },\n"
         "  chain = { 'a', 's' } }\n");
     atomic_store(&completions, 0);
     uint64_t id = 0;
     ASSERT_EQ(rsl_call_id(rt, "p", NULL, outcome_cb, NULL, &id), 0);
-    usleep(50000); /* the first attempt failed; the call now sleeps 2 s before the retry */
+    /* The first attempt failed and the retry is scheduled: the call now sleeps 60 s. */
+    wait_metric(rt, "resilua_retries_total{policy=\"p\",step=\"a\"} 1\n");
     ASSERT_EQ(atomic_load(&completions), 0);
     ASSERT_EQ(rsl_cancel(rt, id), 0);
-    wait_completions(1); /* well before the 2 s backoff */
+    wait_completions(1); /* well before the 60 s backoff */
     ASSERT_EQ(atomic_load(&last_outcome), RSL_OUTCOME_CANCELED);
     rsl_close(rt);
 }
@@ -865,32 +926,68 @@ static void keep_cb(const rsl_result *r, void *ud) {
     atomic_fetch_add(&completions, 1);
 }
 
+/* The worker's thread, learnt on the worker. */
+static pthread_t worker_thread;
+static _Atomic int worker_known;
+
+static void note_worker(void *ud, struct uv_loop_s *loop) {
+    worker_thread = pthread_self();
+    atomic_store(&worker_known, 1);
+}
+
+static int64_t thread_cpu_ms(clockid_t id) {
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 TEST(cancel_queued_and_in_route) {
     const char *dir = rsl_test_tmpdir();
+    /* The route spins until told to stop (or for 20 s of CPU, far beyond the test). */
     rsl_test_write(dir, "p.lua",
                    "local r = require 'resilua'\n"
                    "r.policy 'p' { steps = { a = r.stub { body = 'a' } }, chain = { 'a' },\n"
                    "  route = function(req, sig)\n"
                    "    if req.spin then local t = os.clock()\n"
-                   "      while os.clock() - t < 1 and sig.gauge('stop') ~= 1 do end end\n"
+                   "      while os.clock() - t < 20 and sig.gauge('stop') ~= 1 do end end\n"
                    "    return { 'a' } end }\n");
     rsl_options o;
     rsl_options_init(&o);
     o.policy_dir = dir;
-    o.route_limit_ns = 2000000000LL;
+    o.route_limit_ns = 60000000000LL;
     rsl_runtime *rt = NULL;
     char err[512];
     ASSERT_EQ(rsl_open(&rt, &o, err, sizeof(err)), 0);
     rsl_gauge_set(rt, "stop", 0);
     atomic_store(&completions, 0);
+    /* The one worker's CPU clock: a route spinning is the only thing that makes it climb. */
+    ASSERT_EQ(rsl_on_worker(rt, 0, note_worker, NULL), 0);
+    for (int64_t until = mono_ms() + 10000; !atomic_load(&worker_known) && mono_ms() < until;) {
+        usleep(1000);
+    }
+    ASSERT(atomic_load(&worker_known));
+    clockid_t wcpu;
+    ASSERT_EQ(pthread_getcpuclockid(worker_thread, &wcpu), 0);
+    /* A first call pays whatever a first call costs on the worker. */
+    rsl_result *warm = NULL;
+    ASSERT_EQ(rsl_call_sync(rt, "p", NULL, 10000000000LL, &warm), 0);
+    expect(warm, "ok", "a=ok");
+    rsl_result_free(warm);
     static char in_route[1024], queued[1024];
     rsl_req *spin = rsl_req_new();
     rsl_req_set(spin, "spin", "1", 1);
     uint64_t id1 = 0, id2 = 0;
     /* The first call spins in its route until told to stop; the second waits queued. */
+    int64_t cpu0 = thread_cpu_ms(wcpu);
     ASSERT_EQ(rsl_call_id(rt, "p", spin, keep_cb, in_route, &id1), 0);
     ASSERT_EQ(rsl_call_id(rt, "p", NULL, keep_cb, queued, &id2), 0);
-    usleep(50000);
+    /* In the route for sure once the worker has spent 100 ms of CPU on it. */
+    for (int64_t until = mono_ms() + 20000;
+         thread_cpu_ms(wcpu) - cpu0 < 100 && mono_ms() < until;) {
+        usleep(1000);
+    }
+    ASSERT(thread_cpu_ms(wcpu) - cpu0 >= 100);
+    ASSERT_EQ(atomic_load(&completions), 0);
     ASSERT_EQ(rsl_cancel(rt, id2), 0);
     ASSERT_EQ(rsl_cancel(rt, id1), 0);
     rsl_gauge_set(rt, "stop", 1);
@@ -921,6 +1018,8 @@ TEST(transition_callback) {
     rsl_options_init(&o);
     o.policy_dir = dir;
     o.clock = fake_clock;
+    o.route_limit_ns = LIMIT_MS * 1000000LL;
+    o.lua_step_limit_ns = LIMIT_MS * 1000000LL; /* the Lua step must answer */
     o.on_transition = on_transition;
     rsl_runtime *rt = NULL;
     char err[512];

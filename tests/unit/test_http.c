@@ -102,7 +102,7 @@ static void fetch(env *e, const rsl__http_req *r, got *g) {
     ASSERT_EQ(g->calls, 0); /* never from inside start */
     ASSERT_EQ(rsl__http_inflight(e->h), 1);
     double t0 = now_ms();
-    while (g->calls == 0 && now_ms() - t0 < 5000) {
+    while (g->calls == 0 && now_ms() - t0 < 30000) {
         uv_run(&e->loop, UV_RUN_ONCE);
     }
     ASSERT_EQ(g->calls, 1);
@@ -124,11 +124,23 @@ static long json_num(const char *json, const char *key) {
     return p ? atol(p + strlen(k)) : -1;
 }
 
+static int cmp_ms(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* The median of n values (sorts them): timing bounds on a shared machine hold for the
+ * median of several runs, while each run only has to be within a generous limit. */
+static double median_ms(double *v, int n) {
+    qsort(v, (size_t)n, sizeof(*v), cmp_ms);
+    return v[n / 2];
+}
+
 TEST(ok_with_body_and_headers) {
     env e;
     env_open(&e, "", 0);
     got g;
-    get(&e, "/items/7?x=1", 1000 * MS, &g);
+    get(&e, "/items/7?x=1", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
     ASSERT_EQ(g.status, 200);
     ASSERT_STR_EQ(g.body, "{\"path\":\"/items/7\",\"n\":1}");
@@ -138,12 +150,12 @@ TEST(ok_with_body_and_headers) {
     ASSERT(g.error == NULL);
     got_free(&g);
     /* An empty body is still a NUL-terminated buffer. */
-    get(&e, "/empty?bytes=0", 1000 * MS, &g);
+    get(&e, "/empty?bytes=0", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
     ASSERT_STR_EQ(g.body, "");
     got_free(&g);
     /* A chunked body (no Content-Length) arrives whole. */
-    get(&e, "/ch?chunked=1&bytes=5000", 1000 * MS, &g);
+    get(&e, "/ch?chunked=1&bytes=5000", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
     ASSERT_EQ(g.body_len, 5000);
     got_free(&g);
@@ -185,7 +197,7 @@ TEST(methods_bodies_and_headers_reach_the_upstream) {
                        .nheaders = 3,
                        .body = body,
                        .body_len = sizeof(body) - 1,
-                       .timeout_ns = 1000 * MS};
+                       .timeout_ns = 5000 * MS};
     got g;
     fetch(&e, &r, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
@@ -199,21 +211,23 @@ TEST(methods_bodies_and_headers_reach_the_upstream) {
     ASSERT_CONTAINS(last, "\"content-type\":\"text/x\"");
     ASSERT(strstr(last, "\"expect\"") == NULL);
 
-    /* PUT with a body larger than curl's Expect: 100-continue threshold: no round trip,
-     * and no invented form Content-Type. */
+    /* PUT with a body larger than curl's Expect: 100-continue threshold: no Expect header
+     * (so no wait for a 100 Continue, which curl gives up on after 1 s), and no invented
+     * form Content-Type. */
     static char big[2 << 20];
     memset(big, 'b', sizeof(big));
     r = (rsl__http_req){
-        .method = "PUT", .url = url, .body = big, .body_len = sizeof(big), .timeout_ns = 2000 * MS};
+        .method = "PUT", .url = url, .body = big, .body_len = sizeof(big), .timeout_ns = 5000 * MS};
     double t0 = now_ms();
     fetch(&e, &r, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
-    ASSERT(now_ms() - t0 < 500);
+    ASSERT(now_ms() - t0 < 900); /* generous, yet below curl's 1 s Expect wait */
     got_free(&g);
     ASSERT_EQ(rsl_up_get(&e.up, "GET", "/_last", last, sizeof(last)), 200);
     ASSERT_CONTAINS(last, "\"method\":\"PUT\"");
     ASSERT_CONTAINS(last, "\"content-length\":\"2097152\"");
     ASSERT(strstr(last, "\"content-type\"") == NULL);
+    ASSERT(strstr(last, "\"expect\"") == NULL);
 
     /* DELETE without a body; GET with one; HEAD has no answer body. */
     r = (rsl__http_req){.method = "DELETE", .url = url};
@@ -229,7 +243,7 @@ TEST(methods_bodies_and_headers_reach_the_upstream) {
     ASSERT_EQ(rsl_up_get(&e.up, "GET", "/_last", last, sizeof(last)), 200);
     ASSERT_CONTAINS(last, "\"method\":\"GET\"");
     ASSERT_CONTAINS(last, "\"body\":\"q\"");
-    r = (rsl__http_req){.method = "HEAD", .url = url, .timeout_ns = 1000 * MS};
+    r = (rsl__http_req){.method = "HEAD", .url = url, .timeout_ns = 5000 * MS};
     fetch(&e, &r, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
     ASSERT_EQ(g.status, 200);
@@ -238,26 +252,34 @@ TEST(methods_bodies_and_headers_reach_the_upstream) {
     env_close(&e);
 }
 
-TEST(timeout_answers_within_20ms_of_it) {
+/* A 100 ms timeout against an upstream that would answer after 2 s: never early, always
+ * cut far before the answer, and on time (within 20 ms) on the median of five. */
+TEST(timeout_answers_on_time) {
     env e;
     env_open(&e, "", 0);
-    for (int i = 0; i < 3; i++) {
+    double tooks[5];
+    for (int i = 0; i < 5; i++) {
         got g;
         double t0 = now_ms();
-        get(&e, "/slow?delay=300", 100 * MS, &g);
+        get(&e, "/slow?delay=2000", 100 * MS, &g);
         double took = g.at_ms - t0;
         ASSERT_EQ(g.outcome, RSL_OUTCOME_TIMEOUT);
         ASSERT_EQ(g.status, 0);
         ASSERT(g.error && *g.error);
-        if (took < 99.0 || took > 120.0) {
+        if (took < 99.0 || took >= 1000.0) {
             rsl_test_fail(__FILE__, __LINE__, "timeout after %.1f ms", took);
         }
+        tooks[i] = took;
         got_free(&g);
+    }
+    double med = median_ms(tooks, 5);
+    if (med > 120.0) {
+        rsl_test_fail(__FILE__, __LINE__, "median timeout after %.1f ms", med);
     }
     /* The upstream is still fine for the next call (and its delayed answers went to
      * connections curl closed). */
     got g;
-    get(&e, "/after", 1000 * MS, &g);
+    get(&e, "/after", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
     got_free(&g);
     env_close(&e);
@@ -268,17 +290,20 @@ TEST(refused_is_connect_under_100ms) {
     env_open(&e, NULL, 0);
     char url[128];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/x", free_port());
-    for (int i = 0; i < 3; i++) {
+    double tooks[5];
+    for (int i = 0; i < 5; i++) {
         rsl__http_req r = {.method = "GET", .url = url, .timeout_ns = 2000 * MS};
         got g;
         double t0 = now_ms();
         fetch(&e, &r, &g);
-        ASSERT(g.at_ms - t0 < 100.0);
+        tooks[i] = g.at_ms - t0;
+        ASSERT(tooks[i] < 1000.0); /* far from the 2 s timeout: refused, not timed out */
         ASSERT_EQ(g.outcome, RSL_OUTCOME_CONNECT);
         ASSERT_EQ(g.status, 0);
         ASSERT(g.error && *g.error);
         got_free(&g);
     }
+    ASSERT(median_ms(tooks, 5) < 100.0);
     env_close(&e);
 }
 
@@ -342,7 +367,7 @@ TEST(malformed_answers_are_errors_and_the_client_serves_on) {
     char url[128];
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/x", port);
     for (int i = 0; i < n; i++) {
-        rsl__http_req r = {.method = "GET", .url = url, .timeout_ns = 2000 * MS};
+        rsl__http_req r = {.method = "GET", .url = url, .timeout_ns = 5000 * MS};
         got g;
         fetch(&e, &r, &g);
         /* The first three are answers curl refuses; the last one is cut short. */
@@ -354,7 +379,7 @@ TEST(malformed_answers_are_errors_and_the_client_serves_on) {
     ASSERT_EQ(waitpid(pid, &st, 0), pid);
     ASSERT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     got g;
-    get(&e, "/after", 1000 * MS, &g);
+    get(&e, "/after", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
     got_free(&g);
     env_close(&e);
@@ -364,47 +389,50 @@ TEST(closed_without_answer_is_connect) {
     env e;
     env_open(&e, "", 0);
     got g;
-    get(&e, "/c?close=1", 1000 * MS, &g);
+    get(&e, "/c?close=1", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_CONNECT);
     ASSERT_EQ(g.status, 0);
     got_free(&g);
     /* Also on a reused keep-alive connection (curl retries once on a fresh one). */
-    get(&e, "/warm", 1000 * MS, &g);
+    get(&e, "/warm", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
     got_free(&g);
-    get(&e, "/c?close=1", 1000 * MS, &g);
+    get(&e, "/c?close=1", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_CONNECT);
     got_free(&g);
     env_close(&e);
 }
 
+/* The upstream goes down for 2 s (long enough that the first request surely falls in it):
+ * the cached keep-alive connection is reset and the new one refused, promptly; then it is
+ * back on the same port, not before the down period ended. */
 TEST(upstream_down_resets_connections_and_refuses) {
     env e;
     env_open(&e, "", 0);
     got g;
-    get(&e, "/warm", 1000 * MS, &g); /* a keep-alive connection in curl's cache */
+    get(&e, "/warm", 5000 * MS, &g); /* a keep-alive connection in curl's cache */
     ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
     got_free(&g);
     char out[256];
-    ASSERT_EQ(rsl_up_get(&e.up, "POST", "/_control?down=300", out, sizeof(out)), 200);
-    ASSERT_CONTAINS(out, "\"down\":300");
-    double t0 = now_ms();
-    get(&e, "/x", 1000 * MS, &g);
-    ASSERT_EQ(g.outcome, RSL_OUTCOME_CONNECT);
-    ASSERT(g.at_ms - t0 < 100.0);
+    double t0 = now_ms(); /* before the down period begins */
+    ASSERT_EQ(rsl_up_get(&e.up, "POST", "/_control?down=2000", out, sizeof(out)), 200);
+    ASSERT_CONTAINS(out, "\"down\":2000");
+    get(&e, "/x", 5000 * MS, &g);
+    ASSERT_EQ(g.outcome, RSL_OUTCOME_CONNECT); /* not a timeout: the reset is noticed */
+    ASSERT(g.at_ms - t0 < 1500.0);             /* and well within the down period */
     got_free(&g);
     /* Back on the same port after the down period. */
     for (;;) {
-        get(&e, "/x", 1000 * MS, &g);
+        get(&e, "/x", 5000 * MS, &g);
         int ok = g.outcome == RSL_OUTCOME_OK;
         got_free(&g);
         if (ok) {
             break;
         }
-        ASSERT(now_ms() - t0 < 2000);
+        ASSERT(now_ms() - t0 < 30000);
         usleep(20 * 1000);
     }
-    ASSERT(now_ms() - t0 >= 290);
+    ASSERT(now_ms() - t0 >= 1990);
     env_close(&e);
 }
 
@@ -412,23 +440,23 @@ TEST(body_over_the_cap_is_an_error_naming_it) {
     env e;
     env_open(&e, "", 1000);
     got g;
-    get(&e, "/big?bytes=1000", 1000 * MS, &g);
+    get(&e, "/big?bytes=1000", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
     ASSERT_EQ(g.body_len, 1000);
     got_free(&g);
     /* Content-Length says too much: refused before reading the body. */
-    get(&e, "/big?bytes=1001", 1000 * MS, &g);
+    get(&e, "/big?bytes=1001", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_ERROR);
     ASSERT_STR_EQ(g.error, "answer body larger than the 1000-byte cap");
     ASSERT_EQ(g.body_len, 0);
     got_free(&g);
     /* No Content-Length: the write callback stops it. */
-    get(&e, "/big?bytes=200000&chunked=1", 1000 * MS, &g);
+    get(&e, "/big?bytes=200000&chunked=1", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_ERROR);
     ASSERT_STR_EQ(g.error, "answer body larger than the 1000-byte cap");
     ASSERT(g.body_len <= 1000);
     got_free(&g);
-    get(&e, "/big?bytes=1000&chunked=1", 1000 * MS, &g);
+    get(&e, "/big?bytes=1000&chunked=1", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
     ASSERT_EQ(g.body_len, 1000);
     got_free(&g);
@@ -436,7 +464,7 @@ TEST(body_over_the_cap_is_an_error_naming_it) {
 
     /* The default cap is 4 MiB. */
     env_open(&e, "", 0);
-    get(&e, "/big?bytes=4194305", 2000 * MS, &g);
+    get(&e, "/big?bytes=4194305", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_ERROR);
     ASSERT_STR_EQ(g.error, "answer body larger than the 4194304-byte cap");
     got_free(&g);
@@ -467,7 +495,7 @@ TEST(bad_input) {
     /* What curl cannot parse fails through the callback, asynchronously. */
     static const char *bad[] = {"not a url", "ftp://127.0.0.1/x", "file:///etc/passwd", "http://"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-        r = (rsl__http_req){.method = "GET", .url = bad[i], .timeout_ns = 1000 * MS};
+        r = (rsl__http_req){.method = "GET", .url = bad[i], .timeout_ns = 5000 * MS};
         fetch(&e, &r, &g);
         ASSERT_EQ(g.outcome, RSL_OUTCOME_ERROR);
         ASSERT(g.error && *g.error);
@@ -499,8 +527,8 @@ TEST(cancel_in_flight_never_calls_back) {
     env e;
     env_open(&e, "", 0);
     char url[256];
-    url_of(&e, url, sizeof(url), "/c?delay=2000");
-    rsl__http_req r = {.method = "GET", .url = url, .timeout_ns = 5000 * MS};
+    url_of(&e, url, sizeof(url), "/c?delay=20000");
+    rsl__http_req r = {.method = "GET", .url = url, .timeout_ns = 30000 * MS};
     cancel_ctx c = {&e, NULL};
     ASSERT_EQ(rsl__http_start(e.h, &r, on_never, NULL, &c.x), 0);
     ASSERT(c.x != NULL);
@@ -510,7 +538,7 @@ TEST(cancel_in_flight_never_calls_back) {
     uv_timer_start(&t, on_cancel_timer, 50, 0);
     double t0 = now_ms();
     uv_run(&e.loop, UV_RUN_DEFAULT); /* ends once nothing is left: the transfer is gone */
-    ASSERT(now_ms() - t0 < 1000);
+    ASSERT(now_ms() - t0 < 10000);   /* long before the 20 s answer or the 30 s timeout */
     ASSERT_EQ(rsl__http_inflight(e.h), 0);
     /* Canceled before it even connected. */
     ASSERT_EQ(rsl__http_start(e.h, &r, on_never, NULL, &c.x), 0);
@@ -518,7 +546,7 @@ TEST(cancel_in_flight_never_calls_back) {
     ASSERT_EQ(rsl__http_inflight(e.h), 0);
     /* The client and the upstream are still usable. */
     got g;
-    get(&e, "/after", 1000 * MS, &g);
+    get(&e, "/after", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
     got_free(&g);
     env_close(&e);
@@ -563,7 +591,7 @@ TEST(cancel_while_connecting_then_the_fd_is_reused) {
     int port = stuck_listener(fds);
     char stuck[128];
     snprintf(stuck, sizeof(stuck), "http://127.0.0.1:%d/x", port);
-    rsl__http_req r = {.method = "GET", .url = stuck, .timeout_ns = 5000 * MS};
+    rsl__http_req r = {.method = "GET", .url = stuck, .timeout_ns = 60000 * MS};
     for (int round = 0; round < 6; round++) {
         cancel_ctx c = {&e, NULL};
         ASSERT_EQ(rsl__http_start(e.h, &r, on_never, NULL, &c.x), 0);
@@ -586,7 +614,7 @@ TEST(cancel_while_connecting_then_the_fd_is_reused) {
         }
         ASSERT_EQ(rsl__http_inflight(e.h), 0);
         got g;
-        get(&e, "/after", 2000 * MS, &g);
+        get(&e, "/after", 5000 * MS, &g);
         ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
         got_free(&g);
     }
@@ -624,7 +652,7 @@ TEST(cancel_from_inside_another_callback) {
     url_of(&e, url, sizeof(url), "/race");
     for (int round = 0; round < 20; round++) {
         pair p = {.e = &e};
-        rsl__http_req r = {.method = "GET", .url = url, .timeout_ns = 1000 * MS};
+        rsl__http_req r = {.method = "GET", .url = url, .timeout_ns = 5000 * MS};
         ASSERT_EQ(rsl__http_start(e.h, &r, on_pair0, &p, &p.x[0]), 0);
         ASSERT_EQ(rsl__http_start(e.h, &r, on_pair1, &p, &p.x[1]), 0);
         uv_run(&e.loop, UV_RUN_DEFAULT);
@@ -646,7 +674,7 @@ static void on_seq(void *ud, rsl__http_res *res) {
     s->calls++;
     s->ok += res->outcome == RSL_OUTCOME_OK;
     if (--s->left > 0) {
-        rsl__http_req r = {.method = "GET", .url = s->url, .timeout_ns = 1000 * MS};
+        rsl__http_req r = {.method = "GET", .url = s->url, .timeout_ns = 5000 * MS};
         ASSERT_EQ(rsl__http_start(s->e->h, &r, on_seq, s, NULL), 0);
     }
 }
@@ -658,7 +686,7 @@ TEST(start_from_a_callback_reuses_the_connection) {
     ASSERT_EQ(rsl_up_get(&e.up, "POST", "/_reset", out, sizeof(out)), 200);
     seq s = {.e = &e, .left = 50};
     url_of(&e, s.url, sizeof(s.url), "/seq");
-    rsl__http_req r = {.method = "GET", .url = s.url, .timeout_ns = 1000 * MS};
+    rsl__http_req r = {.method = "GET", .url = s.url, .timeout_ns = 5000 * MS};
     ASSERT_EQ(rsl__http_start(e.h, &r, on_seq, &s, NULL), 0);
     uv_run(&e.loop, UV_RUN_DEFAULT);
     ASSERT_EQ(s.calls, 50);
@@ -679,7 +707,7 @@ TEST(host_names_resolve_and_reuse_fds_safely) {
     ASSERT_EQ(rsl_up_get(&e.up, "POST", "/_reset", out, sizeof(out)), 200);
     seq s = {.e = &e, .left = 30};
     snprintf(s.url, sizeof(s.url), "http://localhost:%d/seq", e.up.port);
-    rsl__http_req r = {.method = "GET", .url = s.url, .timeout_ns = 2000 * MS};
+    rsl__http_req r = {.method = "GET", .url = s.url, .timeout_ns = 5000 * MS};
     ASSERT_EQ(rsl__http_start(e.h, &r, on_seq, &s, NULL), 0);
     uv_run(&e.loop, UV_RUN_DEFAULT);
     ASSERT_EQ(s.calls, 30);
@@ -711,13 +739,13 @@ static void run_many(env *e, many *m, slot *slots, const char *path) {
     memset(m, 0, sizeof(*m));
     for (int i = 0; i < 200; i++) {
         slots[i] = (slot){m, i};
-        rsl__http_req r = {.method = "GET", .url = url, .timeout_ns = 5000 * MS};
+        rsl__http_req r = {.method = "GET", .url = url, .timeout_ns = 10000 * MS};
         ASSERT_EQ(rsl__http_start(e->h, &r, on_many, &slots[i], NULL), 0);
     }
     ASSERT_EQ(rsl__http_inflight(e->h), 200);
     double t0 = now_ms();
     uv_run(&e->loop, UV_RUN_DEFAULT);
-    ASSERT(now_ms() - t0 < 5000);
+    ASSERT(now_ms() - t0 < 30000);
     ASSERT_EQ(m->done, 200);
     for (int i = 0; i < 200; i++) {
         ASSERT_EQ(m->calls[i], 1);
@@ -749,38 +777,44 @@ TEST(two_hundred_concurrent_complete_once_and_reuse_connections) {
     env_close(&e);
 }
 
-static void on_nothing(uv_timer_t *t) {
-    (void)t;
+/* Requests the upstream has received so far (its /_stats). */
+static long upstream_requests(env *e) {
+    char out[8192];
+    ASSERT_EQ(rsl_up_get(&e->up, "GET", "/_stats", out, sizeof(out)), 200);
+    return json_num(out, "requests");
 }
 
 /* A client closed with transfers in flight: no callback, every handle closed, nothing
- * leaked (LeakSanitizer checks the last part under ASan). */
+ * leaked (LeakSanitizer checks the last part under ASan), and the close does not wait for
+ * the answers (due 20 s later). */
 TEST(close_with_transfers_in_flight) {
     env e;
     env_open(&e, "", 0);
     char url[256];
-    url_of(&e, url, sizeof(url), "/slow?delay=3000");
+    url_of(&e, url, sizeof(url), "/slow?delay=20000");
     for (int i = 0; i < 20; i++) {
         rsl__http_req r = {.method = i % 2 ? "POST" : "GET",
                            .url = url,
                            .body = i % 2 ? "b" : NULL,
                            .body_len = 1,
-                           .timeout_ns = 5000 * MS};
+                           .timeout_ns = 30000 * MS};
         ASSERT_EQ(rsl__http_start(e.h, &r, on_never, NULL, NULL), 0);
     }
-    /* Let them connect and send, so sockets and polls exist. */
-    uv_timer_t t;
-    uv_timer_init(&e.loop, &t);
-    uv_timer_start(&t, on_nothing, 100, 0);
-    uv_run(&e.loop, UV_RUN_ONCE);
-    while (uv_is_active((uv_handle_t *)&t)) {
-        uv_run(&e.loop, UV_RUN_ONCE);
+    /* Until the upstream has all 20 requests: connected and sent, so sockets and polls
+     * exist. */
+    double w0 = now_ms();
+    while (upstream_requests(&e) < 20) {
+        ASSERT(now_ms() - w0 < 20000);
+        run_for(&e, 10);
     }
-    uv_close((uv_handle_t *)&t, NULL);
     ASSERT_EQ(rsl__http_inflight(e.h), 20);
     double t0 = now_ms();
-    env_close(&e); /* asserts the loop ends and closes */
-    ASSERT(now_ms() - t0 < 2500);
+    rsl__http_close(e.h);
+    ASSERT_EQ(uv_run(&e.loop, UV_RUN_DEFAULT), 0); /* the loop ends */
+    double took = now_ms() - t0;
+    ASSERT(took < 5000); /* generous, and far before the answers */
+    ASSERT_EQ(uv_loop_close(&e.loop), 0);
+    rsl_up_stop(&e.up);
 
     /* Closed right after starting (nothing connected yet), and closed while idle. */
     env_open(&e, NULL, 0);
@@ -809,10 +843,10 @@ TEST(close_from_inside_a_callback) {
     env_open(&e, "", 0);
     char fast[256], slow[256];
     url_of(&e, fast, sizeof(fast), "/fast");
-    url_of(&e, slow, sizeof(slow), "/slow?delay=2000");
+    url_of(&e, slow, sizeof(slow), "/slow?delay=20000");
     closer c = {&e, 0};
     for (int i = 0; i < 10; i++) {
-        rsl__http_req r = {.method = "GET", .url = slow, .timeout_ns = 5000 * MS};
+        rsl__http_req r = {.method = "GET", .url = slow, .timeout_ns = 30000 * MS};
         ASSERT_EQ(rsl__http_start(e.h, &r, on_never, NULL, NULL), 0);
     }
     /* Several fast ones: the first callback closes; the others must not run. */
@@ -822,7 +856,7 @@ TEST(close_from_inside_a_callback) {
     }
     double t0 = now_ms();
     ASSERT_EQ(uv_run(&e.loop, UV_RUN_DEFAULT), 0);
-    ASSERT(now_ms() - t0 < 1000);
+    ASSERT(now_ms() - t0 < 5000); /* generous, and far before the slow answers (20 s) */
     ASSERT_EQ(c.calls, 1);
     ASSERT_EQ(uv_loop_close(&e.loop), 0);
     rsl_up_stop(&e.up);
@@ -830,21 +864,23 @@ TEST(close_from_inside_a_callback) {
 
 TEST(injected_failures_and_slowness_from_the_command_line) {
     env e;
-    env_open(&e, "--fail 50 --slow 30 --slow-percent 50 --seed 3 --quiet", 0);
+    /* Slow answers take 150 ms: a fast one counted as slow would need a 149 ms stall. */
+    env_open(&e, "--fail 50 --slow 150 --slow-percent 50 --seed 3 --quiet", 0);
     int fails = 0, slow = 0;
     for (int i = 0; i < 40; i++) {
         got g;
         double t0 = now_ms();
-        get(&e, "/f", 1000 * MS, &g);
+        get(&e, "/f", 5000 * MS, &g);
         if (g.outcome == RSL_OUTCOME_5XX) {
             fails++;
             ASSERT_STR_EQ(g.body, "{\"error\":\"injected\"}");
         } else {
             ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
         }
-        slow += g.at_ms - t0 >= 29.0;
+        slow += g.at_ms - t0 >= 149.0;
         got_free(&g);
     }
+    printf("    %d failed, %d slow of 40\n", fails, slow);
     ASSERT(fails >= 8 && fails <= 32);
     ASSERT(slow >= 8 && slow <= 32);
     /* Changed at run time. */
@@ -852,7 +888,7 @@ TEST(injected_failures_and_slowness_from_the_command_line) {
     ASSERT_EQ(rsl_up_get(&e.up, "POST", "/_control?fail=0&slow=0", out, sizeof(out)), 200);
     for (int i = 0; i < 10; i++) {
         got g;
-        get(&e, "/f", 1000 * MS, &g);
+        get(&e, "/f", 5000 * MS, &g);
         ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
         got_free(&g);
     }
@@ -879,10 +915,11 @@ TEST(mixed_churn_completes_each_once_with_its_outcome) {
     env_open(&e, "--quiet", 0);
     enum { N = 600 };
     static mixed ms[N];
-    /* 400 ms per transfer: enough for a loaded machine to see the close=1 or the 503; the
-     * slow path answers far beyond it. */
-    static const char *paths[] = {"/m", "/m?delay=3000", "/m?close=1", "/m?status=503",
+    /* The timeouts (500 ms) against answers due after 20 s; every other kind gets 10 s,
+     * enough for a loaded machine to see its answer, the close=1 or the 503. */
+    static const char *paths[] = {"/m", "/m?delay=20000", "/m?close=1", "/m?status=503",
                                   "/m?delay=5"};
+    static const int64_t timeouts[] = {10000 * MS, 500 * MS, 10000 * MS, 10000 * MS, 10000 * MS};
     static const rsl_outcome want[] = {RSL_OUTCOME_OK, RSL_OUTCOME_TIMEOUT, RSL_OUTCOME_CONNECT,
                                        RSL_OUTCOME_5XX, RSL_OUTCOME_OK};
     char url[5][256];
@@ -893,7 +930,7 @@ TEST(mixed_churn_completes_each_once_with_its_outcome) {
     for (int wave = 0; wave < 3; wave++) {
         for (int i = wave * (N / 3); i < (wave + 1) * (N / 3); i++) {
             ms[i] = (mixed){.kind = i % 5, .outcome = -1};
-            rsl__http_req r = {.method = "GET", .url = url[i % 5], .timeout_ns = 400 * MS};
+            rsl__http_req r = {.method = "GET", .url = url[i % 5], .timeout_ns = timeouts[i % 5]};
             ASSERT_EQ(rsl__http_start(e.h, &r, on_mixed, &ms[i], NULL), 0);
         }
         /* Part of the next wave starts while this one is still in flight. */
@@ -902,7 +939,7 @@ TEST(mixed_churn_completes_each_once_with_its_outcome) {
         }
     }
     uv_run(&e.loop, UV_RUN_DEFAULT);
-    ASSERT(now_ms() - t0 < 10000);
+    ASSERT(now_ms() - t0 < 30000);
     for (int i = 0; i < N; i++) {
         ASSERT_EQ(ms[i].calls, 1);
         if (ms[i].outcome != want[ms[i].kind]) {
@@ -911,7 +948,7 @@ TEST(mixed_churn_completes_each_once_with_its_outcome) {
         }
     }
     got g;
-    get(&e, "/after", 1000 * MS, &g);
+    get(&e, "/after", 5000 * MS, &g);
     ASSERT_EQ(g.outcome, RSL_OUTCOME_OK);
     got_free(&g);
     env_close(&e);

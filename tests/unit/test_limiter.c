@@ -159,12 +159,15 @@ TEST(limiter_configure_keeps_fill) {
 
 typedef struct {
     rsl__limiter *l;
+    pthread_barrier_t *start; /* both threads drain at once */
     int64_t until;
     long admitted;
 } drain_arg;
 
 static void *drainer(void *p) {
     drain_arg *a = p;
+    pthread_barrier_wait(a->start);
+    a->until = rsl__clock_now() + 200 * MS;
     for (;;) {
         int64_t now = rsl__clock_now();
         if (now >= a->until) {
@@ -178,8 +181,10 @@ static void *drainer(void *p) {
 TEST(limiter_two_threads_never_exceed) {
     const double rate = 20000, burst = 50;
     rsl__limiter *l = mk(rate, S, burst);
-    int64_t start = rsl__clock_now();
-    drain_arg a[2] = {{l, start + 200 * MS, 0}, {l, start + 200 * MS, 0}};
+    pthread_barrier_t start;
+    ASSERT(pthread_barrier_init(&start, NULL, 2) == 0);
+    int64_t t0 = rsl__clock_now(); /* before any call: the bound covers them all */
+    drain_arg a[2] = {{l, &start, 0, 0}, {l, &start, 0, 0}};
     pthread_t th[2];
     for (int i = 0; i < 2; i++) {
         ASSERT(pthread_create(&th[i], NULL, drainer, &a[i]) == 0);
@@ -187,9 +192,12 @@ TEST(limiter_two_threads_never_exceed) {
     for (int i = 0; i < 2; i++) {
         pthread_join(th[i], NULL);
     }
-    double elapsed = (double)(rsl__clock_now() - start) / (double)S;
+    pthread_barrier_destroy(&start);
+    double elapsed = (double)(rsl__clock_now() - t0) / (double)S;
     long admitted = a[0].admitted + a[1].admitted;
     double bound = burst + rate * elapsed + 1;
+    printf("    admitted %ld + %ld in %.0f ms (bound %g)\n", a[0].admitted, a[1].admitted,
+           elapsed * 1e3, bound);
     if ((double)admitted > bound) {
         rsl_test_fail(__FILE__, __LINE__, "admitted %ld > %g", admitted, bound);
     }

@@ -26,6 +26,12 @@ static void advance_ms(int64_t ms) {
     atomic_fetch_add(&fake_now, ms * 1000000);
 }
 
+static int64_t mono_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
 static _Atomic int reload_cbs, reload_cbs_ok;
 
 static void on_reload(void *ud, int ok, const char *report_json) {
@@ -56,6 +62,10 @@ static rsl_runtime *open_dir(const char *dir, int workers) {
     o.seed = 42;
     o.on_reload = on_reload;
     o.log = count_log;
+    /* Every Lua step and route here must answer: run-time limits (real clock, the
+     * sandbox's watchdog) far beyond any stall of a loaded machine. */
+    o.route_limit_ns = 2000000000LL;
+    o.lua_step_limit_ns = 2000000000LL;
     rsl_runtime *rt = NULL;
     char err[1024];
     int rc = rsl_open(&rt, &o, err, sizeof(err));
@@ -346,7 +356,7 @@ typedef struct stress_thread {
     _Atomic int inflight;
     _Atomic int bad; /* answers other than the policy's own */
     char bad_msg[512];
-    _Atomic int seen[2]; /* bodies A and B seen */
+    _Atomic int seen[2]; /* bodies A and B seen (the reshape test: seen[0] counts calls) */
 } stress_thread;
 
 static _Atomic int stress_stop;
@@ -383,6 +393,24 @@ static void stress_cb(const rsl_result *r, void *ud) {
     atomic_fetch_add(&t->slots[ref->i], 1);
     free(ref);
     atomic_fetch_sub(&t->inflight, 1);
+}
+
+/* Answers with body A (v 0) or B (v 1) seen so far, by all threads; v < 0: both. */
+static int64_t seen_total(stress_thread *th, int n, int v) {
+    int64_t sum = 0;
+    for (int i = 0; i < n; i++) {
+        sum += v != 1 ? atomic_load(&th[i].seen[0]) : 0;
+        sum += v != 0 ? atomic_load(&th[i].seen[1]) : 0;
+    }
+    return sum;
+}
+
+/* Waits (10 s at most) until the threads have seen more than `than` answers of kind v. */
+static void wait_seen(stress_thread *th, int n, int v, int64_t than) {
+    for (int64_t until = mono_ms() + 10000; seen_total(th, n, v) <= than && mono_ms() < until;) {
+        usleep(200);
+    }
+    ASSERT(seen_total(th, n, v) > than);
 }
 
 static void *stress_main(void *arg) {
@@ -424,12 +452,6 @@ static void *stress_main(void *arg) {
     return NULL;
 }
 
-static int64_t mono_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 TEST(stress_reload_while_calling) {
     const char *dir = rsl_test_tmpdir();
     rsl_test_write(dir, "p.lua", stress_version(0));
@@ -452,21 +474,34 @@ TEST(stress_reload_while_calling) {
     int reloads_ok = 0, reloads_failed = 0;
     char err[1024];
     for (int i = 1; i <= 100; i++) {
+        /* Calls answered on this generation: the body of its version, or (a failed
+         * reload: the previous one serves) any. */
+        int v = -1;
+        int64_t before;
         if (i % 10 == 0) {
             rsl_test_write(dir, "p.lua", "local r = require 'resilua'\nr.policy 'p' {\n");
+            before = seen_total(th, STRESS_THREADS, v);
             ASSERT_EQ(rsl_reload(rt, err, sizeof(err)), RSL_ELOAD);
             ASSERT_CONTAINS(err, "/p.lua:");
             reloads_failed++;
         } else {
-            rsl_test_write(dir, "p.lua", stress_version(i % 2));
+            v = i % 2;
+            rsl_test_write(dir, "p.lua", stress_version(v));
+            before = seen_total(th, STRESS_THREADS, v);
             reload_ok(rt);
             reloads_ok++;
         }
-        /* Let calls run on this generation for a moment: 100 reloads in about 0.5 s
-         * (more under sanitizers). */
+        /* Let calls run on this generation: at least until one more answer of its kind
+         * came back (a fixed moment alone a loaded machine may spend elsewhere), then a
+         * little longer: 100 reloads in about 0.5 s (more under sanitizers). */
+        wait_seen(th, STRESS_THREADS, v, before);
         usleep(5000);
     }
     int64_t reload_ms = mono_ms() - t0;
+    /* Every thread made calls while the reloads ran (then ncalls > 0 below). */
+    for (int i = 0; i < STRESS_THREADS; i++) {
+        wait_seen(&th[i], 1, -1, 0);
+    }
     /* The last valid version (99, odd) answers B. */
     atomic_store(&stress_stop, 1);
     for (int i = 0; i < STRESS_THREADS; i++) {
@@ -484,7 +519,7 @@ TEST(stress_reload_while_calling) {
     /* Every old generation was freed when its last call ended, not at close: only the
      * current one is left.  (Its memory: LeakSanitizer under ASan, at exit.)  A worker
      * drops a call's reference just after its callback: allow it a moment. */
-    for (int64_t until = mono_ms() + 2000;
+    for (int64_t until = mono_ms() + 10000;
          atomic_load(&rsl__genr_live) != 1 && mono_ms() < until;) {
         usleep(1000);
     }
@@ -544,9 +579,12 @@ static void *reshape_caller(void *arg) {
         }
         rsl_result_free(r);
         t->ncalls++;
+        atomic_fetch_add(&t->seen[0], 1); /* here: calls made */
     }
     return NULL;
 }
+
+static _Atomic long state_reads;
 
 /* Reads /state and the description until told to stop; returns non-NULL when it read. */
 static void *state_reader(void *arg) {
@@ -560,6 +598,7 @@ static void *state_reader(void *arg) {
         rsl_free(s);
         rsl_free(d);
         n++;
+        atomic_fetch_add(&state_reads, 1);
     }
     return n ? arg : NULL;
 }
@@ -588,6 +627,7 @@ TEST(reload_reshaping_a_window_while_calling) {
     pthread_t reader;
     ASSERT_EQ(pthread_create(&reader, NULL, state_reader, rt), 0);
     for (int i = 1; i <= 40; i++) {
+        int64_t calls0 = seen_total(th, 2, 0);
         snprintf(text, sizeof(text), fmt, 10 + i, i % 2 ? 20 : 10, 1000000 + i, 1000 + i, i);
         rsl_test_write(dir, "p.lua", text);
         reload_ok(rt);
@@ -598,7 +638,15 @@ TEST(reload_reshaping_a_window_while_calling) {
         snprintf(gone, sizeof(gone), "\"removed\":[\"x%d\"]", i - 1);
         ASSERT_CONTAINS(s, gone);
         rsl_free(s);
-        usleep(2000);
+        /* Calls record into this window before the next reload reshapes it. */
+        wait_seen(th, 2, 0, calls0);
+    }
+    /* Each caller made calls, the reader read, while the reloads ran. */
+    for (int i = 0; i < 2; i++) {
+        wait_seen(&th[i], 1, 0, 0);
+    }
+    for (int64_t until = mono_ms() + 10000; atomic_load(&state_reads) == 0 && mono_ms() < until;) {
+        usleep(1000);
     }
     atomic_store(&stress_stop, 1);
     void *reads = NULL;
@@ -686,7 +734,7 @@ TEST(call_in_flight_finishes_on_its_generation) {
     rsl_runtime *rt = open_dir(dir, 1);
     ASSERT_EQ(rsl_register_step(rt, "park", parking_step, NULL), 0);
     ASSERT_EQ(rsl_call(rt, "p", NULL, pending_cb, NULL), 0);
-    for (int64_t until = mono_ms() + 5000; !atomic_load(&pending_sc) && mono_ms() < until;) {
+    for (int64_t until = mono_ms() + 10000; !atomic_load(&pending_sc) && mono_ms() < until;) {
         usleep(1000);
     }
     ASSERT(atomic_load(&pending_sc) != NULL);
@@ -695,12 +743,12 @@ TEST(call_in_flight_finishes_on_its_generation) {
     ASSERT_EQ(atomic_load(&rsl__genr_live), 2); /* the old one waits for its call */
     rsl_step_call *sc = atomic_exchange(&pending_sc, NULL);
     ASSERT_EQ(rsl_step_fail(sc, RSL_OUTCOME_5XX, "down"), 0); /* falls back to the stub */
-    for (int64_t until = mono_ms() + 5000; !atomic_load(&pending_done) && mono_ms() < until;) {
+    for (int64_t until = mono_ms() + 10000; !atomic_load(&pending_done) && mono_ms() < until;) {
         usleep(1000);
     }
     ASSERT(atomic_load(&pending_done));
     ASSERT_STR_EQ(pending_body, "old");
-    for (int64_t until = mono_ms() + 2000;
+    for (int64_t until = mono_ms() + 10000;
          atomic_load(&rsl__genr_live) != 1 && mono_ms() < until;) {
         usleep(1000);
     }
@@ -708,11 +756,11 @@ TEST(call_in_flight_finishes_on_its_generation) {
     /* A new call parks too: answer it from here and see the new generation's stub. */
     atomic_store(&pending_done, 0);
     ASSERT_EQ(rsl_call(rt, "p", NULL, pending_cb, NULL), 0);
-    for (int64_t until = mono_ms() + 5000; !atomic_load(&pending_sc) && mono_ms() < until;) {
+    for (int64_t until = mono_ms() + 10000; !atomic_load(&pending_sc) && mono_ms() < until;) {
         usleep(1000);
     }
     ASSERT_EQ(rsl_step_fail(atomic_exchange(&pending_sc, NULL), RSL_OUTCOME_5XX, "down"), 0);
-    for (int64_t until = mono_ms() + 5000; !atomic_load(&pending_done) && mono_ms() < until;) {
+    for (int64_t until = mono_ms() + 10000; !atomic_load(&pending_done) && mono_ms() < until;) {
         usleep(1000);
     }
     ASSERT_STR_EQ(pending_body, "new");
