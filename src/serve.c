@@ -27,6 +27,7 @@
  * handle of ours is left on a loop when the host calls rsl_close.
  */
 #include "resilua.h"
+#include "framing.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -60,7 +61,9 @@
     X(TOO_MANY_HEADERS, "too_many_headers", 431)                                                   \
     X(BODY_TOO_LARGE, "body_too_large", 413)                                                       \
     X(REQUEST_TIMEOUT, "request_timeout", 408)                                                     \
-    X(MALFORMED, "malformed", 400)
+    X(MALFORMED, "malformed", 400)                                                                 \
+    X(FRAMING, "framing", 400)                                                                     \
+    X(BAD_TARGET, "bad_target", 400)
 
 enum {
 #define X_(e, s, st) REJ_##e,
@@ -98,6 +101,7 @@ typedef struct conn {
     int refs;        /* tcp handle, timer handle, an answer (call or reload) pending */
     int timer_state; /* T_* */
     http_parser p;
+    rsl__framer fr; /* the strict framing rules, checked beside the parser */
     /* input */
     char *in;
     size_t in_len, in_off, in_cap;
@@ -858,21 +862,33 @@ static void dispatch(conn *c) {
     c->keep_alive = http_should_keep_alive(&c->p) && !c->p.upgrade;
     c->head = c->p.method == HTTP_HEAD;
     timer_set(c, T_NONE, 0);
-    struct http_parser_url u;
-    http_parser_url_init(&u);
-    if (http_parser_parse_url(c->url ? c->url : "", c->url_len, 0, &u) != 0 ||
-        !(u.field_set & (1 << UF_PATH))) {
-        relaxed_inc(&w->rejected[REJ_MALFORMED]);
-        respond_error(c, 400, "malformed request target", 1);
+    size_t poff;
+    const char *bad = rsl__target_check(c->url ? c->url : "", c->url_len,
+                                        c->p.method == HTTP_OPTIONS, &poff);
+    if (bad) {
+        relaxed_inc(&w->rejected[REJ_BAD_TARGET]);
+        respond_error(c, 400, bad, 1);
         return;
     }
-    const char *path = c->url + u.field_data[UF_PATH].off;
-    size_t plen = u.field_data[UF_PATH].len;
+    if (c->url_len == 1 && c->url[0] == '*') { /* OPTIONS *: what the server offers */
+        respond(c, 200, "Allow: GET, HEAD, POST, OPTIONS\r\n", "", 0, 0);
+        return;
+    }
+    /* From here the target is a path (absolute-form: the part after the authority) and a
+     * query, every %-escape in it valid and none of them %00. */
+    const char *path = c->url + poff;
+    size_t plen = c->url_len - poff;
+    const char *q = memchr(path, '?', plen);
     const char *query = "";
     size_t qlen = 0;
-    if (u.field_set & (1 << UF_QUERY)) {
-        query = c->url + u.field_data[UF_QUERY].off;
-        qlen = u.field_data[UF_QUERY].len;
+    if (q) {
+        query = q + 1;
+        qlen = plen - (size_t)(query - path);
+        plen = (size_t)(q - path);
+    }
+    if (plen == 0) { /* "http://host" or "http://host?q" */
+        path = "/";
+        plen = 1;
     }
     int get = c->p.method == HTTP_GET || c->p.method == HTTP_HEAD;
     int post = c->p.method == HTTP_POST;
@@ -1198,8 +1214,15 @@ static void drive(conn *c) {
             want_read(c);
             return;
         }
-        size_t avail = c->in_len - c->in_off;
-        size_t n = http_parser_execute(&c->p, &settings, c->in + c->in_off, avail);
+        /* The framer reads first, to the end of the request or the byte that breaks its
+         * rules; the parser then reads as far (through the bad byte: what the parser
+         * refuses itself stays "malformed").  Both must see the request end at the same
+         * byte, or it is refused as ambiguous. */
+        size_t avail = c->in_len - c->in_off, used;
+        const char *why = NULL;
+        int fr = rsl__frame_feed(&c->fr, c->in + c->in_off, avail, &used, &why);
+        size_t n = http_parser_execute(&c->p, &settings, c->in + c->in_off,
+                                       fr == RSL_FRAME_BAD ? used + 1 : used);
         c->in_off += n;
         enum http_errno e = HTTP_PARSER_ERRNO(&c->p);
         if (c->reject) {
@@ -1210,20 +1233,27 @@ static void drive(conn *c) {
             respond_reject(c, rej, msg);
             return;
         }
-        if (e == HPE_PAUSED) {
-            http_parser_pause(&c->p, 0);
-            dispatch(c);
-            continue;
-        }
         if (e == HPE_HEADER_OVERFLOW) {
             respond_reject(c, REJ_HEADER_TOO_LARGE, "request header too large");
             return;
         }
-        if (e != HPE_OK || n < avail) {
+        if (e != HPE_OK && e != HPE_PAUSED) {
             char msg[200];
             snprintf(msg, sizeof(msg), "malformed request: %s", http_errno_description(e));
             respond_reject(c, REJ_MALFORMED, msg);
             return;
+        }
+        if (fr == RSL_FRAME_BAD || (fr == RSL_FRAME_DONE) != (e == HPE_PAUSED) || n != used) {
+            char msg[200];
+            snprintf(msg, sizeof(msg), "ambiguous request framing: %s",
+                     why ? why : "the parsers disagree on where the request ends");
+            respond_reject(c, REJ_FRAMING, msg);
+            return;
+        }
+        if (e == HPE_PAUSED) {
+            http_parser_pause(&c->p, 0);
+            dispatch(c);
+            continue;
         }
     }
     if (c->busy) {
@@ -1281,6 +1311,7 @@ static void on_connection(uv_stream_t *ls, int status) {
     atomic_fetch_add_explicit(&w->open, 1, memory_order_relaxed);
     http_parser_init(&c->p, HTTP_REQUEST);
     c->p.data = c;
+    rsl__frame_init(&c->fr);
     if (uv_accept(ls, (uv_stream_t *)&c->tcp) != 0) {
         conn_close(c);
         return;
