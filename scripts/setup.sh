@@ -7,8 +7,10 @@ set -euo pipefail
 # which checks the /metrics format there.  wrk and nginx are for
 # tests/bench/bench_proxy.sh (the sidecar next to nginx as a keep-alive proxy); Debian 12's
 # `nginx` is the core server (nginx-light only adds the echo module on top of it).
+# valgrind counts instructions per call in tests/bench/callgrind_calls.sh.
 pkgs=(pkg-config cmake gcc make libuv1-dev libcurl4-openssl-dev libhiredis-dev
-      libjansson-dev libhttp-parser-dev redis-server python3 curl prometheus wrk nginx)
+      libjansson-dev libhttp-parser-dev redis-server python3 curl prometheus wrk nginx
+      valgrind)
 # LuaJIT: OpenResty's maintained branch; Debian's older libluajit-5.1-dev works too (the
 # two conflict, so keep whichever is already there).
 if ! dpkg -s libluajit-5.1-dev >/dev/null 2>&1; then

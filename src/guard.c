@@ -31,6 +31,40 @@ const char *rsl__guard_kind_name(rsl__guard_kind k) {
     return "unknown";
 }
 
+int rsl__guard_acquire(rsl__guard *g, int64_t now, rsl__permit *permit, const char **why) {
+    switch (g->kind) {
+    case RSL_GUARD_LIMITER:
+        *why = "is empty";
+        return rsl__limiter_allow(g->u.limiter, now);
+    case RSL_GUARD_BULKHEAD:
+        *why = "is full";
+        return rsl__bulkhead_acquire(g->u.bulkhead);
+    case RSL_GUARD_BREAKER:
+        if (rsl__breaker_allow(g->u.breaker, now, permit)) {
+            return 1;
+        }
+        *why = rsl__breaker_state_get(g->u.breaker) == RSL_BREAKER_HALF_OPEN
+                   ? "is half_open with every probe slot taken"
+                   : "is open";
+        return 0;
+    }
+    *why = "is of an unknown kind";
+    return 0;
+}
+
+void rsl__guard_release(rsl__guard *g, rsl__permit *permit, int verdict, int64_t now,
+                        rsl_outcome outcome, int64_t latency_ns) {
+    if (g->kind == RSL_GUARD_BULKHEAD) {
+        rsl__bulkhead_release(g->u.bulkhead);
+    } else if (g->kind == RSL_GUARD_BREAKER) {
+        if (verdict) {
+            rsl__breaker_record(g->u.breaker, permit, now, outcome, latency_ns);
+        } else {
+            rsl__breaker_release(g->u.breaker, permit);
+        }
+    }
+}
+
 static rsl__guard *wrap(rsl__guard_kind kind, void *obj) {
     if (!obj) {
         return NULL;

@@ -1,5 +1,8 @@
 /*
- * guard -- the registry of named guards (breakers, limiters, bulkheads) a runtime owns.
+ * guard -- the guards (breakers, limiters, bulkheads) behind one interface, acquire and
+ * release, and the registry of named guards a runtime owns.
+ *
+ * Layer: the guards, above clock and window.
  *
  * Guards are keyed by name and outlive policy generations: a reload that declares the
  * same name and kind keeps the object (and its state) and applies the new thresholds in
@@ -34,6 +37,19 @@ typedef struct rsl__guard {
     } u;
     _Atomic int refs;
 } rsl__guard;
+
+/* One attempt through g at `now`: 1 when it may go on (a breaker's permit in *permit, a
+ * bulkhead's slot taken), else 0 with why it refused ("is open", "is empty", ...). */
+int rsl__guard_acquire(rsl__guard *g, int64_t now, rsl__permit *permit, const char **why);
+/* 1 when an acquired g must be given back (breakers and bulkheads; a limiter's token is
+ * spent). */
+static inline int rsl__guard_holds(const rsl__guard *g) {
+    return g->kind != RSL_GUARD_LIMITER;
+}
+/* Gives an acquired g back: with the attempt's verdict (its outcome and latency, recorded
+ * by a breaker), or without one (canceled, or a later guard refused: nothing recorded). */
+void rsl__guard_release(rsl__guard *g, rsl__permit *permit, int verdict, int64_t now,
+                        rsl_outcome outcome, int64_t latency_ns);
 
 /* A new guard wrapping a freshly created object (refs = 1). NULL on a bad conf. */
 rsl__guard *rsl__guard_new_breaker(const char *name, const rsl__breaker_conf *c);

@@ -2,15 +2,17 @@
  * lua_api -- the C side of what policy code touches per call: the `req` table, the `sig`
  * signals, `prev`, and the protected, time-limited calls into route() and Lua steps.
  *
- * One rsl__lapi per (generation, worker) Lua state, used only by that worker's thread.
+ * Layer: the Lua binding (lua_api.h).  One rsl__lapi per (generation, worker) Lua state, used only by that worker's thread.
  * `req`, `sig` and `prev` are created once per state and reused: a table built per call
  * costs about 3x a reused one.  `sig` functions are C closures that find guards through a
  * name -> light userdata table built at load (Lua strings are interned, so the lookup is
  * one hash probe), and read the guards' atomics directly: no allocation, no lock.
  */
-#include "runtime.h"
+#include "lua_api.h"
 
 #include "clock.h"
+#include "req.h"
+#include "sandbox.h"
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -19,8 +21,8 @@
 #include <string.h>
 
 struct rsl__lapi {
-    struct rsl_runtime *rt;
-    rsl__genr *G;
+    rsl__lapi_conf conf;
+    rsl__gen *g;
     int state;
     lua_State *L;
     int req_ref, prev_ref, gauges_ref;
@@ -133,7 +135,7 @@ static int sig_gauge(lua_State *L) {
         lua_pop(L, 2);
     } else {
         lua_pop(L, 1);
-        i = rsl__rt_gauge_find(a->rt, name, len);
+        i = rsl__gauge_find(a->conf.gauges, name, len);
         if (i >= 0) {
             lua_pushvalue(L, 1);
             lua_pushinteger(L, i);
@@ -144,7 +146,7 @@ static int sig_gauge(lua_State *L) {
     if (i < 0) {
         lua_pushnil(L);
     } else {
-        lua_pushnumber(L, rsl__rt_gauge_get(a->rt, i));
+        lua_pushnumber(L, rsl__gauge_get(a->conf.gauges, i));
     }
     return 1;
 }
@@ -164,20 +166,20 @@ static const luaL_Reg sig_fns[] = {
 };
 
 /* [-0, +0] Builds sig, req, prev and the gauge cache in the registry. */
-rsl__lapi *rsl__lapi_new(struct rsl_runtime *rt, rsl__genr *G, int state) {
+rsl__lapi *rsl__lapi_new(const rsl__lapi_conf *conf, rsl__gen *gen, int state) {
     rsl__lapi *a = calloc(1, sizeof(*a));
     if (!a) {
         return NULL;
     }
-    a->rt = rt;
-    a->G = G;
+    a->conf = *conf;
+    a->g = gen;
     a->state = state;
-    lua_State *L = a->L = G->g->states[state];
+    lua_State *L = a->L = gen->states[state];
     int top = lua_gettop(L);
 
     lua_newtable(L); /* guards: name -> light userdata */
-    for (int i = 0; i < G->g->nguards; i++) {
-        rsl__guard *g = G->g->guards[i];
+    for (int i = 0; i < gen->nguards; i++) {
+        rsl__guard *g = gen->guards[i];
         lua_pushstring(L, g->name);
         lua_pushlightuserdata(L, g);
         lua_rawset(L, -3);
@@ -202,7 +204,7 @@ rsl__lapi *rsl__lapi_new(struct rsl_runtime *rt, rsl__genr *G, int state) {
      * field of its sig breaks only itself, and reads cost no metamethod (a read-only
      * proxy cost ~20 ns per route of three signals). */
     int fns = lua_gettop(L);
-    int np = G->g->npolicies;
+    int np = gen->npolicies;
     a->sig_refs = calloc((size_t)(np ? np : 1), sizeof(int));
     if (!a->sig_refs) {
         lua_settop(L, top);
@@ -238,8 +240,8 @@ void rsl__lapi_free(rsl__lapi *a) {
     free(a); /* the refs live in the state, which closes with its generation */
 }
 
-/* [-0, +1] Pushes `req`, filled with c's request (once per call). */
-static void push_req(rsl__lapi *a, rsl__call *c) {
+/* [-0, +1] Pushes `req`, filled with the call's request (once per call). */
+static void push_req(rsl__lapi *a, const rsl__lcall *c) {
     lua_State *L = a->L;
     lua_rawgeti(L, LUA_REGISTRYINDEX, a->req_ref);
     if (a->req_call == c->id) {
@@ -280,14 +282,15 @@ static void take_error(lua_State *L, int rc, const char *what, int64_t limit, ch
     lua_pop(L, 1);
 }
 
-int rsl__lapi_route(rsl__lapi *a, rsl__call *c, char *err, size_t errlen) {
+int rsl__lapi_route(rsl__lapi *a, const rsl__lcall *c, int *path, int *npath, char *err,
+                    size_t errlen) {
     lua_State *L = a->L;
     int top = lua_gettop(L);
     a->now = c->start;
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->p->route_refs[a->state]);
     push_req(a, c);
     lua_rawgeti(L, LUA_REGISTRYINDEX, a->sig_refs[c->pidx]);
-    int64_t limit = a->rt->o.route_limit_ns;
+    int64_t limit = a->conf.route_limit_ns;
     int rc = rsl__sandbox_pcall(L, 2, 1, limit);
     if (rc != 0) {
         take_error(L, rc, "route", limit, err, errlen);
@@ -301,9 +304,9 @@ int rsl__lapi_route(rsl__lapi *a, rsl__call *c, char *err, size_t errlen) {
         goto out;
     }
     int n = (int)lua_objlen(L, -1);
-    if (n < 1 || n > RSL_MAX_PATH) {
+    if (n < 1 || n > RSL_POLICY_MAX_CHAIN) {
         snprintf(err, errlen, "route returned a list of %d steps, expected 1..%d", n,
-                 RSL_MAX_PATH);
+                 RSL_POLICY_MAX_CHAIN);
         goto out;
     }
     for (int i = 0; i < n; i++) {
@@ -320,10 +323,10 @@ int rsl__lapi_route(rsl__lapi *a, rsl__call *c, char *err, size_t errlen) {
             }
             goto out;
         }
-        c->path[i] = idx;
+        path[i] = idx;
         lua_pop(L, 1);
     }
-    c->npath = n;
+    *npath = n;
     ret = 0;
 out:
     lua_settop(L, top);
@@ -331,13 +334,12 @@ out:
 }
 
 /* [-0, +1] Pushes `prev` (the previous step's answer) or nil. */
-static void push_prev(rsl__lapi *a, rsl__call *c) {
+static void push_prev(rsl__lapi *a, const char *step, const rsl__answer *p) {
     lua_State *L = a->L;
-    if (c->prev_step < 0) {
+    if (!step) {
         lua_pushnil(L);
         return;
     }
-    const rsl__answer *p = &c->prev_ans;
     lua_rawgeti(L, LUA_REGISTRYINDEX, a->prev_ref);
     lua_pushinteger(L, p->status);
     lua_setfield(L, -2, "status");
@@ -345,7 +347,7 @@ static void push_prev(rsl__lapi *a, rsl__call *c) {
     lua_setfield(L, -2, "body");
     lua_pushstring(L, rsl_outcome_name(p->outcome));
     lua_setfield(L, -2, "outcome");
-    lua_pushstring(L, c->p->steps[c->prev_step].name);
+    lua_pushstring(L, step);
     lua_setfield(L, -2, "step");
     if (p->error) {
         lua_pushstring(L, p->error);
@@ -422,16 +424,17 @@ static void read_result(lua_State *L, int idx, rsl__answer *ans) {
     }
 }
 
-void rsl__lapi_step(rsl__lapi *a, rsl__call *c, const rsl__step *s) {
+void rsl__lapi_step(rsl__lapi *a, const rsl__lcall *c, const rsl__step *s,
+                    const char *prev_step, const rsl__answer *prev, rsl__answer *ans) {
     lua_State *L = a->L;
     int top = lua_gettop(L);
     a->now = c->start;
     lua_rawgeti(L, LUA_REGISTRYINDEX, s->u.lua.refs[a->state]);
     push_req(a, c);
-    push_prev(a, c);
+    push_prev(a, prev_step, prev);
     /* The step's own timeout bounds it too, and running past that is a `timeout`; running
      * past the runtime's limit is an `error` (a runaway, not a slow answer). */
-    int64_t limit = a->rt->o.lua_step_limit_ns;
+    int64_t limit = a->conf.lua_step_limit_ns;
     int own = s->timeout_ns > 0 && (limit <= 0 || s->timeout_ns < limit);
     if (own) {
         limit = s->timeout_ns;
@@ -440,7 +443,7 @@ void rsl__lapi_step(rsl__lapi *a, rsl__call *c, const rsl__step *s) {
     if (rc != 0) {
         char err[512];
         take_error(L, rc, own ? "lua step (its timeout)" : "lua step", limit, err, sizeof(err));
-        rsl__answer_fail(&c->ans,
+        rsl__answer_fail(ans,
                          own && rc == RSL_SANDBOX_ELIMIT ? RSL_OUTCOME_TIMEOUT : RSL_OUTCOME_ERROR,
                          "%s", err);
         lua_settop(L, top);
@@ -448,26 +451,26 @@ void rsl__lapi_step(rsl__lapi *a, rsl__call *c, const rsl__step *s) {
     }
     int r1 = top + 1;
     if (lua_istable(L, r1)) {
-        read_result(L, r1, &c->ans);
+        read_result(L, r1, ans);
     } else if (lua_isnil(L, r1) && lua_type(L, r1 + 1) == LUA_TSTRING) {
         size_t len;
         const char *o = lua_tolstring(L, r1 + 1, &len);
         int oc = rsl_outcome_parse(o, len);
         if (oc < 0 || oc == RSL_OUTCOME_OK) {
-            rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR,
+            rsl__answer_fail(ans, RSL_OUTCOME_ERROR,
                              "lua step returned nil, \"%s\": not a failure outcome", o);
         } else if (lua_type(L, r1 + 2) == LUA_TSTRING) {
-            rsl__answer_fail(&c->ans, (rsl_outcome)oc, "%s", lua_tostring(L, r1 + 2));
+            rsl__answer_fail(ans, (rsl_outcome)oc, "%s", lua_tostring(L, r1 + 2));
         } else {
             static const char *const answered[] = {
 #define RSL_X_(e, s, st) "lua step answered " s,
                 RSL_OUTCOMES(RSL_X_)
 #undef RSL_X_
             };
-            rsl__answer_fail(&c->ans, (rsl_outcome)oc, "%s", answered[oc]);
+            rsl__answer_fail(ans, (rsl_outcome)oc, "%s", answered[oc]);
         }
     } else {
-        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR,
+        rsl__answer_fail(ans, RSL_OUTCOME_ERROR,
                          "lua step returned %s; expected a table, or nil and an outcome",
                          luaL_typename(L, r1));
     }

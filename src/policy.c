@@ -573,6 +573,7 @@ static void read_step(lua_State *L, loader *ld, const rsl__policy *p, rsl__step 
         s->u.cache.ttl_ns = (int64_t)num(L, "ttl_ns");
         s->u.cache.max_entries = (int64_t)num(L, "max_entries");
     }
+    s->ops = ld->o->step_ops ? ld->o->step_ops[s->kind] : NULL;
 }
 
 /* [-0, +0] The policy declaration at the top of the stack into p (state 0). */

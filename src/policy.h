@@ -26,6 +26,7 @@
 #include "guard.h"
 #include "resilua.h"
 #include "sandbox.h"
+#include "step.h"
 #include "tmpl.h"
 #include <lua.h>
 #include <pthread.h>
@@ -63,6 +64,7 @@ typedef struct rsl__fault {
 typedef struct rsl__step {
     char *name;
     rsl__step_kind kind;
+    const rsl__step_ops *ops; /* the kind's: rsl__gen_opts.step_ops[kind] */
     int line;              /* line of the step's declaration in its policy's file */
     int64_t timeout_ns;    /* 0: none (the policy deadline still applies) */
     rsl__guard **guards;   /* in declaration order; borrowed from the generation */
@@ -140,6 +142,8 @@ typedef struct rsl__gen_opts {
                               registry on other threads take it too); NULL: none.  Reads
                               during the load take no lock: loads are serialized by the
                               caller, so nobody else writes the registry meanwhile. */
+    const rsl__step_ops *const *step_ops; /* by rsl__step_kind (steps.c); NULL: none, for
+                              a load that only checks or describes */
 } rsl__gen_opts;
 
 /* Limits the DSL enforces at load (a longer chain or guard list is a load error); the

@@ -1,17 +1,18 @@
 /*
- * worker -- a thread owning one libuv loop and, for each generation, one Lua state.
+ * worker -- a thread owning one libuv loop and the I/O clients beside it (worker.h).
  *
- * Other threads reach it only through its MPSC queue + uv_async_send (which coalesces
- * wake-ups, so each wake-up drains the whole queue).  Everything else it touches (its
- * loop, its Lua states, its calls and their timers) belongs to it alone.
+ * Layer: the loop and its I/O.  Other threads reach it only through its MPSC queue +
+ * uv_async_send (which coalesces wake-ups, so each wake-up drains the whole queue).
+ * Everything else it touches (its loop, its I/O clients, the jobs its owner runs on it
+ * and their timers) belongs to it alone.
  *
  * Stopping: rsl_close first makes sure no thread can post a new call (runtime.c), then
- * posts RSL_MSG_STOP.  The worker cancels what is in flight, keeps its loop turning until
- * every call has completed (a host step answered just before its cancel still arrives as a
- * message), waits until no other thread is inside rsl__worker_post, and only then closes
- * its async handle.
+ * posts RSL_MSG_STOP.  The owner's ops->stop cancels what is in flight; the worker keeps
+ * its loop turning until every job has completed (a host step answered just before its
+ * cancel still arrives as a message), waits until no other thread is inside
+ * rsl__worker_post, and only then closes its async handle.
  */
-#include "runtime.h"
+#include "worker.h"
 
 #include "clock.h"
 
@@ -67,8 +68,8 @@ rsl__msg *rsl__queue_pop(rsl__queue *q) {
 }
 
 void rsl__worker_post(rsl__worker *w, rsl__msg *m) {
-    struct rsl_runtime *rt = w->rt;
-    atomic_fetch_add(&rt->senders, 1);
+    _Atomic int64_t *senders = w->conf.senders;
+    atomic_fetch_add(senders, 1);
     rsl__queue_push(&w->q, m);
     /* Full fence between the push's link store and uv_async_send's first read of the
      * handle's pending flag.  libuv before 1.45 reads the flag with a plain load first
@@ -81,50 +82,22 @@ void rsl__worker_post(rsl__worker *w, rsl__msg *m) {
      * rsl_call_sync timeout in test_reload's reshape test (1 run in ~20). */
     atomic_thread_fence(memory_order_seq_cst);
     uv_async_send(&w->async);
-    atomic_fetch_sub(&rt->senders, 1);
+    atomic_fetch_sub(senders, 1);
 }
-
-void rsl__worker_track(rsl__worker *w, rsl__call *c) {
-    c->prev = NULL;
-    c->next = w->calls;
-    if (w->calls) {
-        w->calls->prev = c;
-    }
-    w->calls = c;
-    w->ncalls++;
-}
-
-void rsl__worker_untrack(rsl__worker *w, rsl__call *c) {
-    if (c->prev) {
-        c->prev->next = c->next;
-    } else if (w->calls == c) {
-        w->calls = c->next;
-    }
-    if (c->next) {
-        c->next->prev = c->prev;
-    }
-    c->prev = c->next = NULL;
-    w->ncalls--;
-}
-
-typedef struct cancel_msg {
-    rsl__msg msg;
-    uint64_t id;
-} cancel_msg;
 
 static void on_attached_closed(uv_handle_t *h) {
     rsl__worker *w = h->data;
-    rsl__rt_attached_closed(w->rt);
+    w->conf.ops->closed(w);
 }
 
 static void maybe_finish(rsl__worker *w) {
-    if (!w->stopping || w->ncalls > 0 || uv_is_closing((uv_handle_t *)&w->async)) {
+    if (!w->stopping || w->busy > 0 || uv_is_closing((uv_handle_t *)&w->async)) {
         return;
     }
     /* Nobody may be left inside rsl__worker_post: posters of calls are excluded by the
      * runtime before STOP; a host step answering a call we completed may still be
      * returning from uv_async_send. */
-    while (atomic_load(&w->rt->senders) > 0) {
+    while (atomic_load(w->conf.senders) > 0) {
         sched_yield();
     }
     /* I/O clients close their handles now; the loop runs until their close callbacks. */
@@ -136,35 +109,12 @@ static void maybe_finish(rsl__worker *w) {
         rsl__redis_close(w->redis);
         w->redis = NULL;
     }
-    rsl__call_drop_spares(w); /* calls freed from now on are not kept */
+    w->conf.ops->idle(w); /* calls freed from now on are not kept */
     uv_close((uv_handle_t *)&w->async, w->attached ? on_attached_closed : NULL);
 }
 
 static void handle(rsl__worker *w, rsl__msg *m) {
     switch (m->type) {
-    case RSL_MSG_CALL: {
-        rsl__call *c = (rsl__call *)m;
-        if (w->stopping) {
-            rsl__call_abort(c, RSL_OUTCOME_CANCELED, "runtime closed");
-        } else {
-            rsl__call_start(c);
-        }
-        break;
-    }
-    case RSL_MSG_ANSWER:
-        rsl__call_host_answered((rsl_step_call *)m);
-        break;
-    case RSL_MSG_CANCEL: {
-        cancel_msg *cm = (cancel_msg *)m;
-        for (rsl__call *c = w->calls; c; c = c->next) {
-            if (c->id == cm->id) {
-                rsl__call_cancel(c);
-                break;
-            }
-        }
-        free(cm);
-        break;
-    }
     case RSL_MSG_FN: {
         /* Posted before STOP (rsl_on_worker refuses once closing began), so it runs even
          * on a stopping worker: 0 from rsl_on_worker promises it runs. */
@@ -175,14 +125,10 @@ static void handle(rsl__worker *w, rsl__msg *m) {
     }
     case RSL_MSG_STOP:
         w->stopping = 1;
-        /* Canceling a call completes and unlinks it, or (a host answer already in
-         * flight) marks it to complete when that message arrives. */
-        for (rsl__call *c = w->calls, *next; c; c = next) {
-            next = c->next;
-            if (!c->canceled) {
-                rsl__call_cancel(c);
-            }
-        }
+        w->conf.ops->stop(w);
+        break;
+    default:
+        w->conf.ops->handle(w, m);
         break;
     }
 }
@@ -222,15 +168,15 @@ static void drain(uv_async_t *h) {
 
 rsl__http *rsl__worker_http(rsl__worker *w) {
     if (!w->http && !w->stopping) {
-        w->http = rsl__http_new(w->loop, w->rt->o.http_max_body);
+        w->http = rsl__http_new(w->loop, w->conf.http_max_body);
     }
     return w->http;
 }
 
 static void redis_log(void *ud, int level, const char *msg) {
     rsl__worker *w = ud;
-    rsl__log(w->rt, level == 0 ? RSL_LOG_ERROR : level == 1 ? RSL_LOG_WARN : RSL_LOG_INFO,
-             "worker %d: redis %s:%d: %s", w->index, w->rt->redis_host, w->rt->redis_port, msg);
+    rsl__log(w->conf.env, level == 0 ? RSL_LOG_ERROR : level == 1 ? RSL_LOG_WARN : RSL_LOG_INFO,
+             "worker %d: redis %s:%d: %s", w->index, w->conf.redis_host, w->conf.redis_port, msg);
 }
 
 /* On the loop's thread, before it serves calls: the Redis connection starts opening now,
@@ -238,50 +184,44 @@ static void redis_log(void *ud, int level, const char *msg) {
 static void io_start(rsl__worker *w) {
     w->http = NULL;
     w->redis = NULL;
-    if (w->rt->redis_host) {
-        w->redis = rsl__redis_new(w->loop, w->rt->redis_host, w->rt->redis_port, redis_log, w);
+    if (w->conf.redis_host) {
+        w->redis = rsl__redis_new(w->loop, w->conf.redis_host, w->conf.redis_port, redis_log, w);
     }
 }
 
-void rsl__worker_call_done(rsl__worker *w) {
+void rsl__worker_hold(rsl__worker *w) {
+    w->busy++;
+}
+
+void rsl__worker_release(rsl__worker *w) {
+    w->busy--;
     maybe_finish(w);
-}
-
-int rsl__worker_post_cancel(rsl__worker *w, uint64_t id) {
-    cancel_msg *cm = malloc(sizeof(*cm));
-    if (!cm) {
-        return RSL_ENOMEM;
-    }
-    cm->msg.type = RSL_MSG_CANCEL;
-    cm->id = id;
-    rsl__worker_post(w, &cm->msg);
-    return 0;
 }
 
 static void *run(void *arg) {
     rsl__worker *w = arg;
     self = w;
-    rsl__rand_seed(w->rt->o.seed ? w->rt->o.seed + (uint64_t)w->index : 0);
+    rsl__rand_seed(w->conf.seed ? w->conf.seed + (uint64_t)w->index : 0);
     io_start(w);
     uv_sem_post(&w->ready);
     uv_run(w->loop, UV_RUN_DEFAULT);
-    /* Only a cancel posted by a waiter racing the close can be left: calls and answers
-     * keep the loop alive until they are processed. */
+    /* Only a cancel posted by a waiter racing the close can be left (calls and answers
+     * keep the loop alive until they are processed): the owner frees it. */
     rsl__msg *m;
     while ((m = rsl__queue_pop(&w->q)) != NULL) {
         if (m->type == RSL_MSG_CANCEL) {
-            free(m);
+            w->conf.ops->handle(w, m);
         }
     }
     self = NULL;
     return NULL;
 }
 
-int rsl__worker_start(rsl__worker *w, struct rsl_runtime *rt, int index) {
-    w->rt = rt;
+int rsl__worker_start(rsl__worker *w, const rsl__worker_conf *conf, int index) {
+    w->conf = *conf;
     w->index = index;
     w->calls = NULL;
-    w->ncalls = 0;
+    w->busy = 0;
     w->stopping = 0;
     w->spare = NULL;
     w->nspare = 0;
@@ -318,11 +258,11 @@ void rsl__worker_join(rsl__worker *w) {
     uv_sem_destroy(&w->ready);
 }
 
-int rsl__worker_attach(rsl__worker *w, struct rsl_runtime *rt, uv_loop_t *loop) {
-    w->rt = rt;
+int rsl__worker_attach(rsl__worker *w, const rsl__worker_conf *conf, uv_loop_t *loop) {
+    w->conf = *conf;
     w->index = 0;
     w->calls = NULL;
-    w->ncalls = 0;
+    w->busy = 0;
     w->stopping = 0;
     w->spare = NULL;
     w->nspare = 0;
@@ -334,7 +274,7 @@ int rsl__worker_attach(rsl__worker *w, struct rsl_runtime *rt, uv_loop_t *loop) 
     }
     w->async.data = w;
     self = w;
-    rsl__rand_seed(rt->o.seed);
+    rsl__rand_seed(conf->seed);
     io_start(w);
     return 0;
 }

@@ -106,8 +106,10 @@ static void loop_empty_pcall(long n, void *arg) {
 static void loop_route(long n, void *arg) {
     rsl__call *c = arg;
     char err[256];
+    rsl__lcall lc = {c->id, c->start, c->req, c->p, c->pidx};
     for (long i = 0; i < n; i++) {
-        if (rsl__lapi_route(c->G->api[c->w->index], c, err, sizeof(err)) < 0) {
+        if (rsl__lapi_route(c->G->api[c->w->index], &lc, c->path, &c->npath, err,
+                            sizeof(err)) < 0) {
             fprintf(stderr, "route failed: %s\n", err);
             exit(1);
         }
@@ -145,7 +147,7 @@ static rsl__call *route_call(const char *name, rsl_req *req) {
 /* Runs on the worker thread. */
 static void bench_step(rsl_step_call *sc, const rsl_req *unused, void *ud) {
     rsl__worker *w = rsl__worker_self();
-    rsl__genr *G = w->rt->cur;
+    rsl__genr *G = rt->cur;
     lua_State *L = G->g->states[w->index];
     rsl_req *req = rsl_req_new();
     rsl_req_set(req, "id", "42", 2);

@@ -1,0 +1,251 @@
+/*
+ * inspect -- what the runtime shows of itself: rsl_describe_json (the loaded policies),
+ * rsl_state_json (generations, reloads, every guard's state), rsl_metrics_text (the
+ * Prometheus exposition) and rsl_check (load a directory without running it).
+ *
+ * Layer: the runtime (runtime.h).  Any thread: it takes the runtime's lock for its
+ * counters and the registry's lock for the guards, never both at once.
+ */
+#include "runtime.h"
+
+#include "clock.h"
+#include "window.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- introspection -------------------------------------------------------------------- */
+
+char *rsl_describe_json(rsl_runtime *rt) {
+    rsl__genr *G = rt ? rsl__rt_current(rt) : NULL;
+    if (!G) {
+        return NULL;
+    }
+    json_t *j = rsl__gen_describe(G->g);
+    char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(j);
+    rsl__genr_unref(G);
+    return s;
+}
+
+static json_t *guard_state(rsl__guard *g, int64_t now) {
+    json_t *o = json_object();
+    json_object_set_new(o, "kind", json_string(rsl__guard_kind_name(g->kind)));
+    switch (g->kind) {
+    case RSL_GUARD_BREAKER: {
+        rsl__breaker *b = g->u.breaker;
+        json_object_set_new(o, "state",
+                            json_string(rsl__breaker_state_name(rsl__breaker_state_at(b, now))));
+        json_object_set_new(o, "failure_rate", json_real(rsl__breaker_failure_rate(b, now)));
+        json_object_set_new(o, "slow_rate", json_real(rsl__breaker_slow_rate(b, now)));
+        json_object_set_new(o, "calls", json_integer(rsl__breaker_calls(b, now)));
+        json_object_set_new(o, "p50_ms", json_real((double)rsl__breaker_latency(b, now, 0.5) / 1e6));
+        json_object_set_new(o, "p90_ms", json_real((double)rsl__breaker_latency(b, now, 0.9) / 1e6));
+        json_object_set_new(o, "p99_ms", json_real((double)rsl__breaker_latency(b, now, 0.99) / 1e6));
+        json_object_set_new(o, "open_remaining_ms",
+                            json_real((double)rsl__breaker_open_remaining(b, now) / 1e6));
+        json_object_set_new(o, "backoff_level", json_integer(rsl__breaker_level(b)));
+        json_object_set_new(o, "probes_inflight", json_integer(rsl__breaker_probes_inflight(b)));
+        json_object_set_new(o, "rejections", json_integer((json_int_t)rsl__breaker_rejections(b)));
+        break;
+    }
+    case RSL_GUARD_LIMITER:
+        json_object_set_new(o, "tokens", json_real(rsl__limiter_tokens(g->u.limiter, now)));
+        json_object_set_new(o, "rejections",
+                            json_integer((json_int_t)rsl__limiter_rejections(g->u.limiter)));
+        break;
+    case RSL_GUARD_BULKHEAD:
+        json_object_set_new(o, "inflight", json_integer(rsl__bulkhead_inflight(g->u.bulkhead)));
+        json_object_set_new(o, "max", json_integer(rsl__bulkhead_max(g->u.bulkhead)));
+        json_object_set_new(o, "load", json_real(rsl__bulkhead_load(g->u.bulkhead)));
+        json_object_set_new(o, "rejections",
+                            json_integer((json_int_t)rsl__bulkhead_rejections(g->u.bulkhead)));
+        break;
+    }
+    return o;
+}
+
+char *rsl_state_json(rsl_runtime *rt) {
+    if (!rt) {
+        return NULL;
+    }
+    json_t *root = json_object();
+    json_t *guards = json_object();
+    int64_t now = rsl__rt_now(rt);
+    pthread_mutex_lock(&rt->lock);
+    json_object_set_new(root, "generation", json_integer((json_int_t)rt->gen_number));
+    /* A copy: the record is replaced (and freed) by the next reload. */
+    json_object_set_new(root, "last_reload",
+                        rt->last_reload ? json_deep_copy(rt->last_reload) : json_null());
+    json_t *reloads = json_object();
+    json_object_set_new(reloads, "ok", json_integer((json_int_t)rt->reloads_ok));
+    json_object_set_new(reloads, "failed", json_integer((json_int_t)rt->reloads_failed));
+    json_object_set_new(root, "reloads", reloads);
+    pthread_mutex_unlock(&rt->lock);
+    /* The registry lock, not rt->lock: walking every guard must not stall calls. */
+    pthread_mutex_lock(&rt->reg_lock);
+    for (size_t i = 0; i < rsl__guards_count(rt->guards); i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        json_object_set_new(guards, g->name, guard_state(g, now));
+    }
+    pthread_mutex_unlock(&rt->reg_lock);
+    json_object_set_new(root, "guards", guards);
+    char *s = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9));
+    json_decref(root);
+    return s;
+}
+
+static int metric_guard(rsl__buf *b, const char *name, const char *label, const char *guard,
+                        const char *l2, const char *v2, const char *l3, const char *v3,
+                        uint64_t value) {
+    int rc = rsl__buf_append(b, name, strlen(name));
+    rc |= rsl__buf_append(b, "{", 1);
+    rc |= rsl__buf_append(b, label, strlen(label));
+    rc |= rsl__buf_append(b, "=", 1);
+    rc |= rsl__metrics_label(b, guard);
+    if (l2) {
+        rc |= rsl__buf_append(b, ",", 1);
+        rc |= rsl__buf_append(b, l2, strlen(l2));
+        rc |= rsl__buf_append(b, "=", 1);
+        rc |= rsl__metrics_label(b, v2);
+    }
+    if (l3) {
+        rc |= rsl__buf_append(b, ",", 1);
+        rc |= rsl__buf_append(b, l3, strlen(l3));
+        rc |= rsl__buf_append(b, "=", 1);
+        rc |= rsl__metrics_label(b, v3);
+    }
+    char num[32];
+    int n = snprintf(num, sizeof(num), "} %llu\n", (unsigned long long)value);
+    rc |= rsl__buf_append(b, num, (size_t)n);
+    return rc;
+}
+
+#define HELP(b, name, type, text)                                                          \
+    rsl__buf_append(b, "# HELP " name " " text "\n# TYPE " name " " type "\n",            \
+                    strlen("# HELP " name " " text "\n# TYPE " name " " type "\n"))
+
+char *rsl_metrics_text(rsl_runtime *rt) {
+    if (!rt) {
+        return NULL;
+    }
+    rsl__buf b = {0};
+    int rc = 0;
+    int64_t now = rsl__rt_now(rt);
+    /* The counters under rt->lock, the guards under reg_lock: never both at once. */
+    pthread_mutex_lock(&rt->lock);
+    rc |= rsl__metrics_render(&rt->metrics, &b);
+    unsigned long long reloads_ok = rt->reloads_ok, reloads_failed = rt->reloads_failed;
+    unsigned long long generation = rt->gen_number;
+    pthread_mutex_unlock(&rt->lock);
+    pthread_mutex_lock(&rt->reg_lock);
+    size_t ng = rsl__guards_count(rt->guards);
+    rc |= HELP(&b, "resilua_breaker_state", "gauge", "1 for the breaker's current state.");
+    for (size_t i = 0; i < ng; i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        if (g->kind == RSL_GUARD_BREAKER) {
+            rsl__breaker_state st = rsl__breaker_state_at(g->u.breaker, now);
+            for (int s = 0; s < RSL_BREAKER__COUNT; s++) {
+                rc |= metric_guard(&b, "resilua_breaker_state", "breaker", g->name, "state",
+                                   rsl__breaker_state_name((rsl__breaker_state)s), NULL, NULL,
+                                   (int)st == s);
+            }
+        }
+    }
+    rc |= HELP(&b, "resilua_breaker_transitions_total", "counter", "Breaker state changes.");
+    for (size_t i = 0; i < ng; i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        if (g->kind != RSL_GUARD_BREAKER) {
+            continue;
+        }
+        for (int f = 0; f < RSL_BREAKER__COUNT; f++) {
+            for (int t = 0; t < RSL_BREAKER__COUNT; t++) {
+                uint64_t v = f == t ? 0
+                                    : rsl__breaker_transitions(g->u.breaker, (rsl__breaker_state)f,
+                                                               (rsl__breaker_state)t);
+                if (v) {
+                    rc |= metric_guard(&b, "resilua_breaker_transitions_total", "breaker",
+                                       g->name, "from",
+                                       rsl__breaker_state_name((rsl__breaker_state)f), "to",
+                                       rsl__breaker_state_name((rsl__breaker_state)t), v);
+                }
+            }
+        }
+    }
+    rc |= HELP(&b, "resilua_guard_rejections_total", "counter", "Calls a guard said no to.");
+    for (size_t i = 0; i < ng; i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        uint64_t v = g->kind == RSL_GUARD_BREAKER   ? rsl__breaker_rejections(g->u.breaker)
+                     : g->kind == RSL_GUARD_LIMITER ? rsl__limiter_rejections(g->u.limiter)
+                                                    : rsl__bulkhead_rejections(g->u.bulkhead);
+        rc |= metric_guard(&b, "resilua_guard_rejections_total", "guard", g->name, NULL, NULL,
+                           NULL, NULL, v);
+    }
+    rc |= HELP(&b, "resilua_bulkhead_inflight", "gauge", "Calls inside a bulkhead now.");
+    for (size_t i = 0; i < ng; i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        if (g->kind == RSL_GUARD_BULKHEAD) {
+            int64_t v = rsl__bulkhead_inflight(g->u.bulkhead);
+            rc |= metric_guard(&b, "resilua_bulkhead_inflight", "bulkhead", g->name, NULL, NULL,
+                               NULL, NULL, v > 0 ? (uint64_t)v : 0);
+        }
+    }
+    char tail[512];
+    int n = snprintf(tail, sizeof(tail),
+                     "# HELP resilua_reloads_total Policy reloads, by result.\n"
+                     "# TYPE resilua_reloads_total counter\n"
+                     "resilua_reloads_total{result=\"ok\"} %llu\n"
+                     "resilua_reloads_total{result=\"error\"} %llu\n"
+                     "# HELP resilua_policy_generation The policy generation serving now.\n"
+                     "# TYPE resilua_policy_generation gauge\n"
+                     "resilua_policy_generation %llu\n",
+                     reloads_ok, reloads_failed, generation);
+    pthread_mutex_unlock(&rt->reg_lock);
+    rc |= rsl__buf_append(&b, tail, (size_t)n);
+    if (rc) {
+        rsl__buf_free(&b);
+        return NULL;
+    }
+    return b.p;
+}
+
+int rsl_check(const char *policy_dir, char **json, char *err, size_t errlen) {
+    char dummy[1];
+    if (json) {
+        *json = NULL;
+    }
+    if (!policy_dir) {
+        return RSL_EINVAL;
+    }
+    rsl__guards *reg = rsl__guards_new();
+    rsl__watchdog *wd = rsl__watchdog_new(0); /* a policy file looping at load is stopped */
+    if (!reg || !wd) {
+        rsl__guards_free(reg);
+        rsl__watchdog_free(wd);
+        return RSL_ENOMEM;
+    }
+    rsl_options d;
+    rsl_options_init(&d);
+    rsl__gen_opts go = {.nstates = 1, .mem_limit = d.lua_mem_limit, .wd = wd, .stripes = 1};
+    rsl__gen *g = NULL;
+    rsl__load_report rep = {0};
+    int rc = rsl__gen_load(policy_dir, reg, &go, &g, &rep, err ? err : dummy,
+                           err ? errlen : sizeof(dummy));
+    if (rc == 0) {
+        if (json) {
+            json_t *j = rsl__gen_describe(g);
+            if (j && rep.warnings) {
+                json_object_set_new(j, "warnings", json_string(rep.warnings));
+            }
+            *json = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+            json_decref(j);
+        }
+        rsl__gen_free(g);
+    }
+    rsl__load_report_free(&rep);
+    rsl__guards_free(reg);
+    rsl__watchdog_free(wd);
+    return rc;
+}
