@@ -104,13 +104,6 @@ void rsl__answer_fail(rsl__answer *a, rsl_outcome o, const char *fmt, ...) {
     }
 }
 
-void rsl__answer_move(rsl__answer *dst, rsl__answer *src) {
-    rsl__answer tmp = *dst;
-    *dst = *src;
-    *src = tmp;
-    rsl__answer_reset(src);
-}
-
 void rsl__answer_copy_headers(rsl__answer *a, const rsl__header *h, int n) {
     if (n <= 0) {
         return;

@@ -26,7 +26,12 @@ void rsl__answer_free(rsl__answer *a);
 void rsl__answer_fail(rsl__answer *a, rsl_outcome o, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 /* Moves src into dst (dst's old content goes to src, which is reset). */
-void rsl__answer_move(rsl__answer *dst, rsl__answer *src);
+static inline void rsl__answer_move(rsl__answer *dst, rsl__answer *src) {
+    rsl__answer tmp = *dst;
+    *dst = *src;
+    *src = tmp;
+    rsl__answer_reset(src);
+}
 /* dst's headers become a packed copy of h[0..n). */
 void rsl__answer_copy_headers(rsl__answer *a, const rsl__header *h, int n);
 /* The outcome an HTTP-like status stands for: 5xx, 4xx, else ok. */
