@@ -2,6 +2,8 @@
  * breaker -- the circuit breaker of breaker.h: one packed 64-bit state word changed only by
  * CAS, a striped sliding window (window.c) for the closed state's statistics.
  *
+ * Layer: the guards, above clock and window.
+ *
  * Threads: allow/record/release and every read from any thread without a lock or an
  * allocation; admin overrides and threshold changes from any thread; replacing the window
  * (configure with a new window_ns/buckets/stripes) from one thread at a time (the loader,

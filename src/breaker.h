@@ -1,6 +1,8 @@
 /*
  * breaker -- a circuit breaker shared by every worker: lock-free, allocation-free hot path.
  *
+ * Layer: the guards, above clock and window.
+ *
  * All state that decides admission lives in one 64-bit word changed by CAS:
  *   state (3 bits) | probes in flight (8) | probe successes (8) | backoff level (5) |
  *   cycle (8) | open_until in ms, wrapping 32 bits (compared as a signed difference)

@@ -3,6 +3,8 @@
  * cache line of its own, taken by a CAS loop so it never exceeds max, even for a moment
  * (fetch_add-then-undo would let readers of load() see max + k and reject calls spuriously).
  *
+ * Layer: the guards.
+ *
  * Threads: any thread, no lock, no allocation.  Ownership: rsl__bulkhead_new allocates it
  * (name inline); rsl__bulkhead_free frees it.
  */

@@ -1,6 +1,8 @@
 /*
  * bulkhead -- at most `max` concurrent calls.  One atomic counter on its own cache line.
  * Any thread.
+ *
+ * Layer: the guards.
  */
 #ifndef RSL_BULKHEAD_H
 #define RSL_BULKHEAD_H

@@ -1,6 +1,9 @@
 /*
  * cache -- see cache.h.  Chained hash table (power-of-two buckets, grown at load 1) plus an
  * intrusive doubly linked LRU list; entries are one allocation each (key and body inline).
+ *
+ * Layer: the guards' layer (beside breakers and limiters): it knows nothing of calls or
+ * steps.
  */
 #include "cache.h"
 #include "resilua.h"

@@ -4,6 +4,9 @@
  * runtime so it outlives policy generations.  A mutex guards it: lookups and writes are
  * per call, not per guard decision, and workers share it (a per-worker cache would halve
  * the hit rate with two workers).  Any thread.
+ *
+ * Layer: the guards' layer (beside breakers and limiters): it knows nothing of calls or
+ * steps.
  */
 #ifndef RSL_CACHE_H
 #define RSL_CACHE_H

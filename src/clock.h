@@ -1,6 +1,8 @@
 /*
  * clock -- time for the runtime, in int64 nanoseconds on CLOCK_MONOTONIC.
  *
+ * Layer: base, the bottom: it depends on nothing of the library.
+ *
  * Guards never read a clock: every breaker/limiter/window function takes `now` from its
  * caller.  The runtime reads the clock once per call start and once per call end (or
  * uses the coarse clock), and tests pass whatever time they want.  Any thread.

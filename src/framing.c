@@ -1,5 +1,7 @@
 /*
  * framing -- a strict byte-by-byte check of HTTP/1.x request framing (see framing.h).
+ *
+ * Layer: the sidecar's (serve.c alone uses it); it depends on nothing.
  */
 #include "framing.h"
 

@@ -1,6 +1,8 @@
 /*
  * framing -- the sidecar's strict reading of where an HTTP/1.x request begins and ends.
  *
+ * Layer: the sidecar's (serve.c alone uses it); it depends on nothing.
+ *
  * http_parser (Debian builds it lenient) parses the requests; this checks, byte by byte
  * beside it, the rules under which two HTTP implementations cannot disagree about a
  * request's boundary (RFC 9112 sections 2-7 and 11.2, as nginx and Envoy enforce them):

@@ -1,7 +1,10 @@
 /*
- * guard -- the registry of named guards (guard.h): a dynamic array of guard pointers kept
- * sorted by name, found by binary search; each guard is reference counted and frees its
- * breaker, limiter or bulkhead at the last unref.
+ * guard -- one interface over the guard kinds (acquire, release), and the registry of
+ * named guards (guard.h): a dynamic array of guard pointers kept sorted by name, found by
+ * binary search; each guard is reference counted and frees its breaker, limiter or
+ * bulkhead at the last unref.
+ *
+ * Layer: the guards, above breaker, limiter and bulkhead.
  *
  * Threads: the registry is changed by one loader at a time (the runtime's reload lock) and
  * read by it; refs are atomic because generations on other threads drop theirs.

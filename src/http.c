@@ -1,6 +1,8 @@
 /*
  * http -- libcurl's multi_socket API on a libuv loop (see http.h for the contract).
  *
+ * Layer: the loop and its I/O, beside worker.c: it knows nothing of calls or steps.
+ *
  * The wiring follows curl's docs/examples/multi-uv.c:
  *  - CURLMOPT_SOCKETFUNCTION: one uv_poll per socket, found again through
  *    curl_multi_assign, or by fd when curl comes back to a socket it had let go.  A

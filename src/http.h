@@ -5,6 +5,8 @@
  * recycled, so a steady stream of calls to one upstream reuses its keep-alive
  * connections.
  *
+ * Layer: the loop and its I/O, beside worker.c: it knows nothing of calls or steps.
+ *
  * Rules:
  *  - One rsl__http per loop; every function runs on that loop's thread ("loop thread").
  *  - rsl__http_start either fails (the callback never runs) or the callback runs exactly

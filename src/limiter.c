@@ -2,6 +2,8 @@
  * limiter -- a GCRA rate limiter (limiter.h): one atomic "theoretical arrival time" (tat,
  * ns) moved by CAS on every admission; the token bucket without a refill timer.
  *
+ * Layer: the guards, above clock.
+ *
  * Threads: allow/tokens/configure from any thread; no lock, no allocation.  tat lives on a
  * cache line of its own with the two numbers allow reads (the emission interval T and the
  * burst tolerance tau = burst * T), so an admission touches one line.

@@ -3,6 +3,8 @@
  * time"): `rate` calls per `per`, up to `burst` at once.  One CAS per admission, no lock,
  * no allocation.  Any thread.
  *
+ * Layer: the guards, above clock.
+ *
  * emission interval T = per / rate; a call is admitted when max(tat, now) + T - now <=
  * burst * T, and tat moves to max(tat, now) + T.  tokens = burst - (max(tat, now) - now)/T.
  */

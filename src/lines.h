@@ -2,6 +2,8 @@
  * lines -- cache-line sized allocation for objects that threads share.  Hot atomics sit
  * on their own 64-byte lines (two threads bumping one line cost ~3x two lines), so such
  * objects are allocated line-aligned and line-sized.  Header only.
+ *
+ * Layer: base: it depends on nothing.
  */
 #ifndef RSL_LINES_H
 #define RSL_LINES_H

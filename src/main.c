@@ -2,6 +2,8 @@
  * main.c -- the `resilua` command: `check` validates a policy directory, `call` runs a
  * policy COUNT times in one runtime and prints each result as one JSON line.
  *
+ * Layer: the CLI, the top: a client of resilua.h only, like any embedder.
+ *
  * Rules: this file is a client of the library like any embedder -- it uses only
  * resilua.h (and jansson to read rsl_check's description).  Results go to stdout, one
  * line per call, flushed per line so a pipe sees each call as it ends; diagnostics go to

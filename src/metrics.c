@@ -1,5 +1,8 @@
 /*
  * metrics -- see metrics.h.
+ *
+ * Layer: base: counters the generations create and the calls and the chain bump; the
+ * runtime renders them.
  */
 #include "metrics.h"
 

@@ -1,6 +1,9 @@
 /*
  * metrics -- the counters behind DESIGN.md's Prometheus series, and their text rendering.
  *
+ * Layer: base: counters the generations create and the calls and the chain bump; the
+ * runtime renders them.
+ *
  * Per-policy and per-step counters are keyed by name and owned by the runtime, so they
  * survive reloads (a reload never resets a counter).  They are append-only: a policy or
  * step seen once keeps its counters for the runtime's life, and their addresses never

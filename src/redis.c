@@ -2,6 +2,8 @@
  * redis -- a worker's Redis connection: hiredis 0.14 async on the worker's libuv loop.
  * Loop thread only (see redis.h for the contract).
  *
+ * Layer: the loop and its I/O, beside worker.c: it knows nothing of calls or steps.
+ *
  * Ownership.  A command started with a callback owns a small handle (rsl__redis_cmd),
  * given to hiredis as privdata; hiredis calls reply_cb exactly once per command (with a
  * NULL reply when the connection is lost or freed), and reply_cb is the only place that

@@ -4,6 +4,8 @@
  * backoff.  Loop thread only: every function here and every callback runs on the thread
  * that runs the loop given to rsl__redis_new.
  *
+ * Layer: the loop and its I/O, beside worker.c: it knows nothing of calls or steps.
+ *
  * Contract, as libuv's: a command that returns an error never runs its callback; one that
  * returns 0 runs it exactly once, later (never inside rsl__redis_command), unless the
  * caller cancels it or closes the connection first.  Per-command timeouts are the

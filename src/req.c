@@ -1,6 +1,8 @@
 /*
  * req -- rsl_req: attributes and body.  The caller owns a request it made; a call owns
  * the frozen copy it took (one allocation).  Not thread-safe: one thread at a time.
+ *
+ * Layer: base: the request, read by the Lua binding and the steps.
  */
 #include "req.h"
 

@@ -1,6 +1,8 @@
 /*
  * req -- the request a call carries: attributes (name -> bytes) and a body.  The caller's
  * rsl_req is copied into one allocation when a call is made, so it may be reused at once.
+ *
+ * Layer: base: the request, read by the Lua binding and the steps.
  */
 #ifndef RSL_REQ_H
 #define RSL_REQ_H

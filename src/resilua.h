@@ -1,6 +1,8 @@
 /*
  * resilua.h -- the one public header of libresilua.
  *
+ * Layer: the public header: every layer may include it for the public types.
+ *
  * A runtime owns a policy directory (LuaJIT files written with the `resilua` DSL), the
  * guards they declare (breakers, limiters, bulkheads: shared, lock-free, surviving reload)
  * and one or more worker threads, each with its own libuv loop and Lua state.  A call runs

@@ -3,6 +3,8 @@
  * allow-listed environment per policy file, and run-time limits enforced by a watchdog
  * thread that also stop loops LuaJIT would have compiled.
  *
+ * Layer: Lua, above the base: the policies load into sandboxed states.
+ *
  * Memory.  Each state's allocator `ud` is its `sbx`, which counts the bytes in use.  The
  * cap applies while policy code runs (inside rsl__sandbox_pcall): past it the allocator
  * returns NULL and Lua raises a memory error there, where it is caught.  Outside, C code on

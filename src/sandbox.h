@@ -2,6 +2,8 @@
  * sandbox -- the Lua states policies run in: a capped allocator, an allow-listed
  * environment, and run-time limits that also stop loops LuaJIT has compiled.
  *
+ * Layer: Lua, above the base: the policies load into sandboxed states.
+ *
  * Limits.  LuaJIT's count hook never fires inside a compiled trace, so an instruction
  * count cannot stop `while true do end` once it is hot, and an armed count hook sends every
  * interpreted bytecode through the hook dispatch.  So: the JIT engine is off for the whole

@@ -1,6 +1,8 @@
 /*
  * tmpl -- "${attr}" templates: parsed once at load into literal and attribute parts,
  * expanded per call into a reusable buffer.  Immutable after parse: any thread.
+ *
+ * Layer: base: templates and buffers, used by the steps, the caches and the policies.
  */
 #include "tmpl.h"
 

@@ -2,6 +2,8 @@
  * tmpl -- "${attr}" templates (cache keys, URLs).  Parsed once when a policy loads,
  * expanded per call into a caller's buffer.  A missing attribute is an error naming it,
  * never an empty string.  Any thread (a template is immutable once parsed).
+ *
+ * Layer: base: templates and buffers, used by the steps, the caches and the policies.
  */
 #ifndef RSL_TMPL_H
 #define RSL_TMPL_H

@@ -2,6 +2,8 @@
  * window -- the striped sliding window of window.h: per-bucket counts and latency bins,
  * per-stripe running totals kept by subtract-on-evict.
  *
+ * Layer: base (with clock): the guards count in windows.
+ *
  * Threads: record/counts/quantile/clear from any thread, no lock, no allocation.  Each
  * stripe has a head word (newest bucket's epoch and index) advanced by CAS; the thread that
  * wins the CAS evicts the buckets that fell out.  Evicting and clearing take counts out of a

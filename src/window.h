@@ -2,6 +2,8 @@
  * window -- a time-based sliding window of buckets: calls, failures, slow calls, and a
  * latency histogram for quantiles.  Shared by threads; lock-free; no allocation after init.
  *
+ * Layer: base (with clock): the guards count in windows.
+ *
  * Layout: `stripes` independent copies of the window, each on its own cache lines, so two
  * threads recording at once do not bounce one line between cores (measured: two threads
  * bumping one counter cost about 3x two threads on separate lines).  A thread records into
