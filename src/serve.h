@@ -1,0 +1,160 @@
+/*
+ * serve.h -- what the sidecar's files share: the server (serve.c), a connection
+ * (serve_conn.c) and the answers (serve_answer.c).  Not installed.
+ *
+ * Layer: the sidecar, a client of resilua.h only (and of framing.h, its own).  Everything
+ * here is used on the loop thread of the worker it belongs to, but for the counters, which
+ * /metrics reads from any worker.
+ */
+#ifndef RSL_SERVE_H
+#define RSL_SERVE_H
+
+#include "framing.h"
+#include "resilua.h"
+
+#include <http_parser.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <uv.h>
+
+#define NS_PER_MS 1000000LL
+
+/* Unparsed bytes a connection may hold while its answer is pending: a few pipelined
+ * requests, no more (64 KiB: libuv's own suggested read size). */
+#define READ_AHEAD (64 * 1024)
+/* The input buffer starts at this size and grows (doubling) to READ_AHEAD + this. */
+#define READ_CHUNK 4096
+/* listen(2) backlog: Linux clamps it to net.core.somaxconn (4096 on recent kernels). */
+#define BACKLOG 511
+
+/* X(enum, label, status): the limits a request can hit. */
+#define REJECTS(X)                                                                                 \
+    X(HEADER_TOO_LARGE, "header_too_large", 431)                                                   \
+    X(TOO_MANY_HEADERS, "too_many_headers", 431)                                                   \
+    X(BODY_TOO_LARGE, "body_too_large", 413)                                                       \
+    X(REQUEST_TIMEOUT, "request_timeout", 408)                                                     \
+    X(MALFORMED, "malformed", 400)                                                                 \
+    X(FRAMING, "framing", 400)                                                                     \
+    X(BAD_TARGET, "bad_target", 400)
+
+enum {
+#define X_(e, s, st) REJ_##e,
+    REJECTS(X_)
+#undef X_
+        REJ__COUNT
+};
+/* By REJ_*: the label of resilua_http_rejected_total, and the answer's status. */
+extern const char *const rsl__srv_reject_names[];
+extern const int rsl__srv_reject_status[];
+
+enum { T_NONE, T_IDLE, T_READING, T_WRITING, T_LINGER, T_WRITTEN };
+
+/* After refusing a request the server closes the connection, but a client still sending
+ * its body would then get a reset that can destroy the answer before it reads it: the
+ * server shuts its side down and reads on, discarding, until the client closes or this
+ * long has passed (nginx's lingering_close does the same, 5 s; a refused client has had
+ * its answer by then). */
+#define LINGER_NS (2000 * NS_PER_MS)
+
+typedef struct srv_worker srv_worker;
+
+typedef struct conn {
+    srv_worker *w;
+    struct conn *prev, *next;
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    int refs;        /* tcp handle, timer handle, an answer (call or reload) pending */
+    int timer_state; /* T_* */
+    http_parser p;
+    rsl__framer fr; /* the strict framing rules, checked beside the parser */
+    /* input */
+    char *in;
+    size_t in_len, in_off, in_cap;
+    int reading;
+    /* the request being parsed */
+    int in_message;
+    int in_field; /* the parser is inside a header name */
+    size_t header_bytes;
+    int nheaders;
+    char hname[16]; /* the current header's name, lowercased, truncated */
+    size_t hname_len;
+    int hdr_expect; /* the current header is Expect */
+    int expect_continue;
+    char *url;
+    size_t url_len, url_cap;
+    char *body;
+    size_t body_len, body_cap;
+    int reject; /* REJ_* + 1 when the request broke a limit */
+    /* the answer */
+    int busy; /* a request is being answered (until its answer is written) */
+    int call_pending;
+    uint64_t call_id;
+    int keep_alive;
+    int head;
+    int closing;
+    int close_after;
+    int linger_wanted; /* the answer refuses the request: linger after it */
+    int lingering;
+    uv_shutdown_t shut;
+    uv_write_t wr;
+    char *out;
+} conn;
+
+struct srv_worker {
+    rsl_serve *s;
+    int index;
+    uv_loop_t *loop;
+    uv_tcp_t listener;
+    int listener_open;
+    conn *conns;
+    int handles; /* our handles open on this loop */
+    int live;    /* conns not yet freed */
+    int draining;
+    int done; /* reported done to rsl_serve_stop */
+    int rc;   /* listen result */
+    char err[256];
+    /* counters: written by this worker only, read by /metrics on any worker */
+    _Atomic uint64_t by_status[600];
+    _Atomic uint64_t rejected[REJ__COUNT];
+    _Atomic uint64_t accepted, idle_closed, client_aborts;
+    _Atomic int64_t open;
+};
+
+struct rsl_serve {
+    rsl_runtime *rt;
+    rsl_serve_options o;
+    struct sockaddr_storage addr;
+    int port;
+    int nworkers;
+    srv_worker *w;
+    _Atomic int draining;
+    pthread_mutex_t m;
+    pthread_cond_t cv;
+    int step_done; /* workers that finished the step rsl_serve_start/stop waits on */
+};
+
+static inline void relaxed_inc(_Atomic uint64_t *v) {
+    atomic_fetch_add_explicit(v, 1, memory_order_relaxed);
+}
+
+static inline uint64_t relaxed(_Atomic uint64_t *v) {
+    return atomic_load_explicit(v, memory_order_relaxed);
+}
+
+/* serve_conn.c */
+int rsl__srv_grow(char **p, size_t *cap, size_t need);
+void rsl__srv_worker_check_done(srv_worker *w);
+void rsl__srv_conn_unref(conn *c);
+void rsl__srv_conn_close(conn *c);
+void rsl__srv_timer_set(conn *c, int state, int64_t ns);
+void rsl__srv_on_written(uv_write_t *wr, int status);
+void rsl__srv_on_timer(uv_timer_t *t);
+void rsl__srv_on_connection(uv_stream_t *ls, int status);
+/* serve_answer.c */
+void rsl__srv_respond_reject(conn *c, int rej, const char *msg);
+void rsl__srv_dispatch(conn *c);
+
+#endif
