@@ -2,9 +2,9 @@
  * lua_api -- the C side of what policy code touches per call: the `req` table, the `sig`
  * signals, `prev`, and the protected, time-limited calls into route() and Lua steps.
  *
- * Layer: the Lua binding (lua_api.h).  One rsl__lapi per (generation, worker) Lua state, used only by that worker's thread.
- * `req`, `sig` and `prev` are created once per state and reused: a table built per call
- * costs about 3x a reused one.  `sig` functions are C closures that find guards through a
+ * Layer: the Lua binding (lua_api.h).  One rsl__lapi per (generation, worker) Lua state,
+ * used only by that worker's thread.  `req`, `sig` and `prev` are created once per state
+ * and reused: a table built per call costs about 3x a reused one.  `sig` functions are C closures that find guards through a
  * name -> light userdata table built at load (Lua strings are interned, so the lookup is
  * one hash probe), and read the guards' atomics directly: no allocation, no lock.
  */

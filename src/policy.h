@@ -17,6 +17,10 @@
  * removed from the registry (a generation still running keeps it alive by reference).
  * Nothing in the registry changes unless the whole directory loaded and validated.
  *
+ * Layer: the policies, above the sandbox and the guards, below the Lua binding and the
+ * generations.  A loaded step points at its kind's rsl__step_ops (step.h), which the
+ * caller hands in; the loader never names a kind's code.
+ *
  * Threads: rsl__gen_load runs on one thread (the loader); a loaded generation is immutable
  * except for its Lua states, state i being used only by worker i.
  */

@@ -3,9 +3,9 @@
  * options, listening on every worker, draining and stopping.  A connection is in
  * serve_conn.c, the answers in serve_answer.c.
  *
- * Layer: the sidecar, a client of resilua.h like any embedder (STYLE.md): it reaches the workers only through
- * rsl_on_worker and calls policies with rsl_call_id, which on a worker thread starts the
- * call right there.
+ * Layer: the sidecar, a client of resilua.h like any embedder (STYLE.md): it reaches the
+ * workers only through rsl_on_worker and calls policies with rsl_call_id, which on a
+ * worker thread starts the call right there.
  *
  * Listening: one socket per worker, all bound to the same address with SO_REUSEPORT, each
  * on its worker's loop.  The kernel spreads new connections over the sockets, so a

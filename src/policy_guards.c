@@ -1,0 +1,228 @@
+/*
+ * policy_guards -- the guard declarations of a load applied to the runtime's registry:
+ * each is built fresh (which validates its settings) or matched by name and kind; only
+ * once the whole directory loaded is the registry changed: new guards added (undone if
+ * adding fails), kind changes replaced, same-kind guards reconfigured in place (their
+ * state kept unless their window changed), undeclared ones removed.  The load report says
+ * which.
+ *
+ * Layer: the policies, above the guards.  The loader's thread; the registry changes under
+ * its lock (rsl__gen_opts.registry_lock).
+ */
+#include "policy_int.h"
+
+#include "clock.h"
+#include "window.h"
+
+#include <lauxlib.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* [-0, +0] The guard declaration at the top of the stack. */
+void rsl__read_guard(lua_State *L, loader *ld, gdecl *d) {
+    d->name = rsl__decl_str(L, "name", NULL);
+    d->file = rsl__decl_str(L, "file", NULL);
+    d->line = (int)rsl__decl_num(L, "line");
+    if (!d->name || !d->file) {
+        ld->oom = 1;
+    }
+    if (rsl__decl_is(L, "kind", "breaker")) {
+        d->kind = RSL_GUARD_BREAKER;
+        rsl__breaker_conf_default(&d->b);
+        d->b.window_ns = (int64_t)rsl__decl_num(L, "window_ns");
+        d->b.buckets = (int)rsl__decl_num(L, "buckets");
+        int stripes = ld->o->stripes;
+        d->b.stripes = stripes < 1                        ? 1
+                       : stripes > RSL_WINDOW_MAX_STRIPES ? RSL_WINDOW_MAX_STRIPES
+                                                          : stripes;
+        d->b.min_calls = (int64_t)rsl__decl_num(L, "min_calls");
+        d->b.failure_rate = rsl__decl_num(L, "failure_rate");
+        d->b.slow_call_ns = (int64_t)rsl__decl_num(L, "slow_call_ns");
+        d->b.slow_rate = rsl__decl_num(L, "slow_rate");
+        d->b.open_for_ns = (int64_t)rsl__decl_num(L, "open_for_ns");
+        d->b.backoff_factor = rsl__decl_num(L, "backoff_factor");
+        d->b.backoff_max_ns = (int64_t)rsl__decl_num(L, "backoff_max_ns");
+        d->b.jitter = rsl__decl_num(L, "jitter");
+        d->b.probes = (int)rsl__decl_num(L, "probes");
+        d->b.count_mask = (uint32_t)rsl__decl_num(L, "count_mask");
+    } else if (rsl__decl_is(L, "kind", "limiter")) {
+        d->kind = RSL_GUARD_LIMITER;
+        d->l.rate = rsl__decl_num(L, "rate");
+        d->l.per_ns = (int64_t)rsl__decl_num(L, "per_ns");
+        d->l.burst = rsl__decl_num(L, "burst");
+    } else {
+        d->kind = RSL_GUARD_BULKHEAD;
+        d->max = (int64_t)rsl__decl_num(L, "max");
+    }
+}
+
+static rsl__guard *guard_new(const gdecl *d) {
+    switch (d->kind) {
+    case RSL_GUARD_BREAKER:
+        return rsl__guard_new_breaker(d->name, &d->b);
+    case RSL_GUARD_LIMITER:
+        return rsl__guard_new_limiter(d->name, &d->l);
+    case RSL_GUARD_BULKHEAD:
+        return rsl__guard_new_bulkhead(d->name, d->max);
+    }
+    return NULL;
+}
+
+/* Builds (which validates) or finds every declared guard; changes nothing in `reg`.
+ * g->guards[i] is decls[i]'s guard: both sorted by name. */
+int rsl__plan_guards(loader *ld, rsl__guards *reg) {
+    rsl__gen *g = ld->g;
+    for (int i = 0; i < ld->ndecls; i++) {
+        gdecl *d = &ld->decls[i];
+        rsl__guard *fresh = guard_new(d);
+        if (!fresh) {
+            rsl__lines_add(&ld->errs, "%s:%d: %s \"%s\": settings refused (or out of memory)",
+                           d->file, d->line, rsl__guard_kind_name(d->kind), d->name);
+            return -1;
+        }
+        rsl__guard *old = rsl__guards_find(reg, d->name);
+        if (old && old->kind == d->kind) {
+            rsl__guard_unref(fresh);
+            rsl__guard_ref(old);
+            g->guards[i] = old;
+            d->plan = PLAN_SAME;
+        } else {
+            g->guards[i] = fresh;
+            d->plan = old ? PLAN_REPLACE : PLAN_ADD;
+        }
+        g->nguards = i + 1;
+    }
+    return 0;
+}
+
+static int breaker_conf_eq(const rsl__breaker_conf *a, const rsl__breaker_conf *b) {
+    return a->window_ns == b->window_ns && a->buckets == b->buckets && a->stripes == b->stripes &&
+           a->min_calls == b->min_calls && a->failure_rate == b->failure_rate &&
+           a->slow_call_ns == b->slow_call_ns && a->slow_rate == b->slow_rate &&
+           a->open_for_ns == b->open_for_ns && a->backoff_factor == b->backoff_factor &&
+           a->backoff_max_ns == b->backoff_max_ns && a->jitter == b->jitter &&
+           a->probes == b->probes && a->count_mask == b->count_mask;
+}
+
+/* Applies the settings of a same-kind guard in place: 0 kept, 1 changed, 2 changed with its
+ * state reset, negative on failure. */
+static int reconfigure(const loader *ld, const gdecl *d, rsl__guard *g) {
+    switch (d->kind) {
+    case RSL_GUARD_BREAKER: {
+        rsl__breaker_conf cur;
+        rsl__breaker_conf_get(g->u.breaker, &cur);
+        if (breaker_conf_eq(&cur, &d->b)) {
+            return 0;
+        }
+        int rc = rsl__breaker_configure(g->u.breaker, &d->b);
+        return rc < 0 ? rc : rc == 1 ? 2 : 1;
+    }
+    case RSL_GUARD_LIMITER: {
+        rsl__limiter_conf cur;
+        rsl__limiter_conf_get(g->u.limiter, &cur);
+        if (cur.rate == d->l.rate && cur.per_ns == d->l.per_ns && cur.burst == d->l.burst) {
+            return 0;
+        }
+        int64_t now = ld->o->clock ? ld->o->clock(ld->o->clock_ud) : rsl__clock_now();
+        int rc = rsl__limiter_configure(g->u.limiter, &d->l, now);
+        return rc < 0 ? rc : 1;
+    }
+    case RSL_GUARD_BULKHEAD:
+        if (rsl__bulkhead_max(g->u.bulkhead) == d->max) {
+            return 0;
+        }
+        return rsl__bulkhead_configure(g->u.bulkhead, d->max) < 0 ? RSL_EINVAL : 1;
+    }
+    return RSL_EINVAL;
+}
+
+char *rsl__lines_take(lines *l) {
+    char *p = l->n ? l->p : NULL;
+    if (!p) {
+        free(l->p);
+    }
+    memset(l, 0, sizeof(*l));
+    return p;
+}
+
+/* Changes the registry to match the generation (see the file comment, step 4). */
+int rsl__apply_guards(loader *ld, rsl__guards *reg, rsl__load_report *rep) {
+    rsl__gen *g = ld->g;
+    lines kept = {0}, changed = {0}, added = {0}, removed = {0}, reset = {0};
+    int rc = 0;
+    for (int i = 0; i < ld->ndecls; i++) {
+        if (ld->decls[i].plan == PLAN_ADD && (rc = rsl__guards_add(reg, g->guards[i])) < 0) {
+            for (int j = 0; j < i; j++) {
+                if (ld->decls[j].plan == PLAN_ADD) {
+                    rsl__guards_remove(reg, ld->decls[j].name);
+                }
+            }
+            rsl__lines_add(&ld->errs, "%s: out of memory applying guards", ld->dir);
+            return rc;
+        }
+    }
+    /* From here nothing fails: a breaker that cannot get a new window keeps its old one. */
+    for (int i = 0; i < ld->ndecls; i++) {
+        gdecl *d = &ld->decls[i];
+        switch (d->plan) {
+        case PLAN_ADD:
+            rsl__lines_add(&added, "%s", d->name);
+            break;
+        case PLAN_REPLACE:
+            rsl__guards_remove(reg, d->name);
+            rsl__guards_add(reg, g->guards[i]); /* cannot fail: a slot was just freed */
+            rsl__lines_add(&changed, "%s", d->name);
+            rsl__lines_add(&reset, "%s", d->name);
+            break;
+        case PLAN_SAME: {
+            int r = reconfigure(ld, d, g->guards[i]);
+            if (r < 0) { /* out of memory for a new window: the old settings stay */
+                rsl__lines_add(&ld->warnings,
+                               "%s:%d: %s \"%s\": out of memory, kept its old settings", d->file,
+                               d->line, rsl__guard_kind_name(d->kind), d->name);
+            } else if (r == 0) {
+                rsl__lines_add(&kept, "%s", d->name);
+            } else {
+                rsl__lines_add(&changed, "%s", d->name);
+                if (r == 2) {
+                    rsl__lines_add(&reset, "%s", d->name);
+                }
+            }
+            break;
+        }
+        }
+    }
+    /* Guards nobody declares any more. */
+    size_t n = rsl__guards_count(reg);
+    char **gone = n ? calloc(n, sizeof(char *)) : NULL;
+    size_t ngone = 0;
+    for (size_t i = 0; gone && i < n; i++) {
+        rsl__guard *r = rsl__guards_at(reg, i);
+        if (!rsl__gen_guard(g, r->name)) {
+            gone[ngone++] = strdup(r->name);
+        }
+    }
+    for (size_t i = 0; i < ngone; i++) {
+        if (gone[i]) {
+            rsl__guards_remove(reg, gone[i]);
+            rsl__lines_add(&removed, "%s", gone[i]);
+            free(gone[i]);
+        }
+    }
+    free(gone);
+    if (rep) {
+        rep->kept = rsl__lines_take(&kept);
+        rep->changed = rsl__lines_take(&changed);
+        rep->added = rsl__lines_take(&added);
+        rep->removed = rsl__lines_take(&removed);
+        rep->reset = rsl__lines_take(&reset);
+    } else {
+        free(kept.p);
+        free(changed.p);
+        free(added.p);
+        free(removed.p);
+        free(reset.p);
+    }
+    return rc;
+}
