@@ -111,3 +111,11 @@ void rsl__answer_copy_headers(rsl__answer *a, const rsl__header *h, int n) {
     a->headers = rsl__headers_pack(h, n);
     a->nheaders = a->headers ? n : 0;
 }
+
+void rsl__answer_unexpanded(rsl__answer *a, int rc, const char *missing) {
+    if (rc == RSL_EINVAL) {
+        rsl__answer_fail(a, RSL_OUTCOME_ERROR, "missing attribute \"%s\"", missing);
+    } else {
+        rsl__answer_fail(a, RSL_OUTCOME_ERROR, "out of memory");
+    }
+}

@@ -34,6 +34,9 @@ static inline void rsl__answer_move(rsl__answer *dst, rsl__answer *src) {
 }
 /* dst's headers become a packed copy of h[0..n). */
 void rsl__answer_copy_headers(rsl__answer *a, const rsl__header *h, int n);
+/* A template of the step could not be expanded for this request (rsl__tmpl_expand's rc):
+ * the attribute `missing` is absent (RSL_EINVAL), or out of memory.  Outcome `error`. */
+void rsl__answer_unexpanded(rsl__answer *a, int rc, const char *missing);
 /* The outcome an HTTP-like status stands for: 5xx, 4xx, else ok. */
 rsl_outcome rsl__status_outcome(int status);
 int rsl__outcome_status(rsl_outcome o);

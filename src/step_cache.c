@@ -21,11 +21,11 @@ static int local_cache_start(rsl__call *c, const rsl__step *s, int64_t now) {
     const char *missing = NULL;
     c->scratch.len = 0;
     int rc = rsl__tmpl_expand(s->u.cache.key, c->req, 0, &c->scratch, &missing);
-    if (rc == RSL_EINVAL) {
-        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "missing attribute \"%s\"", missing);
+    if (rc < 0) {
+        rsl__answer_unexpanded(&c->ans, rc, missing);
         return 1;
     }
-    if (rc < 0 || !s->u.cache.cache) {
+    if (!s->u.cache.cache) {
         rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "out of memory");
         return 1;
     }

@@ -87,12 +87,8 @@ static int http_start(rsl__call *c, const rsl__step *s, int64_t now) {
     if (rc == 0 && s->u.http.body) {
         rc = rsl__tmpl_expand(s->u.http.body, c->req, 0, &c->io, &missing);
     }
-    if (rc == RSL_EINVAL) {
-        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "missing attribute \"%s\"", missing);
-        return 1;
-    }
     if (rc < 0) {
-        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "out of memory");
+        rsl__answer_unexpanded(&c->ans, rc, missing);
         return 1;
     }
     for (int i = 0; i < nh; i++) {

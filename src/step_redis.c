@@ -73,12 +73,8 @@ static int redis_start(rsl__call *c, const rsl__step *s, int64_t now) {
         }
         len[i] = c->scratch.len - off[i];
     }
-    if (rc == RSL_EINVAL) {
-        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "missing attribute \"%s\"", missing);
-        return 1;
-    }
     if (rc < 0) {
-        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "out of memory");
+        rsl__answer_unexpanded(&c->ans, rc, missing);
         return 1;
     }
     for (int i = 0; i < argc; i++) {
