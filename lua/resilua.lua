@@ -2,9 +2,12 @@
 resilua -- the policy DSL: r.breaker, r.limiter, r.bulkhead, r.policy and its steps,
 r.expose.  This file is compiled into the library (cmake/embed.cmake).
 
-policy.c loads it once per Lua state (chunk name "=resilua", JIT off), passing `info`: the
+policy_load.c loads it once per Lua state (chunk name "=resilua", JIT off), passing `info`: the
 outcome vocabulary in the order of RSL_OUTCOMES (so the C side, the Lua side, JSON and
-metrics cannot disagree) and the limits of policy.h.  It returns the public module, which
+metrics cannot disagree), the limits of policy.h, and `kinds`: the step kinds of the C
+side's step table that this file does not know (name -> list of their own fields).  Such
+a kind gets its constructor r.NAME; its fields are checked by name here and passed on as
+they are, and its C reader (rsl__step_ops.parse) checks their values.  It returns the public module, which
 policy files reach through `require "resilua"` as a read-only proxy, and a control table
 for C only.
 
@@ -38,6 +41,7 @@ for i, name in ipairs(OUTCOMES) do
 end
 local MAX_CHAIN = info.max_chain
 local MAX_GUARDS = info.max_guards
+local KINDS = info.kinds or {} -- step kinds of the C side's table beyond the ones below
 
 local NS_MS, NS_S = 1e6, 1e9
 local WEEK = 7 * 24 * 3600 * NS_S -- the breaker's longest open period (breaker.c)
@@ -407,6 +411,12 @@ local STEP_FIELDS = {
   redis = set { "cmd", unpack(COMMON) },
   redis_cache = set { "key", "ttl", unpack(COMMON) },
 }
+for name, fields in pairs(KINDS) do
+  STEP_FIELDS[name] = set { unpack(fields) }
+  for _, f in ipairs(COMMON) do
+    STEP_FIELDS[name][f] = true
+  end
+end
 local STEP_NAME_PATTERN = "^[%w_.%-]+$"
 local RETRY = set { "attempts", "backoff", "base", "max", "jitter", "on", "budget" }
 local RETRY_ON_DEFAULT = { "timeout", "connect", "5xx" }
@@ -605,6 +615,10 @@ local function compile_step(pctx, name, tok)
   elseif kind == "redis_cache" then
     s.key = template(ctx, c.key, "key", '"user:${id}"')
     s.ttl_ns = duration(ctx, c.ttl, "ttl", 60 * NS_S, true)
+  elseif KINDS[kind] then
+    for _, f in ipairs(KINDS[kind]) do
+      s[f] = c[f] -- checked by the kind's reader in C, which names this step's line
+    end
   end
   return s
 end
@@ -979,7 +993,7 @@ r.limiter = named("limiter", limiter)
 r.bulkhead = named("bulkhead", bulkhead)
 r.policy = named("policy", policy)
 r.expose = expose
-for _, kind in ipairs { "stub", "lua", "c", "local_cache", "http", "redis", "redis_cache" } do
+for kind in pairs(STEP_FIELDS) do
   r[kind] = function(conf)
     return step_token(kind, conf)
   end

@@ -9,6 +9,7 @@
 #include "runtime.h"
 
 #include "clock.h"
+#include "steps.h"
 #include "window.h"
 
 #include <jansson.h>
@@ -228,7 +229,11 @@ int rsl_check(const char *policy_dir, char **json, char *err, size_t errlen) {
     }
     rsl_options d;
     rsl_options_init(&d);
-    rsl__gen_opts go = {.nstates = 1, .mem_limit = d.lua_mem_limit, .wd = wd, .stripes = 1};
+    rsl__gen_opts go = {.nstates = 1,
+                        .mem_limit = d.lua_mem_limit,
+                        .wd = wd,
+                        .stripes = 1,
+                        .step_ops = rsl__step_ops_table}; /* the kinds a runtime has */
     rsl__gen *g = NULL;
     rsl__load_report rep = {0};
     int rc = rsl__gen_load(policy_dir, reg, &go, &g, &rep, err ? err : dummy,

@@ -1,7 +1,7 @@
 /*
- * policy -- loading a policy directory into a generation: Lua states that ran every
- * policy file, and the compiled, validated C description of every policy, step and
- * guard the chain runs on.
+ * policy -- a policy directory loaded into a generation (policy_load.c and the other
+ * policy_*.c files): Lua states that ran every policy file, and the compiled, validated C
+ * description of every policy, step and guard the chain runs on.
  *
  * Loading: each state (one per worker) gets the embedded `resilua` DSL (lua/resilua.lua)
  * and runs every `*.lua` file of the directory in name order, each in its own sandboxed
@@ -44,6 +44,8 @@ typedef enum rsl__step_kind {
     RSL_STEP_HTTP,
     RSL_STEP_REDIS,
     RSL_STEP_REDIS_CACHE, /* uses u.cache (key, ttl); cache stays NULL */
+    RSL_STEP_OTHER,       /* a kind of the step table (step.h) that reads its own fields
+                             into u.other */
 } rsl__step_kind;
 
 typedef enum rsl__jitter { RSL_JITTER_NONE, RSL_JITTER_FULL, RSL_JITTER_EQUAL, RSL_JITTER_DECORRELATED } rsl__jitter;
@@ -68,7 +70,7 @@ typedef struct rsl__fault {
 typedef struct rsl__step {
     char *name;
     rsl__step_kind kind;
-    const rsl__step_ops *ops; /* the kind's: rsl__gen_opts.step_ops[kind] */
+    const rsl__step_ops *ops; /* the kind's, from rsl__gen_opts.step_ops (NULL without) */
     int line;              /* line of the step's declaration in its policy's file */
     int64_t timeout_ns;    /* 0: none (the policy deadline still applies) */
     rsl__guard **guards;   /* in declaration order; borrowed from the generation */
@@ -109,6 +111,7 @@ typedef struct rsl__step {
             int64_t max_entries;
             void *cache;   /* set by the runtime after load (caches outlive generations) */
         } cache;
+        void *other;       /* RSL_STEP_OTHER: its ops' (parse, free) */
     } u;
 } rsl__step;
 
@@ -146,8 +149,9 @@ typedef struct rsl__gen_opts {
                               registry on other threads take it too); NULL: none.  Reads
                               during the load take no lock: loads are serialized by the
                               caller, so nobody else writes the registry meanwhile. */
-    const rsl__step_ops *const *step_ops; /* by rsl__step_kind (steps.c); NULL: none, for
-                              a load that only checks or describes */
+    const rsl__step_ops *const *step_ops; /* the step kinds (steps.c), NULL-terminated;
+                              NULL: the kinds of rsl__step_kind only, without their ops
+                              (a load that only checks or describes) */
 } rsl__gen_opts;
 
 /* Limits the DSL enforces at load (a longer chain or guard list is a load error); the

@@ -77,6 +77,8 @@ static const char *step_kind_name(rsl__step_kind k) {
         return "redis";
     case RSL_STEP_REDIS_CACHE:
         return "redis_cache";
+    case RSL_STEP_OTHER:
+        return "other";
     }
     return "unknown";
 }
@@ -85,7 +87,9 @@ static json_t *step_json(const rsl__step *s) {
     static const char *const jitters[] = {"none", "full", "equal", "decorrelated"};
     json_t *o = json_object();
     json_object_set_new(o, "name", json_string(s->name));
-    json_object_set_new(o, "kind", json_string(step_kind_name(s->kind)));
+    json_object_set_new(o, "kind", json_string(s->kind == RSL_STEP_OTHER && s->ops
+                                                   ? s->ops->name
+                                                   : step_kind_name(s->kind)));
     json_object_set_new(o, "line", json_integer(s->line));
     json_t *gs = json_array();
     for (int i = 0; i < s->nguards; i++) {
@@ -133,6 +137,11 @@ static json_t *step_json(const rsl__step *s) {
         break;
     case RSL_STEP_HTTP:
         json_object_set_new(o, "method", json_string(s->u.http.method));
+        break;
+    case RSL_STEP_OTHER:
+        if (s->ops && s->ops->describe) {
+            s->ops->describe(s, o);
+        }
         break;
     default:
         break;

@@ -1,7 +1,7 @@
 /*
- * policy_int.h -- what the policy loader's files share (policy.c, policy_guards.c,
- * policy_steps.c, policy_describe.c): the loader's state, message lines and the readers
- * of a declaration table.  Not installed.
+ * policy_int.h -- what the policy loader's files share (policy_load.c, policy_decl.c,
+ * policy_guards.c, policy_steps.c, policy_describe.c): the loader's state, message lines
+ * and the readers of a declaration table.  Not installed.
  *
  * Layer: the policies, above the sandbox and the guards.  The loader's thread only.
  */
@@ -49,7 +49,7 @@ typedef struct loader {
     int oom;
 } loader;
 
-/* policy.c: lines, and the fields of the declaration table at the top of L's stack
+/* policy_decl.c: lines, and the fields of the declaration table at the top of L's stack
  * ([-0, +0]; the DSL validated them, so a missing one reads as 0 or NULL). */
 void rsl__lines_add(lines *l, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 double rsl__decl_num(lua_State *L, const char *k);

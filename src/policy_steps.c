@@ -47,6 +47,35 @@ static rsl__tmpl *idx_tmpl(lua_State *L, loader *ld, const rsl__policy *p, const
     return t;
 }
 
+/* The ops of kind `kind` (by `name` for RSL_STEP_OTHER) in the NULL-terminated table t;
+ * NULL when t is NULL or has none. */
+static const rsl__step_ops *kind_ops(const rsl__step_ops *const *t, int kind, const char *name) {
+    for (; t && *t; t++) {
+        if ((*t)->kind == kind && (kind != RSL_STEP_OTHER || (name && !strcmp((*t)->name, name)))) {
+            return *t;
+        }
+    }
+    return NULL;
+}
+
+/* [-0, +0] A step of an RSL_STEP_OTHER kind: its ops read its fields (the DSL only
+ * checked their names). */
+static void read_other(lua_State *L, loader *ld, const rsl__policy *p, rsl__step *s) {
+    lua_getfield(L, -1, "kind");
+    const char *kind = lua_tostring(L, -1); /* the declaration keeps the string alive */
+    lua_pop(L, 1);
+    s->kind = RSL_STEP_OTHER;
+    s->ops = kind ? kind_ops(ld->o->step_ops, RSL_STEP_OTHER, kind) : NULL;
+    char err[256] = "";
+    if (!s->ops || !s->ops->parse) {
+        rsl__lines_add(&ld->errs, "%s:%d: policy \"%s\": step \"%s\": no step kind \"%s\"",
+                       p->file, s->line, p->name, s->name, kind ? kind : "?");
+    } else if (s->ops->parse(L, s, err, sizeof(err)) < 0) {
+        rsl__lines_add(&ld->errs, "%s:%d: policy \"%s\": step \"%s\": %s", p->file, s->line,
+                       p->name, s->name, err[0] ? err : "refused");
+    }
+}
+
 /* [-0, +0] The step declaration at the top of the stack into s. */
 void rsl__read_step(lua_State *L, loader *ld, const rsl__policy *p, rsl__step *s) {
     s->name = rsl__decl_str(L, "name", NULL);
@@ -179,14 +208,17 @@ void rsl__read_step(lua_State *L, loader *ld, const rsl__policy *p, rsl__step *s
             s->u.redis.argc = i + 1;
         }
         lua_pop(L, 1);
-    } else {
+    } else if (rsl__decl_is(L, "kind", "redis_cache") || rsl__decl_is(L, "kind", "local_cache")) {
         s->kind = rsl__decl_is(L, "kind", "redis_cache") ? RSL_STEP_REDIS_CACHE
                                                           : RSL_STEP_LOCAL_CACHE;
         s->u.cache.key = field_tmpl(L, ld, p, s, "key", "key");
         s->u.cache.ttl_ns = (int64_t)rsl__decl_num(L, "ttl_ns");
         s->u.cache.max_entries = (int64_t)rsl__decl_num(L, "max_entries");
+    } else {
+        read_other(L, ld, p, s); /* a kind of the step table that reads itself */
+        return;
     }
-    s->ops = ld->o->step_ops ? ld->o->step_ops[s->kind] : NULL;
+    s->ops = kind_ops(ld->o->step_ops, s->kind, NULL);
 }
 
 void rsl__step_free(rsl__step *s) {
@@ -227,6 +259,11 @@ void rsl__step_free(rsl__step *s) {
             rsl__tmpl_free(s->u.redis.argv[i]);
         }
         free(s->u.redis.argv);
+        break;
+    case RSL_STEP_OTHER:
+        if (s->ops && s->ops->free) {
+            s->ops->free(s);
+        }
         break;
     }
 }

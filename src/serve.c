@@ -20,7 +20,7 @@
  * the server is left on it; rsl_serve_stop waits for every worker to be done, so no
  * handle of ours is left on a loop when the host calls rsl_close.
  */
-#include "serve.h"
+#include "serve_int.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -257,6 +257,7 @@ int rsl_serve_start(rsl_runtime *rt, const rsl_serve_options *o, rsl_serve **out
         s->o.size = sizeof(s->o);
     }
     s->rt = rt;
+    s->dispatch = rsl__srv_dispatch;
     s->nworkers = rsl_workers(rt);
     pthread_mutex_init(&s->m, NULL);
     pthread_cond_init(&s->cv, NULL);

@@ -1,13 +1,12 @@
 /*
- * serve_answer -- what the sidecar answers: routing a request (its own endpoints, then
- * r.expose's routes), the call and its result written back as a response, /reload off
- * the worker, the server's own series for /metrics, and the writing of status lines,
- * headers and bodies.
+ * serve_answer -- what the sidecar answers a request: routing it (its own endpoints, then
+ * r.expose's routes), the call and its result as a response, /reload off the worker, and
+ * the server's own series for /metrics.  The writing is the connection's (serve_conn.c).
  *
- * Layer: the sidecar, a client of resilua.h only.  Loop thread of the connection's worker
+ * Layer: the sidecar, a client of resilua.h only; above serve_conn.c.  Loop thread of the connection's worker
  * (a /reload runs on a thread of its own and comes back through rsl_on_worker).
  */
-#include "serve.h"
+#include "serve_int.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -56,232 +55,6 @@ static size_t pct_decode(const char *s, size_t n, char *out, int plus) {
     return o;
 }
 
-static const char *reason_phrase(int status) {
-    switch (status) {
-    case 100:
-        return "Continue";
-    case 200:
-        return "OK";
-    case 201:
-        return "Created";
-    case 202:
-        return "Accepted";
-    case 204:
-        return "No Content";
-    case 301:
-        return "Moved Permanently";
-    case 302:
-        return "Found";
-    case 304:
-        return "Not Modified";
-    case 400:
-        return "Bad Request";
-    case 401:
-        return "Unauthorized";
-    case 403:
-        return "Forbidden";
-    case 404:
-        return "Not Found";
-    case 405:
-        return "Method Not Allowed";
-    case 408:
-        return "Request Timeout";
-    case 409:
-        return "Conflict";
-    case 413:
-        return "Content Too Large";
-    case 422:
-        return "Unprocessable Content";
-    case 429:
-        return "Too Many Requests";
-    case 431:
-        return "Request Header Fields Too Large";
-    case 499:
-        return "Client Closed Request";
-    case 500:
-        return "Internal Server Error";
-    case 502:
-        return "Bad Gateway";
-    case 503:
-        return "Service Unavailable";
-    case 504:
-        return "Gateway Timeout";
-    default:
-        return status < 300   ? "OK"
-               : status < 400 ? "Redirect"
-               : status < 500 ? "Client Error"
-                              : "Server Error";
-    }
-}
-/* A header name or value from a policy goes out only without CR, LF or NUL. */
-static int header_safe(const char *s) {
-    return s && !strpbrk(s, "\r\n");
-}
-
-/* ---- answers ------------------------------------------------------------------------------ */
-
-typedef struct outbuf {
-    char *p;
-    size_t len, cap;
-    int oom;
-} outbuf;
-
-static void out_add(outbuf *b, const char *s, size_t n) {
-    if (b->oom || rsl__srv_grow(&b->p, &b->cap, b->len + n + 1) < 0) {
-        b->oom = 1;
-        return;
-    }
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = 0; /* headers built here are passed on as strings */
-}
-
-static void out_str(outbuf *b, const char *s) {
-    out_add(b, s, strlen(s));
-}
-
-/* A decimal number, without printf: a response's status and length, on every answer. */
-static void out_uint(outbuf *b, unsigned long long v) {
-    char tmp[24], *p = tmp + sizeof(tmp);
-    do {
-        *--p = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    out_add(b, p, (size_t)(tmp + sizeof(tmp) - p));
-}
-
-/* "name: value\r\n" */
-static void out_header(outbuf *b, const char *name, const char *value) {
-    out_str(b, name);
-    out_add(b, ": ", 2);
-    out_str(b, value);
-    out_add(b, "\r\n", 2);
-}
-
-static void out_fmt(outbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void out_fmt(outbuf *b, const char *fmt, ...) {
-    char tmp[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(tmp, sizeof(tmp), fmt, ap);
-    va_end(ap);
-    if (n > 0) {
-        out_add(b, tmp, (size_t)n < sizeof(tmp) ? (size_t)n : sizeof(tmp) - 1);
-    }
-}
-
-/* An answer is built in one buffer: answer_begin (the status line, room reserved for the
- * rest), the caller's header lines, then answer_send (length, connection, body). */
-static int answer_status(int status) {
-    return status < 100 || status > 599 ? 500 : status;
-}
-
-static void answer_begin(outbuf *b, int status, size_t reserve) {
-    status = answer_status(status);
-    /* The status line, the length and connection lines and their CRLFs fit in 128 bytes
-     * beside what the caller reserves.  Formatted by hand: vsnprintf was about 7% of the
-     * sidecar's instructions per proxied request (callgrind). */
-    memset(b, 0, sizeof(*b));
-    b->oom = rsl__srv_grow(&b->p, &b->cap, 128 + reserve) < 0;
-    out_add(b, "HTTP/1.1 ", 9);
-    out_uint(b, (unsigned)status);
-    out_add(b, " ", 1);
-    out_str(b, reason_phrase(status));
-    out_add(b, "\r\n", 2);
-}
-
-/*
- * Finishes and writes an answer begun with answer_begin: the length, the connection
- * header and the body; takes b.  The connection closes after it when the request said so,
- * when close_after is set, or while draining.
- */
-static void answer_send(conn *c, outbuf *b, int status, const char *body, size_t len,
-                        int close_after) {
-    srv_worker *w = c->w;
-    status = answer_status(status);
-    c->close_after = close_after || !c->keep_alive || w->draining;
-    int no_body = status == 204 || status == 304 || status < 200;
-    if (!no_body) {
-        out_add(b, "Content-Length: ", 16);
-        out_uint(b, len);
-        out_add(b, "\r\n", 2);
-    }
-    if (c->close_after) {
-        out_str(b, "Connection: close\r\n");
-    } else if (c->p.http_major == 1 && c->p.http_minor == 0) {
-        out_str(b, "Connection: keep-alive\r\n");
-    }
-    out_add(b, "\r\n", 2);
-    if (!no_body && !c->head && len) {
-        out_add(b, body, len);
-    }
-    relaxed_inc(&w->by_status[status]);
-    if (b->oom) {
-        free(b->p);
-        rsl__srv_conn_close(c);
-        return;
-    }
-    c->out = b->p;
-    uv_buf_t buf = uv_buf_init(b->p, (unsigned)b->len);
-    /* Most answers fit the socket's buffer: written here, and what follows a write left
-     * to a 0 ms timer, as libuv defers a write callback to the next loop turn.  A queued
-     * uv_write that completes at once still costs an epoll_ctl per answer (libuv 1.44
-     * re-registers the fd when its write queue empties). */
-    int n = uv_try_write((uv_stream_t *)&c->tcp, &buf, 1);
-    if (n == (int)b->len) {
-        c->timer_state = T_WRITTEN;
-        uv_timer_start(&c->timer, rsl__srv_on_timer, 0, 0);
-        return;
-    }
-    if (n > 0) {
-        buf.base += n;
-        buf.len -= (size_t)n;
-    }
-    c->wr.data = c;
-    if (uv_write(&c->wr, (uv_stream_t *)&c->tcp, &buf, 1, rsl__srv_on_written) < 0) {
-        free(c->out);
-        c->out = NULL;
-        rsl__srv_conn_close(c);
-        return;
-    }
-    /* A client that stops reading cannot hold the connection forever. */
-    rsl__srv_timer_set(c, T_WRITING, w->s->o.request_timeout_ns);
-}
-
-/* An answer with `headers` (lines ending in CRLF, may be NULL). */
-static void respond(conn *c, int status, const char *headers, const char *body, size_t len,
-                    int close_after) {
-    size_t hlen = headers ? strlen(headers) : 0;
-    outbuf b;
-    answer_begin(&b, status, hlen + len);
-    if (headers) {
-        out_add(&b, headers, hlen);
-    }
-    answer_send(c, &b, status, body, len, close_after);
-}
-
-/* {"error": msg} */
-static void respond_error(conn *c, int status, const char *msg, int close_after) {
-    json_t *o = json_pack("{s:s}", "error", msg);
-    char *js = o ? json_dumps(o, JSON_COMPACT) : NULL;
-    json_decref(o);
-    outbuf body = {0};
-    out_str(&body, js ? js : "{\"error\":\"out of memory\"}");
-    out_str(&body, "\n");
-    free(js);
-    respond(c, status, "Content-Type: application/json\r\n", body.p ? body.p : "", body.len,
-            close_after);
-    free(body.p);
-}
-
-void rsl__srv_respond_reject(conn *c, int rej, const char *msg) {
-    relaxed_inc(&c->w->rejected[rej]);
-    c->busy = 1;
-    c->linger_wanted = 1;
-    respond_error(c, rsl__srv_reject_status[rej], msg, 1);
-}
-
 /* ---- calls -------------------------------------------------------------------------------- */
 
 /* Headers that describe this connection, not the answer (RFC 9110 7.6.1), and the length,
@@ -313,35 +86,35 @@ static void on_call_done(const rsl_result *r, void *ud) {
     }
     int status = rsl_result_status(r);
     outbuf h;
-    answer_begin(&h, status, 384 + len); /* the X-Resilua-* headers and a few others */
+    rsl__srv_answer_begin(&h, status, 384 + len); /* the X-Resilua-* headers and a few others */
     size_t n = rsl_result_header_count(r);
     for (size_t i = 0; i < n; i++) {
         const char *name, *value;
-        if (rsl_result_header(r, i, &name, &value) != 0 || !header_safe(name) ||
-            !header_safe(value) || !name[0] || hop_by_hop(name)) {
+        if (rsl_result_header(r, i, &name, &value) != 0 || !rsl__srv_header_safe(name) ||
+            !rsl__srv_header_safe(value) || !name[0] || hop_by_hop(name)) {
             continue;
         }
-        out_header(&h, name, value);
+        rsl__srv_out_header(&h, name, value);
     }
     const char *served = rsl_result_served_by(r);
-    out_header(&h, "X-Resilua-Served-By", served ? served : "none");
-    out_header(&h, "X-Resilua-Outcome", rsl_outcome_name(rsl_result_outcome(r)));
-    out_header(&h, "X-Resilua-Degraded", rsl_result_degraded(r) ? "1" : "0");
-    out_str(&h, "X-Resilua-Path: ");
+    rsl__srv_out_header(&h, "X-Resilua-Served-By", served ? served : "none");
+    rsl__srv_out_header(&h, "X-Resilua-Outcome", rsl_outcome_name(rsl_result_outcome(r)));
+    rsl__srv_out_header(&h, "X-Resilua-Degraded", rsl_result_degraded(r) ? "1" : "0");
+    rsl__srv_out_str(&h, "X-Resilua-Path: ");
     size_t np = rsl_result_path_len(r);
     for (size_t i = 0; i < np; i++) {
         rsl_path_entry e;
         if (rsl_result_path(r, i, &e) == 0) {
             if (i) {
-                out_add(&h, ",", 1);
+                rsl__srv_out_add(&h, ",", 1);
             }
-            out_str(&h, e.step);
-            out_add(&h, "=", 1);
-            out_str(&h, rsl_outcome_name(e.outcome));
+            rsl__srv_out_str(&h, e.step);
+            rsl__srv_out_add(&h, "=", 1);
+            rsl__srv_out_str(&h, rsl_outcome_name(e.outcome));
         }
     }
-    out_str(&h, "\r\n");
-    answer_send(c, &h, status, body, len, 0);
+    rsl__srv_out_str(&h, "\r\n");
+    rsl__srv_answer_send(c, &h, status, body, len, 0);
     rsl__srv_conn_unref(c);
 }
 
@@ -398,10 +171,10 @@ static void start_call(conn *c, const char *policy, rsl_req *req) {
     char msg[600];
     if (rc == RSL_ENOENT) {
         snprintf(msg, sizeof(msg), "unknown policy \"%s\"", policy);
-        respond_error(c, 404, msg, 0);
+        rsl__srv_respond_error(c, 404, msg, 0);
     } else {
         snprintf(msg, sizeof(msg), "cannot call \"%s\": %s", policy, rsl_strerror(rc));
-        respond_error(c, rc == RSL_ECLOSED ? 503 : 500, msg, 0);
+        rsl__srv_respond_error(c, rc == RSL_ECLOSED ? 503 : 500, msg, 0);
     }
 }
 
@@ -423,7 +196,7 @@ static void reload_answer(void *ud, uv_loop_t *loop) {
     if (!c->closing) {
         int status = j->rc == 0 ? 200 : j->rc == RSL_ELOAD ? 422 : 500;
         const char *a = j->answer ? j->answer : "{\"ok\":false,\"error\":\"out of memory\"}\n";
-        respond(c, status, "Content-Type: application/json\r\n", a, strlen(a), 0);
+        rsl__srv_respond(c, status, "Content-Type: application/json\r\n", a, strlen(a), 0);
     }
     rsl__srv_conn_unref(c);
     free(j->answer);
@@ -476,7 +249,7 @@ static void start_reload(conn *c) {
     pthread_t t;
     pthread_attr_t attr;
     if (!j) {
-        respond_error(c, 500, "out of memory", 0);
+        rsl__srv_respond_error(c, 500, "out of memory", 0);
         return;
     }
     j->c = c;
@@ -493,34 +266,34 @@ static void start_reload(conn *c) {
         c->call_pending = 0;
         c->refs--;
         free(j);
-        respond_error(c, 500, "cannot start the reload thread", 0);
+        rsl__srv_respond_error(c, 500, "cannot start the reload thread", 0);
     }
 }
 
 /* ---- the server's own series for /metrics ----------------------------------------------- */
 
 static void metrics_append(rsl_serve *s, outbuf *b) {
-    out_str(b, "# HELP resilua_http_requests_total HTTP requests the sidecar answered, by "
-               "status.\n# TYPE resilua_http_requests_total counter\n");
+    rsl__srv_out_str(b, "# HELP resilua_http_requests_total HTTP requests the sidecar answered, by "
+                     "status.\n# TYPE resilua_http_requests_total counter\n");
     for (int st = 100; st < 600; st++) {
         uint64_t v = 0;
         for (int i = 0; i < s->nworkers; i++) {
             v += relaxed(&s->w[i].by_status[st]);
         }
         if (v) {
-            out_fmt(b, "resilua_http_requests_total{code=\"%d\"} %llu\n", st,
-                    (unsigned long long)v);
+            rsl__srv_out_fmt(b, "resilua_http_requests_total{code=\"%d\"} %llu\n", st,
+                             (unsigned long long)v);
         }
     }
-    out_str(b, "# HELP resilua_http_rejected_total Requests refused by a limit of the "
-               "sidecar, by reason.\n# TYPE resilua_http_rejected_total counter\n");
+    rsl__srv_out_str(b, "# HELP resilua_http_rejected_total Requests refused by a limit of the "
+                     "sidecar, by reason.\n# TYPE resilua_http_rejected_total counter\n");
     for (int r = 0; r < REJ__COUNT; r++) {
         uint64_t v = 0;
         for (int i = 0; i < s->nworkers; i++) {
             v += relaxed(&s->w[i].rejected[r]);
         }
-        out_fmt(b, "resilua_http_rejected_total{reason=\"%s\"} %llu\n", rsl__srv_reject_names[r],
-                (unsigned long long)v);
+        rsl__srv_out_fmt(b, "resilua_http_rejected_total{reason=\"%s\"} %llu\n",
+                         rsl__srv_reject_names[r], (unsigned long long)v);
     }
     uint64_t acc = 0, idle = 0, aborts = 0;
     int64_t open = 0;
@@ -530,24 +303,24 @@ static void metrics_append(rsl_serve *s, outbuf *b) {
         aborts += relaxed(&s->w[i].client_aborts);
         open += atomic_load_explicit(&s->w[i].open, memory_order_relaxed);
     }
-    out_fmt(b,
-            "# HELP resilua_http_connections_total Connections the sidecar accepted.\n"
-            "# TYPE resilua_http_connections_total counter\n"
-            "resilua_http_connections_total %llu\n"
-            "# HELP resilua_http_open_connections Connections open now.\n"
-            "# TYPE resilua_http_open_connections gauge\n"
-            "resilua_http_open_connections %lld\n",
-            (unsigned long long)acc, (long long)(open > 0 ? open : 0));
-    out_fmt(b,
-            "# HELP resilua_http_idle_closed_total Keep-alive connections closed after the "
-            "idle timeout.\n"
-            "# TYPE resilua_http_idle_closed_total counter\n"
-            "resilua_http_idle_closed_total %llu\n"
-            "# HELP resilua_http_client_aborts_total Calls canceled because their client "
-            "closed the connection.\n"
-            "# TYPE resilua_http_client_aborts_total counter\n"
-            "resilua_http_client_aborts_total %llu\n",
-            (unsigned long long)idle, (unsigned long long)aborts);
+    rsl__srv_out_fmt(b,
+                     "# HELP resilua_http_connections_total Connections the sidecar accepted.\n"
+                     "# TYPE resilua_http_connections_total counter\n"
+                     "resilua_http_connections_total %llu\n"
+                     "# HELP resilua_http_open_connections Connections open now.\n"
+                     "# TYPE resilua_http_open_connections gauge\n"
+                     "resilua_http_open_connections %lld\n",
+                     (unsigned long long)acc, (long long)(open > 0 ? open : 0));
+    rsl__srv_out_fmt(b,
+                     "# HELP resilua_http_idle_closed_total Keep-alive connections closed after "
+                     "the idle timeout.\n"
+                     "# TYPE resilua_http_idle_closed_total counter\n"
+                     "resilua_http_idle_closed_total %llu\n"
+                     "# HELP resilua_http_client_aborts_total Calls canceled because their client "
+                     "closed the connection.\n"
+                     "# TYPE resilua_http_client_aborts_total counter\n"
+                     "resilua_http_client_aborts_total %llu\n",
+                     (unsigned long long)idle, (unsigned long long)aborts);
 }
 
 /* ---- routing -------------------------------------------------------------------------------- */
@@ -563,9 +336,9 @@ static void not_allowed(conn *c, const char *allow) {
     char *js = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     outbuf hb = {0};
-    out_str(&hb, h);
-    out_str(&hb, "Content-Type: application/json\r\n");
-    respond(c, 405, hb.p, js ? js : "", js ? strlen(js) : 0, 0);
+    rsl__srv_out_str(&hb, h);
+    rsl__srv_out_str(&hb, "Content-Type: application/json\r\n");
+    rsl__srv_respond(c, 405, hb.p, js ? js : "", js ? strlen(js) : 0, 0);
     free(hb.p);
     free(js);
 }
@@ -583,11 +356,11 @@ void rsl__srv_dispatch(conn *c) {
                                         c->p.method == HTTP_OPTIONS, &poff);
     if (bad) {
         relaxed_inc(&w->rejected[REJ_BAD_TARGET]);
-        respond_error(c, 400, bad, 1);
+        rsl__srv_respond_error(c, 400, bad, 1);
         return;
     }
     if (c->url_len == 1 && c->url[0] == '*') { /* OPTIONS *: what the server offers */
-        respond(c, 200, "Allow: GET, HEAD, POST, OPTIONS\r\n", "", 0, 0);
+        rsl__srv_respond(c, 200, "Allow: GET, HEAD, POST, OPTIONS\r\n", "", 0, 0);
         return;
     }
     /* From here the target is a path (absolute-form: the part after the authority) and a
@@ -613,9 +386,9 @@ void rsl__srv_dispatch(conn *c) {
         if (!get) {
             not_allowed(c, "GET");
         } else if (atomic_load(&s->draining)) {
-            respond(c, 503, "Content-Type: text/plain\r\n", "draining\n", 9, 0);
+            rsl__srv_respond(c, 503, "Content-Type: text/plain\r\n", "draining\n", 9, 0);
         } else {
-            respond(c, 200, "Content-Type: text/plain\r\n", "ok\n", 3, 0);
+            rsl__srv_respond(c, 200, "Content-Type: text/plain\r\n", "ok\n", 3, 0);
         }
         return;
     }
@@ -626,16 +399,16 @@ void rsl__srv_dispatch(conn *c) {
         }
         char *m = rsl_metrics_text(s->rt);
         outbuf b = {0};
-        out_str(&b, m ? m : "");
+        rsl__srv_out_str(&b, m ? m : "");
         rsl_free(m);
         metrics_append(s, &b);
         if (b.oom || !m) {
             free(b.p);
-            respond_error(c, 500, "cannot render the metrics", 0);
+            rsl__srv_respond_error(c, 500, "cannot render the metrics", 0);
             return;
         }
-        respond(c, 200, "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n", b.p, b.len,
-                0);
+        rsl__srv_respond(c, 200, "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n", b.p,
+                         b.len, 0);
         free(b.p);
         return;
     }
@@ -646,15 +419,15 @@ void rsl__srv_dispatch(conn *c) {
         }
         char *st = rsl_state_json(s->rt);
         if (!st) {
-            respond_error(c, 500, "cannot render the state", 0);
+            rsl__srv_respond_error(c, 500, "cannot render the state", 0);
             return;
         }
         size_t n = strlen(st);
         outbuf b = {0};
-        out_add(&b, st, n);
-        out_str(&b, "\n");
+        rsl__srv_out_add(&b, st, n);
+        rsl__srv_out_str(&b, "\n");
         rsl_free(st);
-        respond(c, 200, "Content-Type: application/json\r\n", b.p ? b.p : "", b.len, 0);
+        rsl__srv_respond(c, 200, "Content-Type: application/json\r\n", b.p ? b.p : "", b.len, 0);
         free(b.p);
         return;
     }
@@ -686,7 +459,7 @@ void rsl__srv_dispatch(conn *c) {
         size_t n = plen - 6;
         if (n >= sizeof(policy)) {
             rsl_req_free(req);
-            respond_error(c, 404, "unknown policy (name too long)", 0);
+            rsl__srv_respond_error(c, 404, "unknown policy (name too long)", 0);
             return;
         }
         n = pct_decode(path + 6, n, policy, 0);
@@ -699,13 +472,13 @@ void rsl__srv_dispatch(conn *c) {
             char msg[300];
             snprintf(msg, sizeof(msg), "no route for %s %.*s", method,
                      (int)(plen < 200 ? plen : 200), path);
-            respond_error(c, 404, msg, 0);
+            rsl__srv_respond_error(c, 404, msg, 0);
             return;
         }
     }
     if (rc != 0) {
         rsl_req_free(req);
-        respond_error(c, rc == RSL_ECLOSED ? 503 : 500, rsl_strerror(rc), 0);
+        rsl__srv_respond_error(c, rc == RSL_ECLOSED ? 503 : 500, rsl_strerror(rc), 0);
         return;
     }
     start_call(c, policy, req);

@@ -8,6 +8,12 @@
  * hands to the policy loader (rsl__gen_opts.step_ops), so nothing below the steps names
  * them.
  *
+ * A kind is one of rsl__step_kind, whose fields policy.h and policy_steps.c know, or
+ * RSL_STEP_OTHER: a kind that brings its declaration with it.  The DSL then takes r.NAME
+ * with `fields` (beside guards, timeout, retry and fault), parse() reads them into the
+ * step's u.other, free() frees that, describe() adds them to /describe.  Adding such a
+ * kind is its step_NAME.c and a line in steps.c's table: nothing else changes.
+ *
  * Contract of start(c, s, now): the attempt begins with the step's guards held and c->ans
  * reset.  It returns 1 when the answer is in c->ans already; 0 when the answer comes later,
  * through rsl__chain_answered(c) (chain.h) on the call's worker thread, exactly once unless
@@ -18,14 +24,28 @@
 #ifndef RSL_STEP_H
 #define RSL_STEP_H
 
+#include <stddef.h>
 #include <stdint.h>
 
+struct json_t;
+struct lua_State;
 struct rsl__call;
 struct rsl__step;
 struct rsl_result;
 
 typedef struct rsl__step_ops {
-    const char *name; /* as /describe shows it: "http" */
+    const char *name; /* the DSL's r.NAME, and /describe's "kind": "http" */
+    int kind;         /* rsl__step_kind (policy.h), or RSL_STEP_OTHER */
+    /* RSL_STEP_OTHER only: */
+    const char *const *fields; /* its own fields, NULL-terminated */
+    /* Reads its fields from the step's declaration, the table at the top of L's stack
+     * ([-0, +0]; lua_getfield and the rsl__decl_* readers of policy_int.h), into
+     * s->u.other.  0, or -1 with what is wrong in err: the load fails with it, at the
+     * step's file:line. */
+    int (*parse)(struct lua_State *L, struct rsl__step *s, char *err, size_t errlen);
+    void (*free)(struct rsl__step *s);                           /* NULL: nothing */
+    void (*describe)(const struct rsl__step *s, struct json_t *o); /* NULL: nothing */
+    /* Running it, any kind: */
     /* Waits on something outside the worker (host, network): not started once the
      * deadline has passed. */
     int waits;

@@ -52,6 +52,7 @@ static void local_cache_learn(rsl__call *c, const rsl__step *s, const rsl_result
 
 const rsl__step_ops rsl__step_local_cache = {
     .name = "local_cache",
+    .kind = RSL_STEP_LOCAL_CACHE,
     .start = local_cache_start,
     .learn = local_cache_learn,
 };

@@ -227,6 +227,7 @@ void rsl__host_answered(rsl_step_call *sc) {
 
 const rsl__step_ops rsl__step_host = {
     .name = "c",
+    .kind = RSL_STEP_C,
     .waits = 1,
     .start = host_start,
     .abort = host_abort,

@@ -131,6 +131,7 @@ static int http_start(rsl__call *c, const rsl__step *s, int64_t now) {
 
 const rsl__step_ops rsl__step_http = {
     .name = "http",
+    .kind = RSL_STEP_HTTP,
     .waits = 1,
     .start = http_start,
     .abort = http_abort,

@@ -17,5 +17,6 @@ static int lua_start(rsl__call *c, const rsl__step *s, int64_t now) {
 
 const rsl__step_ops rsl__step_lua = {
     .name = "lua",
+    .kind = RSL_STEP_LUA,
     .start = lua_start,
 };

@@ -124,6 +124,7 @@ static void redis_cache_learn(rsl__call *c, const rsl__step *s, const rsl_result
 
 const rsl__step_ops rsl__step_redis = {
     .name = "redis",
+    .kind = RSL_STEP_REDIS,
     .waits = 1,
     .start = redis_start,
     .abort = redis_abort,
@@ -131,6 +132,7 @@ const rsl__step_ops rsl__step_redis = {
 
 const rsl__step_ops rsl__step_redis_cache = {
     .name = "redis_cache",
+    .kind = RSL_STEP_REDIS_CACHE,
     .waits = 1,
     .start = redis_start,
     .abort = redis_abort,

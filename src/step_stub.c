@@ -28,5 +28,6 @@ static int stub_start(rsl__call *c, const rsl__step *s, int64_t now) {
 
 const rsl__step_ops rsl__step_stub = {
     .name = "stub",
+    .kind = RSL_STEP_STUB,
     .start = stub_start,
 };

@@ -1,11 +1,11 @@
 /*
- * steps -- the table of step kinds: rsl__step_kind -> its rsl__step_ops (step.h).  The
- * runtime hands it to the policy loader (rsl__gen_opts.step_ops), which points every
- * loaded step at its kind's ops.
+ * steps -- the table of step kinds, each one's rsl__step_ops (step.h).  The runtime hands
+ * it to the policy loader (rsl__gen_opts.step_ops), which points every loaded step at its
+ * kind's ops, and gives the DSL the kinds it does not know itself (RSL_STEP_OTHER).
  *
  * Layer: the step kinds (the top of them: it names each one).  Adding a kind: its
- * step_NAME.c with its ops, an extern below and a line in the table of steps.c (and the
- * DSL's constructor, and its fields in policy.c's reader).
+ * step_NAME.c with an RSL_STEP_OTHER rsl__step_ops, and its line in the table of steps.c
+ * (where it may declare the ops `extern` itself).
  */
 #ifndef RSL_STEPS_H
 #define RSL_STEPS_H
@@ -20,7 +20,7 @@ extern const rsl__step_ops rsl__step_http;        /* step_http.c */
 extern const rsl__step_ops rsl__step_redis;       /* step_redis.c */
 extern const rsl__step_ops rsl__step_redis_cache; /* step_redis.c */
 
-/* By rsl__step_kind. */
+/* Every kind, NULL-terminated. */
 extern const rsl__step_ops *const rsl__step_ops_table[];
 
 #endif

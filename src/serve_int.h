@@ -1,13 +1,13 @@
 /*
- * serve.h -- what the sidecar's files share: the server (serve.c), a connection
+ * serve_int.h -- what the sidecar's files share: the server (serve.c), a connection
  * (serve_conn.c) and the answers (serve_answer.c).  Not installed.
  *
  * Layer: the sidecar, a client of resilua.h only (and of framing.h, its own).  Everything
  * here is used on the loop thread of the worker it belongs to, but for the counters, which
  * /metrics reads from any worker.
  */
-#ifndef RSL_SERVE_H
-#define RSL_SERVE_H
+#ifndef RSL_SERVE_INT_H
+#define RSL_SERVE_INT_H
 
 #include "framing.h"
 #include "resilua.h"
@@ -123,6 +123,13 @@ struct srv_worker {
     _Atomic int64_t open;
 };
 
+/* An answer being built (out_* in serve_conn.c). */
+typedef struct outbuf {
+    char *p;
+    size_t len, cap;
+    int oom;
+} outbuf;
+
 struct rsl_serve {
     rsl_runtime *rt;
     rsl_serve_options o;
@@ -134,6 +141,9 @@ struct rsl_serve {
     pthread_mutex_t m;
     pthread_cond_t cv;
     int step_done; /* workers that finished the step rsl_serve_start/stop waits on */
+    /* What a connection does with a whole request (serve_answer.c's rsl__srv_dispatch,
+     * set by rsl_serve_start): the connection below does not name what answers it. */
+    void (*dispatch)(conn *c);
 };
 
 static inline void relaxed_inc(_Atomic uint64_t *v) {
@@ -144,17 +154,35 @@ static inline uint64_t relaxed(_Atomic uint64_t *v) {
     return atomic_load_explicit(v, memory_order_relaxed);
 }
 
-/* serve_conn.c */
-int rsl__srv_grow(char **p, size_t *cap, size_t need);
+/* ---- serve_conn.c: a connection, and writing its answers ------------------------------ */
+int rsl__srv_grow(char **p, size_t *cap, size_t need); /* 0, or -1 out of memory */
+/* Reports w done to rsl_serve_stop once it drains and nothing of ours is left on it. */
 void rsl__srv_worker_check_done(srv_worker *w);
 void rsl__srv_conn_unref(conn *c);
 void rsl__srv_conn_close(conn *c);
-void rsl__srv_timer_set(conn *c, int state, int64_t ns);
-void rsl__srv_on_written(uv_write_t *wr, int status);
+void rsl__srv_timer_set(conn *c, int state, int64_t ns); /* T_*; T_NONE stops it */
 void rsl__srv_on_timer(uv_timer_t *t);
 void rsl__srv_on_connection(uv_stream_t *ls, int status);
-/* serve_answer.c */
+/* A header name or value from a policy goes out only without CR, LF or NUL. */
+int rsl__srv_header_safe(const char *s);
+void rsl__srv_out_add(outbuf *b, const char *s, size_t n);
+void rsl__srv_out_str(outbuf *b, const char *s);
+void rsl__srv_out_header(outbuf *b, const char *name, const char *value);
+void rsl__srv_out_fmt(outbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* The status line and the server's own headers, with room for `reserve` more bytes. */
+void rsl__srv_answer_begin(outbuf *b, int status, size_t reserve);
+/* Ends the headers, adds the body and writes b; the connection goes on (or closes) once
+ * it is written. */
+void rsl__srv_answer_send(conn *c, outbuf *b, int status, const char *body, size_t len,
+                          int close_after);
+void rsl__srv_respond(conn *c, int status, const char *headers, const char *body, size_t len,
+                      int close_after);
+void rsl__srv_respond_error(conn *c, int status, const char *msg, int close_after);
+/* Refuses the request (a REJ_* limit): counted, answered, and the connection closes. */
 void rsl__srv_respond_reject(conn *c, int rej, const char *msg);
+
+/* ---- serve_answer.c: what to answer ---------------------------------------------------- */
+/* A whole request: the server's endpoints, then r.expose's routes (rsl_serve.dispatch). */
 void rsl__srv_dispatch(conn *c);
 
 #endif

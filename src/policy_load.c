@@ -1,5 +1,5 @@
 /*
- * policy -- loading a policy directory into a generation (policy.h): Lua states that ran
+ * policy_load -- loading a policy directory into a generation (policy.h): Lua states that ran
  * every policy file with the `resilua` DSL, the compiled C structs the chain runs on, and
  * the guards resolved against the runtime's registry.
  *
@@ -20,9 +20,10 @@
  * Reading declarations back from Lua happens inside lua_cpcall: an allocation failure there
  * is an error, not a panic.  Threads: the loader's only; see policy.h.
  *
- * Layer: the policies, above the sandbox and the guards, below the Lua binding.  Guard
- * declarations are applied in policy_guards.c, steps read in policy_steps.c, the JSON
- * description made in policy_describe.c.
+ * Layer: the policies (the top of their files), above the sandbox and the guards, below
+ * the Lua binding.  Guard declarations are applied in policy_guards.c, steps read in
+ * policy_steps.c, its small tools and the lookups by name are in policy_decl.c, the JSON
+ * description in policy_describe.c.
  */
 #include "policy_int.h"
 
@@ -50,86 +51,8 @@ extern const struct rsl__lua_module {
 /* Declarations take microseconds; a policy file still running after a second will not end. */
 #define LOAD_LIMIT_NS RSL_NS_PER_S
 
-/* ---- small helpers -------------------------------------------------------------------- */
-
-
-void rsl__lines_add(lines *l, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0) {
-        return;
-    }
-    size_t need = l->len + (size_t)n + 2;
-    if (need > l->cap) {
-        size_t cap = l->cap ? l->cap : 256;
-        while (cap < need) {
-            cap *= 2;
-        }
-        char *p = realloc(l->p, cap);
-        if (!p) {
-            l->oom = 1;
-            return;
-        }
-        l->p = p;
-        l->cap = cap;
-    }
-    if (l->n) {
-        l->p[l->len++] = '\n';
-    }
-    va_start(ap, fmt);
-    vsnprintf(l->p + l->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    l->len += (size_t)n;
-    l->n++;
-}
-
-static char *memdup0(const char *s, size_t len) {
-    char *p = malloc(len + 1);
-    if (p) {
-        memcpy(p, s, len);
-        p[len] = 0;
-    }
-    return p;
-}
-
 static int cmp_str(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* ---- reading declarations (the table at the top of the stack) --------------------------- */
-
-/* [-0, +0] */
-double rsl__decl_num(lua_State *L, const char *k) {
-    lua_getfield(L, -1, k);
-    double v = lua_tonumber(L, -1);
-    lua_pop(L, 1);
-    return v;
-}
-
-/* [-0, +0] A malloc'd copy of string field k (len may be NULL), or NULL when absent. */
-char *rsl__decl_str(lua_State *L, const char *k, size_t *len) {
-    lua_getfield(L, -1, k);
-    char *s = NULL;
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        size_t n;
-        const char *v = lua_tolstring(L, -1, &n);
-        s = memdup0(v, n);
-        if (len) {
-            *len = n;
-        }
-    }
-    lua_pop(L, 1);
-    return s;
-}
-
-/* [-0, +0] Whether field k is a string equal to v. */
-int rsl__decl_is(lua_State *L, const char *k, const char *v) {
-    lua_getfield(L, -1, k);
-    int eq = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), v) == 0;
-    lua_pop(L, 1);
-    return eq;
 }
 
 /* ---- compiling policies --------------------------------------------------------------- */
@@ -145,14 +68,6 @@ static int cmp_step(const void *a, const void *b) {
 static int cmp_decl(const void *a, const void *b) {
     return strcmp(((const gdecl *)a)->name, ((const gdecl *)b)->name);
 }
-int *rsl__decl_refs(int n) {
-    int *r = malloc((size_t)n * sizeof(int));
-    for (int i = 0; r && i < n; i++) {
-        r[i] = LUA_NOREF;
-    }
-    return r;
-}
-
 /* [-0, +0] The policy declaration at the top of the stack into p (state 0). */
 static void read_policy(lua_State *L, loader *ld, rsl__policy *p) {
     p->name = rsl__decl_str(L, "name", NULL);
@@ -406,6 +321,18 @@ static int run_state(lua_State *L, loader *ld) {
     lua_setfield(L, -2, "max_chain");
     lua_pushinteger(L, RSL_POLICY_MAX_GUARDS);
     lua_setfield(L, -2, "max_guards");
+    lua_newtable(L); /* kinds: the step kinds the DSL does not know, name -> fields */
+    for (const rsl__step_ops *const *k = ld->o->step_ops; k && *k; k++) {
+        if ((*k)->kind == RSL_STEP_OTHER) {
+            lua_newtable(L);
+            for (int i = 0; (*k)->fields && (*k)->fields[i]; i++) {
+                lua_pushstring(L, (*k)->fields[i]);
+                lua_rawseti(L, -2, i + 1);
+            }
+            lua_setfield(L, -2, (*k)->name);
+        }
+    }
+    lua_setfield(L, -2, "kinds");
     int rc = rsl__sandbox_pcall(L, 1, 2, limit); /* module ctl */
     if (rc != 0) {
         rsl__lines_add(&ld->errs, "%s: %s", ld->dir, lua_tostring(L, -1));
@@ -656,68 +583,6 @@ void rsl__gen_free(rsl__gen *g) {
     }
     free(g->expose);
     free(g);
-}
-
-rsl__policy *rsl__gen_policy(const rsl__gen *g, const char *name) {
-    if (!g || !name) {
-        return NULL;
-    }
-    int lo = 0, hi = g->npolicies;
-    while (lo < hi) {
-        int mid = lo + (hi - lo) / 2;
-        int c = strcmp(g->policies[mid].name, name);
-        if (c == 0) {
-            return &g->policies[mid];
-        }
-        if (c < 0) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    return NULL;
-}
-
-int rsl__policy_step(const rsl__policy *p, const char *name, size_t len) {
-    int lo = 0, hi = p->nsteps;
-    while (lo < hi) {
-        int mid = lo + (hi - lo) / 2;
-        const char *s = p->steps[mid].name;
-        size_t slen = strlen(s);
-        int c = memcmp(s, name, slen < len ? slen : len);
-        if (c == 0) {
-            c = slen < len ? -1 : slen > len ? 1 : 0;
-        }
-        if (c == 0) {
-            return mid;
-        }
-        if (c < 0) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    return -1;
-}
-
-rsl__guard *rsl__gen_guard(const rsl__gen *g, const char *name) {
-    if (!g || !name) {
-        return NULL;
-    }
-    int lo = 0, hi = g->nguards;
-    while (lo < hi) {
-        int mid = lo + (hi - lo) / 2;
-        int c = strcmp(g->guards[mid]->name, name);
-        if (c == 0) {
-            return g->guards[mid];
-        }
-        if (c < 0) {
-            lo = mid + 1;
-        } else {
-            hi = mid;
-        }
-    }
-    return NULL;
 }
 
 void rsl__load_report_free(rsl__load_report *r) {
