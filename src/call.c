@@ -139,7 +139,9 @@ static void call_keep(rsl__call *c, rsl__worker *w) {
     rsl_result *res = c->res;
     rsl_req *req = c->req;
     size_t req_size = c->req_size;
+    rsl__trace *tr = c->tr ? c->tr : c->tr_spare;
     memset(c, 0, sizeof(*c));
+    c->tr_spare = tr;
     for (int i = 0; i < 4; i++) {
         rsl__buf_empty(&b[i], SPARE_BUF_MAX);
     }
@@ -183,6 +185,8 @@ static void call_release(rsl__call *c) {
     rsl__buf_free(&c->io);
     rsl_result_free(c->res);
     rsl_req_free(c->req);
+    rsl__trace_free(c->tr);
+    rsl__trace_free(c->tr_spare);
     if (c->G) {
         rsl__genr_unref(c->G);
     }
@@ -312,11 +316,20 @@ void rsl__call_finish(rsl__call *c, int64_t now) {
         rsl__calls_untrack(c->cs, c);
     }
     call_untrack(c);
+    if (c->tr || c->req->has_trace) {
+        rsl__trace_result(c, r);
+    }
     if (c->cb_keeps_result) {
+        if (c->tr) {
+            rsl__trace_emit(c, r, now); /* r leaves with the callback */
+        }
         c->res = NULL; /* the callback's now: r may be freed before cb even returns */
         c->w->spin = 1;
     }
     c->cb(r, c->ud);
+    if (c->tr && !c->cb_keeps_result) {
+        rsl__trace_emit(c, r, now); /* after the answer: its caller does not wait for this */
+    }
     rsl__worker *w = c->w;
     if (c->timer_inited) {
         uv_close((uv_handle_t *)&c->timer, on_timer_closed);

@@ -19,6 +19,7 @@
 #include "guard.h"
 #include "req.h"
 #include "result.h"
+#include "span.h"
 #include "worker.h"
 
 #include <pthread.h>
@@ -33,6 +34,7 @@ typedef struct rsl__call rsl__call;
 /* What the calls of one runtime share: made by the runtime, which outlives its calls. */
 typedef struct rsl__calls {
     const rsl__env *env;              /* the clock and the log */
+    const rsl__tracer *tracer;        /* NULL: tracing off */
     struct rsl__hoststeps *hoststeps; /* host steps by name (step_host.h) */
     /* A call object was freed (any thread); left: calls made and not yet freed.  The last
      * call may free the runtime from here: nothing touches cs after it. */
@@ -102,6 +104,8 @@ struct rsl__call {
                                          from inside its function) */
     rsl__buf scratch;
     rsl__buf io;                      /* an HTTP request's expanded body, kept until it ends */
+    rsl__trace *tr;                   /* this call's trace (span.h); NULL: none */
+    rsl__trace *tr_spare;             /* a finished call's, kept with the object for reuse */
 };
 
 /* RSL_MSG_CANCEL: cancel call `id` on the worker it is posted to (malloc'd). */

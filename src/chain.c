@@ -37,6 +37,9 @@ static int acquire_guards(rsl__call *c, const rsl__step *s, int64_t now) {
         rsl__guard *g = s->guards[i];
         const char *why = "";
         if (!rsl__guard_acquire(g, now, &c->permits[i], &why)) {
+            if (c->tr) {
+                rsl__trace_refused(c, g);
+            }
             for (int j = 0; j < i; j++) {
                 if (c->held & (1u << j)) {
                     rsl__guard_release(s->guards[j], &c->permits[j], 0, now, RSL_OUTCOME_OK, 0);
@@ -121,12 +124,18 @@ void rsl__chain_answered(rsl__call *c) {
 static int attempt(rsl__call *c, const rsl__step *s, int64_t now) {
     rsl__answer_reset(&c->ans);
     c->attempt_start = now;
+    if (c->tr) {
+        rsl__trace_attempt(c, s, now);
+    }
     if (s->nguards > RSL_MAX_GUARDS) {
         rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "more than %d guards on one step",
                          RSL_MAX_GUARDS);
         return 1;
     }
-    if (!acquire_guards(c, s, now)) {
+    rsl__trace_sink = c->tr ? c : NULL; /* a breaker's transition becomes its event */
+    int admitted = acquire_guards(c, s, now);
+    rsl__trace_sink = NULL;
+    if (!admitted) {
         return 1;
     }
     c->tries++;
@@ -234,7 +243,14 @@ static void advance(rsl__call *c, int64_t now) {
             c->phase = RSL_PH_ATTEMPTED;
             break;
         case RSL_PH_ATTEMPTED:
-            release_guards(c, s, now, c->ans.outcome != RSL_OUTCOME_CANCELED);
+            if (c->tr) {
+                rsl__trace_sink = c;
+                release_guards(c, s, now, c->ans.outcome != RSL_OUTCOME_CANCELED);
+                rsl__trace_sink = NULL;
+                rsl__trace_attempt_end(c, s, now);
+            } else {
+                release_guards(c, s, now, c->ans.outcome != RSL_OUTCOME_CANCELED);
+            }
             if (c->attempt > 0 && maybe_retry(c, s, now)) {
                 c->phase = RSL_PH_WAIT;
                 return;
@@ -321,8 +337,18 @@ void rsl__call_start(rsl__call *c) {
     }
     rsl__call_track(c);
     c->start = rsl__call_now(c);
-    c->deadline = c->p->deadline_ns ? c->start + c->p->deadline_ns : 0;
+    /* The sooner of the policy's deadline and the caller's (rsl_req_set_deadline). */
+    int64_t dl = c->p->deadline_ns;
+    if (c->req->deadline_ns > 0 && (dl == 0 || c->req->deadline_ns < dl)) {
+        dl = c->req->deadline_ns;
+    }
+    c->deadline = dl ? c->start + dl : 0;
     c->prev_step = -1;
+    if (c->cs->tracer) {
+        c->tr = c->tr_spare;
+        c->tr_spare = NULL;
+        rsl__trace_start(c);
+    }
     if (c->p->route_refs) {
         char err[512];
         rsl__lcall lc = {c->id, c->start, c->req, c->p, c->pidx};

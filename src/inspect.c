@@ -193,7 +193,7 @@ char *rsl_metrics_text(rsl_runtime *rt) {
                                NULL, NULL, v > 0 ? (uint64_t)v : 0);
         }
     }
-    char tail[512];
+    char tail[1536];
     int n = snprintf(tail, sizeof(tail),
                      "# HELP resilua_reloads_total Policy reloads, by result.\n"
                      "# TYPE resilua_reloads_total counter\n"
@@ -203,6 +203,21 @@ char *rsl_metrics_text(rsl_runtime *rt) {
                      "# TYPE resilua_policy_generation gauge\n"
                      "resilua_policy_generation %llu\n",
                      reloads_ok, reloads_failed, generation);
+    if (rt->tracing && n > 0 && (size_t)n < sizeof(tail)) {
+        uint64_t exp, full, failed;
+        rsl__tracer_counts(&rt->tracer, &exp, &full, &failed);
+        n += snprintf(tail + n, sizeof(tail) - (size_t)n,
+                      "# HELP resilua_trace_spans_exported_total Spans the collector took.\n"
+                      "# TYPE resilua_trace_spans_exported_total counter\n"
+                      "resilua_trace_spans_exported_total %llu\n"
+                      "# HELP resilua_trace_spans_dropped_total Spans dropped: no room in the "
+                      "queue, or their batch failed.\n"
+                      "# TYPE resilua_trace_spans_dropped_total counter\n"
+                      "resilua_trace_spans_dropped_total{reason=\"queue_full\"} %llu\n"
+                      "resilua_trace_spans_dropped_total{reason=\"export_failed\"} %llu\n",
+                      (unsigned long long)exp, (unsigned long long)full,
+                      (unsigned long long)failed);
+    }
     pthread_mutex_unlock(&rt->reg_lock);
     rc |= rsl__buf_append(&b, tail, (size_t)n);
     if (rc) {

@@ -36,6 +36,58 @@ void rsl_req_clear(rsl_req *r) {
     free((char *)r->body);
     r->body = NULL;
     r->body_len = 0;
+    free((char *)r->tracestate);
+    r->tracestate = NULL;
+    r->tracestate_len = 0;
+    r->has_trace = 0;
+    r->deadline_ns = 0;
+}
+
+int rsl_req_set_trace(rsl_req *r, const char *traceparent, const char *tracestate) {
+    if (!r || r->frozen) {
+        return RSL_EINVAL;
+    }
+    free((char *)r->tracestate);
+    r->tracestate = NULL;
+    r->tracestate_len = 0;
+    r->has_trace = 0;
+    if (!traceparent) {
+        return 0;
+    }
+    size_t tslen = tracestate ? strlen(tracestate) : 0;
+    if (rsl__tctx_parse(traceparent, strlen(traceparent), &r->trace) < 0 ||
+        tslen > RSL_TRACESTATE_MAX) {
+        return RSL_EINVAL;
+    }
+    if (tslen) {
+        if (!(r->tracestate = dupmem(tracestate, tslen))) {
+            return RSL_ENOMEM;
+        }
+        r->tracestate_len = tslen;
+    }
+    r->has_trace = 1;
+    return 0;
+}
+
+int rsl_req_trace(const rsl_req *r, char tp[56], const char **tracestate) {
+    if (!r || !r->has_trace) {
+        return RSL_ENOENT;
+    }
+    if (tp) {
+        rsl__tctx_format(&r->trace, tp);
+    }
+    if (tracestate) {
+        *tracestate = r->tracestate ? r->tracestate : "";
+    }
+    return 0;
+}
+
+int rsl_req_set_deadline(rsl_req *r, int64_t ns) {
+    if (!r || r->frozen || ns < 0) {
+        return RSL_EINVAL;
+    }
+    r->deadline_ns = ns;
+    return 0;
 }
 
 void rsl_req_free(rsl_req *r) {
@@ -128,6 +180,7 @@ rsl_req *rsl__req_copy(const rsl_req *r, rsl_req *into, size_t *size) {
         need += r->attrs[i].nlen + r->attrs[i].vlen + 2;
     }
     need += (r && r->body ? r->body_len : 0) + 1;
+    need += (r && r->tracestate ? r->tracestate_len : 0) + 1;
     rsl_req *c = into;
     if (!c || *size < need) {
         free(into);
@@ -160,5 +213,18 @@ rsl_req *rsl__req_copy(const rsl_req *r, rsl_req *into, size_t *size) {
     }
     p[c->body_len] = 0;
     c->body = (r && r->body) ? p : NULL;
+    p += c->body_len + 1;
+    c->has_trace = r ? r->has_trace : 0;
+    if (c->has_trace) {
+        c->trace = r->trace;
+    }
+    c->deadline_ns = r ? r->deadline_ns : 0;
+    c->tracestate_len = r && r->tracestate ? r->tracestate_len : 0;
+    c->tracestate = NULL;
+    if (r && r->tracestate) {
+        memcpy(p, r->tracestate, c->tracestate_len);
+        p[c->tracestate_len] = 0;
+        c->tracestate = p;
+    }
     return c;
 }

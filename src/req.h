@@ -8,6 +8,7 @@
 #define RSL_REQ_H
 
 #include "resilua.h"
+#include "trace.h"
 #include <stddef.h>
 
 typedef struct rsl__attr {
@@ -23,6 +24,12 @@ struct rsl_req {
     const char *body;
     size_t body_len;
     int frozen; /* a copy made by rsl__req_dup: one block, strings inside it */
+    /* The caller's trace context (rsl_req_set_trace) and deadline (rsl_req_set_deadline). */
+    int has_trace;
+    rsl__tctx trace;
+    const char *tracestate; /* NULL: none */
+    size_t tracestate_len;
+    int64_t deadline_ns;    /* 0: none */
 };
 
 /* A deep copy in one block (free with rsl_req_free). NULL on no memory. */

@@ -99,6 +99,8 @@ typedef void (*rsl_log_fn)(void *ud, rsl_log_level level, const char *msg);
 /* A clock in nanoseconds, monotonic. Tests inject one to drive breakers and limiters. */
 typedef int64_t (*rsl_clock_fn)(void *ud);
 
+struct rsl_span; /* see "Traces" below */
+
 typedef struct rsl_options {
     size_t size;              /* set by rsl_options_init: lets this struct grow */
     const char *policy_dir;   /* directory of *.lua policy files; required */
@@ -139,6 +141,32 @@ typedef struct rsl_options {
     /* Largest HTTP answer body r.http accepts; a longer one is the outcome "error" naming
      * the cap.  Default 4 MiB. */
     size_t http_max_body;
+    /*
+     * Traces (see "Traces" below).  Tracing is on when otlp_endpoint names a collector or
+     * on_span is set; off, it costs a call nothing.
+     *  - otlp_endpoint: OTLP/HTTP traces URL, e.g. "http://127.0.0.1:4318/v1/traces"
+     *    (copied).  NULL: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT from the environment, else
+     *    OTEL_EXPORTER_OTLP_ENDPOINT + "/v1/traces", else none.  "": none, whatever the
+     *    environment says.
+     *  - service_name: the resource's service.name (copied).  NULL: OTEL_SERVICE_NAME,
+     *    else "resilua".
+     *  - trace_sample: the share of calls without a sampled parent that are sampled,
+     *    0..1, decided on the trace id (TraceIdRatioBased); a call whose traceparent says
+     *    sampled or not sampled follows it (parent-based).  Negative (the default):
+     *    OTEL_TRACES_SAMPLER_ARG, else 1.
+     *  - trace_errors: 1 also exports every degraded or failed call, sampled or not (the
+     *    call is recorded either way and the choice made when it ends; the traceparent it
+     *    sent on said "not sampled").
+     *  - on_span: runs for every exported span on the worker thread that ran the call, at
+     *    its end (the step attempts' spans, then the call's): the same data OTLP gets, for
+     *    a host with a tracer of its own.  The span is borrowed for the callback.
+     */
+    const char *otlp_endpoint;
+    const char *service_name;
+    double trace_sample;
+    int trace_errors;
+    void (*on_span)(void *ud, const struct rsl_span *span);
+    void *on_span_ud;
 } rsl_options;
 
 /* Fills `o` with defaults. Any thread. */
@@ -236,6 +264,24 @@ int rsl_req_set_body(rsl_req *req, const char *body, size_t len);
 void rsl_req_clear(rsl_req *req);
 /* The value of attribute `name` or NULL; `len` may be NULL. */
 const char *rsl_req_get(const rsl_req *req, const char *name, size_t *len);
+/*
+ * W3C trace context (https://www.w3.org/TR/trace-context/) of the caller: `traceparent`
+ * ("00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>") and `tracestate` (NULL or ""
+ * for none; at most 512 bytes).  The call joins that trace: its span's parent is the
+ * caller's, it is sampled when the caller's flags say so, and r.http sends both on with
+ * the attempt's span as the parent.  With tracing off the two are sent on unchanged.
+ * RSL_EINVAL for a traceparent that does not parse (the request keeps none: start a new
+ * trace, as the W3C text says) or a tracestate that is too long.  NULL traceparent clears
+ * both.
+ */
+int rsl_req_set_trace(rsl_req *req, const char *traceparent, const char *tracestate);
+/* The trace context set on req: 0 with the traceparent in tp (56 bytes: 55 and a NUL) and
+ * *tracestate (may be NULL; "" for none, borrowed from req), or RSL_ENOENT. */
+int rsl_req_trace(const rsl_req *req, char tp[56], const char **tracestate);
+/* The caller's deadline: the call must answer within `ns` from its start (a client's
+ * X-Resilua-Deadline-Ms or grpc-timeout).  The call's deadline is the sooner of this and
+ * the policy's own.  0 clears it; RSL_EINVAL when negative. */
+int rsl_req_set_deadline(rsl_req *req, int64_t ns);
 
 /* ---------------------------------------------------------------------------------------
  * Results
@@ -267,6 +313,10 @@ size_t rsl_result_path_len(const rsl_result *r);
 int rsl_result_path(const rsl_result *r, size_t i, rsl_path_entry *e);
 /* 1 when route() failed (raised, ran too long, returned garbage) and `chain` was taken. */
 int rsl_result_route_failed(const rsl_result *r);
+/* The call's own trace context, as a traceparent naming the call's span (56 bytes: 55
+ * and a NUL): 0, or RSL_ENOENT when the call had none (tracing off and no caller's
+ * context). */
+int rsl_result_trace(const rsl_result *r, char tp[56]);
 /* One JSON object, as `resilua call` prints it (no newline). Free with rsl_free. */
 char *rsl_result_json(const rsl_result *r);
 /* Frees a result returned by rsl_call_sync. NULL is a no-op. */
@@ -389,6 +439,62 @@ char *rsl_state_json(rsl_runtime *rt);
  * be NULL) receives rsl_describe_json's document; free with rsl_free.  Any thread.
  */
 int rsl_check(const char *policy_dir, char **json, char *err, size_t errlen);
+
+/* ---------------------------------------------------------------------------------------
+ * Traces: one span per call and one per step attempt (rsl_options.otlp_endpoint, on_span).
+ *
+ * The call's span (kind internal) carries resilua.policy, resilua.outcome,
+ * resilua.served_by, resilua.degraded, resilua.route_failed, resilua.path and
+ * http.response.status_code; each attempt's span, its child (kind client for r.http and
+ * r.redis, else internal), carries resilua.step, resilua.step.kind, resilua.attempt,
+ * resilua.outcome, http.response.status_code, error.type (the outcome, when not ok),
+ * resilua.error (the message), resilua.guard (the guard that refused it), and for r.http
+ * http.request.method, server.address and server.port.  A breaker's change of state
+ * during an attempt is an event "resilua.breaker.transition" on that attempt's span with
+ * resilua.guard, resilua.from, resilua.to and resilua.reason.  The status is ERROR when
+ * the outcome is not ok.
+ *
+ * Spans go to the collector as OTLP/HTTP JSON from each worker's loop (libcurl multi),
+ * batched (512 spans or 1 s) with at most two batches in flight per worker; a span that
+ * finds no room, or whose batch the collector refuses or does not answer within 5 s, is
+ * dropped and counted (resilua_trace_spans_dropped_total): a call never waits for it.
+ */
+typedef enum rsl_attr_type { RSL_ATTR_STRING, RSL_ATTR_INT, RSL_ATTR_BOOL } rsl_attr_type;
+
+typedef struct rsl_span_attr {
+    const char *key;
+    rsl_attr_type type;
+    const char *str; /* RSL_ATTR_STRING */
+    int64_t num;     /* RSL_ATTR_INT; RSL_ATTR_BOOL: 0 or 1 */
+} rsl_span_attr;
+
+typedef struct rsl_span_event {
+    const char *name;
+    int64_t time_unix_ns;
+    const rsl_span_attr *attrs;
+    size_t nattrs;
+} rsl_span_event;
+
+typedef enum rsl_span_kind {
+    RSL_SPAN_INTERNAL = 1, /* OTLP's SpanKind values */
+    RSL_SPAN_SERVER = 2,
+    RSL_SPAN_CLIENT = 3,
+} rsl_span_kind;
+
+typedef struct rsl_span {
+    const char *name;            /* the policy (a call), the step (an attempt) */
+    char trace_id[33];           /* lowercase hex */
+    char span_id[17];
+    char parent_span_id[17];     /* "" for a root */
+    rsl_span_kind kind;
+    int64_t start_unix_ns, end_unix_ns;
+    int error;                   /* 1: status ERROR */
+    const char *status_message;  /* with error; may be NULL */
+    const rsl_span_attr *attrs;
+    size_t nattrs;
+    const rsl_span_event *events;
+    size_t nevents;
+} rsl_span;
 
 /* ---------------------------------------------------------------------------------------
  * The sidecar: an HTTP/1.1 server on the runtime's workers (`resilua serve`, serve.c).

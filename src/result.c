@@ -5,6 +5,8 @@
  */
 #include "result.h"
 
+#include "otlp.h"
+
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,31 +90,12 @@ int rsl_result_path(const rsl_result *r, size_t i, rsl_path_entry *e) {
 int rsl_result_route_failed(const rsl_result *r) {
     return r->route_failed;
 }
-
-/* A JSON string of arbitrary bytes: invalid UTF-8 becomes U+FFFD, so a binary body can
- * never make the whole line fail to encode. */
-static json_t *json_bytes(const char *s, size_t n) {
-    json_t *j = json_stringn(s, n);
-    if (j) {
-        return j;
+int rsl_result_trace(const rsl_result *r, char tp[56]) {
+    if (!r || !r->has_trace) {
+        return RSL_ENOENT;
     }
-    rsl__buf b = {0};
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        size_t len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-        json_t *one = len && i + len <= n ? json_stringn(s + i, len) : NULL;
-        if (one) {
-            rsl__buf_append(&b, s + i, len);
-            i += len;
-        } else {
-            rsl__buf_append(&b, "\xef\xbf\xbd", 3);
-            i++;
-        }
-        json_decref(one);
-    }
-    j = json_stringn(b.p ? b.p : "", b.len);
-    rsl__buf_free(&b);
-    return j;
+    rsl__tctx_format(&r->trace, tp);
+    return 0;
 }
 
 static double round_ms(double ms) {
@@ -133,7 +116,7 @@ char *rsl_result_json(const rsl_result *r) {
     const char *sb = rsl_result_served_by(r);
     json_object_set_new(o, "served_by", sb ? json_string(sb) : json_null());
     json_object_set_new(o, "degraded", json_boolean(r->degraded));
-    json_object_set_new(o, "body", json_bytes(r->body.p ? r->body.p : "", r->body.len));
+    json_object_set_new(o, "body", rsl__json_bytes(r->body.p ? r->body.p : "", r->body.len));
     json_object_set_new(o, "elapsed_ms", json_real(round_ms(r->elapsed_ms)));
     if (r->route_failed) {
         json_object_set_new(o, "route_failed", json_true());

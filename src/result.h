@@ -12,6 +12,7 @@
 #include "gen.h"
 #include "resilua.h"
 #include "tmpl.h"
+#include "trace.h"
 
 /* Longest path a call may take: route() returning more entries is a failing route. */
 #define RSL_MAX_PATH RSL_POLICY_MAX_CHAIN
@@ -40,6 +41,8 @@ struct rsl_result {
     int nheaders;
     rsl__entry path[RSL_MAX_PATH];
     int npath;
+    int has_trace;  /* the call's own context (or the caller's, with tracing off) */
+    rsl__tctx trace;
 };
 
 /* A result for a call of `policy` (borrowed until rsl__result_own_names): `reuse` when

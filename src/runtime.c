@@ -46,6 +46,7 @@ void rsl_options_init(rsl_options *o) {
     o->route_limit_ns = 50 * RSL_NS_PER_MS;
     o->lua_step_limit_ns = 200 * RSL_NS_PER_MS;
     o->http_max_body = (size_t)4 << 20;
+    o->trace_sample = -1; /* OTEL_TRACES_SAMPLER_ARG, else 1 */
 }
 
 /* ---- generations ---------------------------------------------------------------------- */
@@ -53,9 +54,15 @@ void rsl_options_init(rsl_options *o) {
 static void on_breaker(void *ud, rsl__breaker *b, rsl__breaker_state from, rsl__breaker_state to,
                        const char *reason) {
     struct rsl_runtime *rt = ud;
-    rt->o.on_transition(rt->o.on_transition_ud, rsl__breaker_name(b),
-                        rsl__breaker_state_name(from), rsl__breaker_state_name(to),
-                        reason ? reason : "");
+    if (rt->o.on_transition) {
+        rt->o.on_transition(rt->o.on_transition_ud, rsl__breaker_name(b),
+                            rsl__breaker_state_name(from), rsl__breaker_state_name(to),
+                            reason ? reason : "");
+    }
+    if (rt->tracing) { /* an event of the attempt that made it, when that call records */
+        rsl__trace_transition(rsl__breaker_name(b), rsl__breaker_state_name(from),
+                              rsl__breaker_state_name(to), reason ? reason : "");
+    }
 }
 
 /* Wraps a loaded generation with the runtime's per-state bindings. Takes g. */
@@ -67,7 +74,7 @@ static rsl__genr *genr_new(struct rsl_runtime *rt, rsl__gen *g) {
         .lock = &rt->lock,
         .caches = &rt->caches,
         .metrics = &rt->metrics,
-        .on_breaker = rt->o.on_transition ? on_breaker : NULL,
+        .on_breaker = rt->o.on_transition || rt->tracing ? on_breaker : NULL,
         .on_breaker_ud = rt,
     };
     return rsl__genr_new(&conf, g);
@@ -214,6 +221,21 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
         rsl_close(rt);
         return RSL_ENOMEM;
     }
+    /* Options from before tracing existed end at http_max_body: no tracing for them. */
+    if (o->size <= offsetof(rsl_options, otlp_endpoint)) {
+        rt->o.otlp_endpoint = "";
+        rt->o.on_span = NULL;
+    }
+    int trc = rsl__tracer_init(&rt->tracer, &rt->o, rsl__env_now(&rt->env), rt->o.workers);
+    if (trc < 0) {
+        rsl_close(rt);
+        return trc;
+    }
+    rt->tracing = trc == 1;
+    rt->calls.tracer = rt->tracing ? &rt->tracer : NULL;
+    rt->o.otlp_endpoint = rt->tracer.otlp.url;
+    rt->o.service_name = rt->tracer.otlp.service_name;
+    rt->tracer.otlp.env = &rt->env;
     char dummy[1];
     rsl__gen_opts go = gen_opts(rt);
     rsl__gen *g = NULL;
@@ -247,6 +269,8 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
         .seed = rt->o.seed,
         .redis_host = rt->redis_host,
         .redis_port = rt->redis_port,
+        .otlp = rt->tracing && rt->tracer.exporting ? &rt->tracer.otlp : NULL,
+        .otlp_stats = rt->tracer.stats,
     };
     if (rt->o.loop) {
         if ((rc = rsl__worker_attach(&rt->workers[0], &wc, rt->o.loop)) < 0) {
@@ -278,6 +302,7 @@ static void rt_free(rsl_runtime *rt) {
     rsl__gauges_close(&rt->gauges);
     json_decref(rt->last_reload);
     rsl__calls_close(&rt->calls);
+    rsl__tracer_close(&rt->tracer);
     pthread_mutex_destroy(&rt->reg_lock);
     pthread_mutex_destroy(&rt->reload_lock);
     pthread_mutex_destroy(&rt->lock);

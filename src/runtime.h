@@ -68,6 +68,8 @@ struct rsl_runtime {
     rsl__caches caches;        /* under lock */
     rsl__metrics metrics;      /* under lock: creation and rendering */
     rsl__gauges gauges;
+    int tracing;               /* tracer is set up: spans are made */
+    rsl__tracer tracer;        /* o's trace options, resolved (span.h) */
 };
 
 /* A call of `policy` on the current generation, not yet given to a worker (set c->w, then

@@ -38,8 +38,9 @@ static void http_done(void *ud, rsl__http_res *res) {
     rsl__chain_answered(c);
 }
 
-/* Request headers: the step's, then X-Resilua-Deadline-Ms.  Values are expanded into
- * c->scratch after the URL, at offsets fixed up once the buffer stops moving. */
+/* Request headers: the step's, then X-Resilua-Deadline-Ms, traceparent and tracestate.
+ * Values are expanded into c->scratch after the URL, at offsets fixed up once the buffer
+ * stops moving. */
 #define MAX_REQ_HEADERS (RSL_POLICY_MAX_GUARDS + 48)
 
 static int http_start(rsl__call *c, const rsl__step *s, int64_t now) {
@@ -54,7 +55,7 @@ static int http_start(rsl__call *c, const rsl__step *s, int64_t now) {
     size_t off[MAX_REQ_HEADERS];
     rsl__header hd[MAX_REQ_HEADERS];
     int nh = 0;
-    for (int i = 0; rc == 0 && i < s->u.http.nheaders && nh < MAX_REQ_HEADERS - 1; i++) {
+    for (int i = 0; rc == 0 && i < s->u.http.nheaders && nh < MAX_REQ_HEADERS - 3; i++) {
         if (rsl__buf_append(&c->scratch, "", 1) < 0) { /* keep the previous NUL */
             rc = RSL_ENOMEM;
             break;
@@ -83,6 +84,22 @@ static int http_start(rsl__call *c, const rsl__step *s, int64_t now) {
             nh++;
         }
     }
+    /* W3C trace context, the attempt's span as the parent (span.h).  A step's own header
+     * of either name is sent too: the policy asked for it. */
+    char tp[RSL_TRACEPARENT_LEN + 1];
+    const char *ts = NULL;
+    if (rc == 0 && rsl__trace_outgoing(c, tp, &ts)) {
+        hd[nh].name = "traceparent";
+        hd[nh].value = tp;
+        off[nh] = (size_t)-1; /* not in scratch */
+        nh++;
+        if (ts && ts[0]) {
+            hd[nh].name = "tracestate";
+            hd[nh].value = (char *)ts;
+            off[nh] = (size_t)-1;
+            nh++;
+        }
+    }
     c->io.len = 0;
     if (rc == 0 && s->u.http.body) {
         rc = rsl__tmpl_expand(s->u.http.body, c->req, 0, &c->io, &missing);
@@ -92,7 +109,12 @@ static int http_start(rsl__call *c, const rsl__step *s, int64_t now) {
         return 1;
     }
     for (int i = 0; i < nh; i++) {
-        hd[i].value = c->scratch.p + off[i];
+        if (off[i] != (size_t)-1) {
+            hd[i].value = c->scratch.p + off[i];
+        }
+    }
+    if (c->tr) {
+        rsl__trace_server(c, c->scratch.p);
     }
     rsl__http_req r = {
         .method = s->u.http.method,

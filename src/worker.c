@@ -100,7 +100,12 @@ static void maybe_finish(rsl__worker *w) {
     while (atomic_load(w->conf.senders) > 0) {
         sched_yield();
     }
-    /* I/O clients close their handles now; the loop runs until their close callbacks. */
+    /* I/O clients close their handles now; the loop runs until their close callbacks.
+     * The exporter first: it sends through the HTTP client. */
+    if (w->otlp) {
+        rsl__otlp_close(w->otlp);
+        w->otlp = NULL;
+    }
     if (w->http) {
         rsl__http_close(w->http);
         w->http = NULL;
@@ -126,6 +131,7 @@ static void handle(rsl__worker *w, rsl__msg *m) {
     case RSL_MSG_STOP:
         w->stopping = 1;
         w->conf.ops->stop(w);
+        rsl__otlp_flush(w->otlp); /* the last spans; the worker waits for the batch */
         break;
     default:
         w->conf.ops->handle(w, m);
@@ -173,6 +179,28 @@ rsl__http *rsl__worker_http(rsl__worker *w) {
     return w->http;
 }
 
+/* A batch of spans on the wire keeps a stopping worker up until it is answered (within
+ * the exporter's timeout). */
+static void otlp_hold(void *ud, int d) {
+    rsl__worker *w = ud;
+    if (d > 0) {
+        rsl__worker_hold(w);
+    } else {
+        rsl__worker_release(w);
+    }
+}
+
+rsl__otlp *rsl__worker_otlp(rsl__worker *w) {
+    if (!w->otlp && w->conf.otlp && !w->stopping) {
+        rsl__http *h = rsl__worker_http(w);
+        if (h) {
+            w->otlp = rsl__otlp_new(w->loop, h, w->conf.otlp, &w->conf.otlp_stats[w->index],
+                                    otlp_hold, w);
+        }
+    }
+    return w->otlp;
+}
+
 static void redis_log(void *ud, int level, const char *msg) {
     rsl__worker *w = ud;
     rsl__log(w->conf.env, level == 0 ? RSL_LOG_ERROR : level == 1 ? RSL_LOG_WARN : RSL_LOG_INFO,
@@ -184,6 +212,7 @@ static void redis_log(void *ud, int level, const char *msg) {
 static void io_start(rsl__worker *w) {
     w->http = NULL;
     w->redis = NULL;
+    w->otlp = NULL;
     if (w->conf.redis_host) {
         w->redis = rsl__redis_new(w->loop, w->conf.redis_host, w->conf.redis_port, redis_log, w);
     }

@@ -13,6 +13,7 @@
 
 #include "env.h"
 #include "http.h"
+#include "otlp.h"
 #include "redis.h"
 
 #include <pthread.h>
@@ -69,6 +70,8 @@ typedef struct rsl__worker_conf {
     uint64_t seed;            /* 0: a random seed */
     const char *redis_host;   /* NULL: no Redis */
     int redis_port;
+    const rsl__otlp_conf *otlp;   /* NULL: no span exporter */
+    rsl__otlp_stats *otlp_stats;  /* one per worker, by index */
 } rsl__worker_conf;
 
 struct rsl__worker {
@@ -86,6 +89,7 @@ struct rsl__worker {
     rsl__msg stop;    /* RSL_MSG_STOP, posted once by rsl__worker_join */
     rsl__http *http;   /* made on first use; closed when the worker stops */
     rsl__redis *redis; /* made at start when there is Redis */
+    rsl__otlp *otlp;   /* made on first use; flushed at STOP, closed when it stops */
     /* The calls' own per-worker lists (call.c): the worker never reads them. */
     struct rsl__call *calls; /* in flight */
     struct rsl__call *spare; /* finished calls' objects kept for reuse */
@@ -112,5 +116,8 @@ void rsl__worker_release(rsl__worker *w);
 /* Loop thread: the worker's HTTP client (made on first use; NULL when out of memory or
  * stopping). */
 rsl__http *rsl__worker_http(rsl__worker *w);
+/* Loop thread: the worker's span exporter (made on first use; NULL when there is none,
+ * when out of memory or stopping). */
+rsl__otlp *rsl__worker_otlp(rsl__worker *w);
 
 #endif
