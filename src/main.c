@@ -56,10 +56,13 @@ static const char usage_text[] =
     "                             body, any other attr=value a request attribute\n"
     "  serve [-p DIR] [--listen HOST:PORT] [--workers N] [--redis HOST:PORT]\n"
     "        [--max-body SIZE] [--request-timeout D] [--idle-timeout D] [--drain-timeout D]\n"
+    "        [--access-log FILE|-] [--otlp-endpoint URL] [--trace-sample RATIO]\n"
+    "        [--trace-errors] [--service-name NAME]\n"
     "                             the HTTP sidecar (default 127.0.0.1:8700; port 0: any\n"
     "                             free one; prints \"listening HOST:PORT\"): /call/POLICY,\n"
     "                             r.expose routes, /metrics, /state, /reload, /healthz;\n"
-    "                             SIGHUP reloads, SIGTERM/SIGINT drain and exit 0\n"
+    "                             SIGHUP reloads, SIGUSR1 reopens the access log,\n"
+    "                             SIGTERM/SIGINT drain and exit 0\n"
     "  version                    print the version\n"
     "\n"
     "options:\n"
@@ -69,6 +72,16 @@ static const char usage_text[] =
     "                             next: a number with a unit us, ms, s, m or h\n"
     "  --redis HOST:PORT          Redis for r.redis and r.redis_cache steps (without it\n"
     "                             they answer \"connect\" and the chain falls back)\n"
+    "  --access-log FILE|-        one JSON line per answered request (serve)\n"
+    "  --otlp-endpoint URL        send spans as OTLP/HTTP JSON, e.g.\n"
+    "                             http://127.0.0.1:4318/v1/traces (serve; default:\n"
+    "                             OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT, else no traces)\n"
+    "  --trace-sample RATIO       share of new traces sampled, 0..1 (default:\n"
+    "                             OTEL_TRACES_SAMPLER_ARG, else 1); a client's\n"
+    "                             traceparent decides for its own trace\n"
+    "  --trace-errors             also send every degraded or failed call's spans\n"
+    "  --service-name NAME        service.name of the spans (default: OTEL_SERVICE_NAME,\n"
+    "                             else resilua)\n"
     "  -h, --help                 this text\n"
     "\n"
     "exit status: 0 ok; 1 load errors (check) or a call whose outcome is not ok (call);\n"
@@ -705,6 +718,9 @@ static int parse_size(const char *s, size_t *out) {
 static int cmd_serve(int argc, char **argv) {
     args a = {argc, argv, 0, 0};
     const char *dir = "policies", *redis = NULL, *v = NULL;
+    const char *otlp = NULL, *service = NULL;
+    double sample = -1;
+    int trace_errors = 0;
     long workers = 1;
     rsl_serve_options so;
     rsl_serve_options_init(&so);
@@ -744,6 +760,24 @@ static int cmd_serve(int argc, char **argv) {
             dur = &so.idle_timeout_ns;
         } else if (r == 0 && (r = opt_value(&a, NULL, "--drain-timeout", &v)) > 0) {
             dur = &so.drain_timeout_ns;
+        } else if (r == 0 && (r = opt_value(&a, NULL, "--access-log", &v)) > 0) {
+            so.access_log = v;
+        } else if (r == 0 && (r = opt_value(&a, NULL, "--otlp-endpoint", &v)) > 0) {
+            otlp = v;
+        } else if (r == 0 && (r = opt_value(&a, NULL, "--service-name", &v)) > 0) {
+            service = v;
+        } else if (r == 0 && (r = opt_value(&a, NULL, "--trace-sample", &v)) > 0) {
+            char *end = NULL;
+            errno = 0;
+            sample = strtod(v, &end);
+            if (end == v || *end || errno || !(sample >= 0 && sample <= 1)) {
+                usage_error("serve: --trace-sample wants a ratio 0..1 such as 0.1, got \"%s\"", v);
+                return EXIT_USAGE;
+            }
+        } else if (r == 0 && strcmp(s, "--trace-errors") == 0) {
+            trace_errors = 1;
+            a.i++;
+            r = 1;
         } else if (r == 0) {
             usage_error("serve: unknown option %s", s);
             return EXIT_USAGE;
@@ -768,6 +802,7 @@ static int cmd_serve(int argc, char **argv) {
     sigemptyset(&stop);
     sigaddset(&stop, SIGTERM);
     sigaddset(&stop, SIGINT);
+    sigaddset(&stop, SIGUSR1); /* reopens the access log (below) */
     pthread_sigmask(SIG_BLOCK, &stop, NULL);
 
     rsl_options o;
@@ -778,6 +813,10 @@ static int cmd_serve(int argc, char **argv) {
     o.log = serve_log;
     o.on_transition = serve_on_transition;
     o.on_reload = serve_on_reload;
+    o.otlp_endpoint = otlp;
+    o.service_name = service;
+    o.trace_sample = sample;
+    o.trace_errors = trace_errors;
     rsl_runtime *rt = NULL;
     char err[16384] = "";
     int rc = rsl_open(&rt, &o, err, sizeof(err));
@@ -810,7 +849,16 @@ static int cmd_serve(int argc, char **argv) {
                                       rsl_workers(rt), "policies", dir));
 
     int sig = 0;
-    while (sigwait(&stop, &sig) != 0) {
+    for (;;) {
+        if (sigwait(&stop, &sig) != 0) {
+            continue;
+        }
+        if (sig != SIGUSR1) {
+            break;
+        }
+        rsl_serve_reopen_log(srv);
+        emit_event("log_reopened", json_pack("{s:s}", "access_log",
+                                             so.access_log ? so.access_log : ""));
     }
     emit_event("draining", json_pack("{s:s}", "signal", sig == SIGINT ? "SIGINT" : "SIGTERM"));
     rsl_serve_stop(srv);

@@ -509,6 +509,9 @@ typedef struct rsl_span {
  *                                          X-Resilua-Degraded (0|1), X-Resilua-Path
  *                                          ("primary=timeout,cache=ok")
  *   r.expose routes                        the same, path parameters as attributes
+ *   A call's request also carries the client's traceparent/tracestate (the call joins
+ *   that trace: rsl_req_set_trace) and its deadline, X-Resilua-Deadline-Ms (whole ms) or
+ *   grpc-timeout ("250m", "2S"...), the sooner if both: rsl_req_set_deadline.
  *   GET /metrics    rsl_metrics_text and the server's resilua_http_* series
  *   GET /state      rsl_state_json
  *   POST /reload    rsl_reload: 200 and the reload record, 422 with `file:line: message`
@@ -533,6 +536,14 @@ typedef struct rsl_serve_options {
     int64_t request_timeout_ns;/* first byte to last of a request; default 10 s: 408 */
     int64_t drain_timeout_ns;  /* rsl_serve_stop waits this long at most for answers in
                                   flight, then cancels them; default 30 s */
+    /* A file the sidecar appends one JSON line per answered request to ("-": stdout;
+     * NULL or "": none): {"time", "method", "path", "status", "duration_ms", "bytes",
+     * "bytes_in", and for a call "policy", "outcome", "served_by", "degraded", "steps"
+     * (["primary=timeout", "cache=ok"]), "trace_id"}.  Written by a thread of its own
+     * through a bounded buffer: a line that finds it full is dropped and counted
+     * (resilua_access_log_dropped_total), never waited for.  rsl_serve_reopen_log reopens
+     * it (logrotate). */
+    const char *access_log;
 } rsl_serve_options;
 
 /* Fills `o` with defaults. Any thread. */
@@ -546,6 +557,12 @@ void rsl_serve_options_init(rsl_serve_options *o);
  */
 int rsl_serve_start(rsl_runtime *rt, const rsl_serve_options *o, rsl_serve **out, char *err,
                     size_t errlen);
+
+/* Reopens the access log by its name (after logrotate moved it): lines before this go to
+ * the old file, lines after it to the new one, none torn or lost.  A no-op without an
+ * access log or with "-".  0 or RSL_EINVAL.  Any thread (a signal handler must not call
+ * it: wake a thread that does, as `resilua serve` does on SIGUSR1). */
+int rsl_serve_reopen_log(rsl_serve *s);
 
 /* The port the server listens on (the real one when the address said 0). Any thread. */
 int rsl_serve_port(const rsl_serve *s);

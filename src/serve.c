@@ -206,6 +206,7 @@ static void wait_steps(rsl_serve *s, int want, int64_t timeout_ns) {
 }
 
 static void serve_free(rsl_serve *s) {
+    rsl__alog_close(s->alog); /* after the workers: their last lines are in */
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->m);
     free(s->w);
@@ -268,6 +269,9 @@ int rsl_serve_start(rsl_runtime *rt, const rsl_serve_options *o, rsl_serve **out
     if (rc == 0 && !(s->w = calloc((size_t)s->nworkers, sizeof(*s->w)))) {
         rc = RSL_ENOMEM;
     }
+    if (rc == 0 && s->o.access_log && s->o.access_log[0]) {
+        rc = rsl__alog_open(&s->alog, s->o.access_log, err, errlen);
+    }
     if (rc != 0) {
         serve_free(s);
         return rc;
@@ -307,6 +311,16 @@ int rsl_serve_start(rsl_runtime *rt, const rsl_serve_options *o, rsl_serve **out
         return rc;
     }
     *out = s;
+    return 0;
+}
+
+int rsl_serve_reopen_log(rsl_serve *s) {
+    if (!s) {
+        return RSL_EINVAL;
+    }
+    if (s->alog) {
+        rsl__alog_reopen(s->alog);
+    }
     return 0;
 }
 

@@ -114,8 +114,71 @@ static void on_call_done(const rsl_result *r, void *ud) {
         }
     }
     rsl__srv_out_str(&h, "\r\n");
+    c->log_result = r;
     rsl__srv_answer_send(c, &h, status, body, len, 0);
+    c->log_result = NULL;
     rsl__srv_conn_unref(c);
+}
+
+/* The caller's deadline in ns from X-Resilua-Deadline-Ms (whole milliseconds) or
+ * grpc-timeout (1-8 digits and a unit: H M S m u n), the sooner of the two; 0: none (or
+ * neither parses). */
+static int64_t caller_deadline(const conn *c) {
+    int64_t best = 0;
+    size_t n = c->hk_len[HK_DEADLINE_MS];
+    if (c->hk_seen[HK_DEADLINE_MS] == 1 && n > 0 && n <= 12) {
+        int64_t v = 0;
+        size_t i = 0;
+        while (i < n && c->deadline_ms[i] >= '0' && c->deadline_ms[i] <= '9') {
+            v = v * 10 + (c->deadline_ms[i++] - '0');
+        }
+        if (i == n) {
+            best = v * 1000000 > 0 ? v * 1000000 : 1; /* 0 ms: already due */
+        }
+    }
+    n = c->hk_len[HK_GRPC_TIMEOUT];
+    if (c->hk_seen[HK_GRPC_TIMEOUT] == 1 && n >= 2 && n <= 9) {
+        int64_t v = 0;
+        size_t i = 0;
+        while (i < n - 1 && c->grpc_timeout[i] >= '0' && c->grpc_timeout[i] <= '9') {
+            v = v * 10 + (c->grpc_timeout[i++] - '0');
+        }
+        int64_t unit = 0;
+        switch (c->grpc_timeout[n - 1]) {
+        case 'H': unit = 3600LL * 1000000000; break;
+        case 'M': unit = 60LL * 1000000000; break;
+        case 'S': unit = 1000000000; break;
+        case 'm': unit = 1000000; break;
+        case 'u': unit = 1000; break;
+        case 'n': unit = 1; break;
+        }
+        if (i == n - 1 && unit) {
+            int64_t ns = v > INT64_MAX / unit ? INT64_MAX : v * unit;
+            if (ns < 1) {
+                ns = 1;
+            }
+            if (!best || ns < best) {
+                best = ns;
+            }
+        }
+    }
+    return best;
+}
+
+/* The request's trace context and deadline onto req.  A traceparent that does not parse,
+ * or more than one, is no context: the call starts a trace of its own (W3C 3.2.2.x). */
+static int add_context(conn *c, rsl_req *req) {
+    if (c->hk_seen[HK_TRACEPARENT] == 1 && c->hk_len[HK_TRACEPARENT] <= HK_TRACEPARENT_MAX) {
+        const char *ts = c->hk_seen[HK_TRACESTATE] && c->hk_len[HK_TRACESTATE] <= HK_TRACESTATE_MAX
+                             ? c->tracestate
+                             : NULL;
+        int rc = rsl_req_set_trace(req, c->traceparent, ts);
+        if (rc == RSL_ENOMEM) {
+            return rc;
+        }
+    }
+    int64_t dl = caller_deadline(c);
+    return dl ? rsl_req_set_deadline(req, dl) : 0;
 }
 
 /* Sets the query's attributes (and `body`, unless the request has one) on req. */
@@ -321,6 +384,19 @@ static void metrics_append(rsl_serve *s, outbuf *b) {
                      "# TYPE resilua_http_client_aborts_total counter\n"
                      "resilua_http_client_aborts_total %llu\n",
                      (unsigned long long)idle, (unsigned long long)aborts);
+    if (s->alog) {
+        uint64_t lines, dropped;
+        rsl__alog_counts(s->alog, &lines, &dropped);
+        rsl__srv_out_fmt(b,
+                         "# HELP resilua_access_log_lines_total Lines given to the access log.\n"
+                         "# TYPE resilua_access_log_lines_total counter\n"
+                         "resilua_access_log_lines_total %llu\n"
+                         "# HELP resilua_access_log_dropped_total Access log lines dropped: its "
+                         "buffer was full.\n"
+                         "# TYPE resilua_access_log_dropped_total counter\n"
+                         "resilua_access_log_dropped_total %llu\n",
+                         (unsigned long long)lines, (unsigned long long)dropped);
+    }
 }
 
 /* ---- routing -------------------------------------------------------------------------------- */
@@ -449,6 +525,9 @@ void rsl__srv_dispatch(conn *c) {
     }
     if (rc == 0) {
         rc = add_query(req, query, qlen, c->body_len > 0);
+    }
+    if (rc == 0) {
+        rc = add_context(c, req);
     }
     if (rc == 0 && is_call) {
         if (!get && !post) {

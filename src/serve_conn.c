@@ -324,6 +324,9 @@ void rsl__srv_answer_send(conn *c, outbuf *b, int status, const char *body, size
         rsl__srv_out_add(b, body, len);
     }
     relaxed_inc(&w->by_status[status]);
+    if (w->s->alog) {
+        rsl__srv_log_answer(c, status, no_body || c->head ? 0 : len);
+    }
     if (b->oom) {
         free(b->p);
         rsl__srv_conn_close(c);
@@ -404,6 +407,12 @@ static int on_message_begin(http_parser *p) {
     c->nheaders = 0;
     c->expect_continue = 0;
     c->hdr_expect = 0;
+    c->hdr_keep = HK_NONE;
+    memset(c->hk_len, 0, sizeof(c->hk_len));
+    memset(c->hk_seen, 0, sizeof(c->hk_seen));
+    if (c->w->s->alog) {
+        c->t0 = uv_hrtime();
+    }
     c->url_len = 0;
     c->body_len = 0;
     rsl__srv_timer_set(c, T_READING, c->w->s->o.request_timeout_ns);
@@ -451,14 +460,74 @@ static int on_header_field(http_parser *p, const char *at, size_t n) {
     return 0;
 }
 
+static int name_is(const conn *c, const char *lit) {
+    size_t n = strlen(lit);
+    return c->hname_len == n && memcmp(c->hname, lit, n) == 0;
+}
+
+/* The buffer kept for header kind k, and its size. */
+static char *kept(conn *c, int k, size_t *cap) {
+    switch (k) {
+    case HK_TRACEPARENT:
+        *cap = HK_TRACEPARENT_MAX;
+        return c->traceparent;
+    case HK_TRACESTATE:
+        *cap = HK_TRACESTATE_MAX;
+        return c->tracestate;
+    case HK_DEADLINE_MS:
+        *cap = HK_NUMBER_MAX;
+        return c->deadline_ms;
+    default:
+        *cap = HK_NUMBER_MAX;
+        return c->grpc_timeout;
+    }
+}
+
+/* Appends a piece of a kept header's value (the parser may hand it over in pieces); a
+ * value past its cap is marked (length cap + 1) and ignored. */
+static void keep_value(conn *c, const char *at, size_t n, int first) {
+    size_t cap;
+    char *b = kept(c, c->hdr_keep, &cap);
+    size_t *len = &c->hk_len[c->hdr_keep];
+    if (first && c->hdr_keep == HK_TRACESTATE && *len > 0 && *len <= cap) {
+        if (*len + 1 > cap) { /* tracestate headers combine into one list (W3C 3.3.1.1) */
+            *len = cap + 1;
+            return;
+        }
+        b[(*len)++] = ',';
+    } else if (first) {
+        *len = 0;
+    }
+    if (*len > cap || *len + n > cap) {
+        *len = cap + 1;
+        return;
+    }
+    memcpy(b + *len, at, n);
+    *len += n;
+    b[*len] = 0;
+}
+
 static int on_header_value(http_parser *p, const char *at, size_t n) {
     conn *c = p->data;
+    int first = 0;
     if (c->in_field) {
         c->in_field = 0;
-        c->hdr_expect = c->hname_len == 6 && memcmp(c->hname, "expect", 6) == 0;
+        first = 1;
+        c->hdr_expect = name_is(c, "expect");
+        c->hdr_keep = name_is(c, "traceparent")             ? HK_TRACEPARENT
+                      : name_is(c, "tracestate")            ? HK_TRACESTATE
+                      : name_is(c, "x-resilua-deadline-ms") ? HK_DEADLINE_MS
+                      : name_is(c, "grpc-timeout")          ? HK_GRPC_TIMEOUT
+                                                            : HK_NONE;
+        if (c->hdr_keep) {
+            c->hk_seen[c->hdr_keep]++;
+        }
     }
     if (count_header_bytes(c, n) < 0) {
         return limit(c, REJ_HEADER_TOO_LARGE);
+    }
+    if (c->hdr_keep) {
+        keep_value(c, at, n, first);
     }
     /* "100-continue" is the only expectation there is (RFC 9110 10.1.1). */
     if (c->hdr_expect && n >= 12 && strncasecmp(at, "100-continue", 12) == 0) {

@@ -60,6 +60,14 @@ enum { T_NONE, T_IDLE, T_READING, T_WRITING, T_LINGER, T_WRITTEN };
 #define LINGER_NS (2000 * NS_PER_MS)
 
 typedef struct srv_worker srv_worker;
+typedef struct rsl__alog rsl__alog;
+
+/* Request headers the sidecar reads (trace context, the caller's deadline): their values,
+ * kept while parsing.  W3C caps tracestate at 512 bytes. */
+enum { HK_NONE, HK_TRACEPARENT, HK_TRACESTATE, HK_DEADLINE_MS, HK_GRPC_TIMEOUT, HK__COUNT };
+#define HK_TRACEPARENT_MAX 64
+#define HK_TRACESTATE_MAX 512
+#define HK_NUMBER_MAX 24
 
 typedef struct conn {
     srv_worker *w;
@@ -79,9 +87,18 @@ typedef struct conn {
     int in_field; /* the parser is inside a header name */
     size_t header_bytes;
     int nheaders;
-    char hname[16]; /* the current header's name, lowercased, truncated */
+    char hname[24]; /* the current header's name, lowercased, truncated */
     size_t hname_len;
     int hdr_expect; /* the current header is Expect */
+    int hdr_keep;   /* the current header is one we keep: HK_* */
+    char traceparent[HK_TRACEPARENT_MAX + 1];
+    char tracestate[HK_TRACESTATE_MAX + 1];
+    char deadline_ms[HK_NUMBER_MAX + 1];
+    char grpc_timeout[HK_NUMBER_MAX + 1];
+    size_t hk_len[HK__COUNT]; /* lengths; past the cap: the header is ignored */
+    int hk_seen[HK__COUNT];   /* how many such headers */
+    uint64_t t0;              /* uv_hrtime at the request's first byte (access log) */
+    const rsl_result *log_result; /* the call answered now, for the access log line */
     int expect_continue;
     char *url;
     size_t url_len, url_cap;
@@ -144,6 +161,7 @@ struct rsl_serve {
     /* What a connection does with a whole request (serve_answer.c's rsl__srv_dispatch,
      * set by rsl_serve_start): the connection below does not name what answers it. */
     void (*dispatch)(conn *c);
+    rsl__alog *alog; /* the access log, or NULL */
 };
 
 static inline void relaxed_inc(_Atomic uint64_t *v) {
@@ -180,6 +198,14 @@ void rsl__srv_respond(conn *c, int status, const char *headers, const char *body
 void rsl__srv_respond_error(conn *c, int status, const char *msg, int close_after);
 /* Refuses the request (a REJ_* limit): counted, answered, and the connection closes. */
 void rsl__srv_respond_reject(conn *c, int rej, const char *msg);
+
+/* ---- serve_log.c: the access log ----------------------------------------------------- */
+int rsl__alog_open(rsl__alog **out, const char *path, char *err, size_t errlen);
+void rsl__alog_close(rsl__alog *l); /* writes what is left; NULL is a no-op */
+void rsl__alog_reopen(rsl__alog *l);
+void rsl__alog_counts(rsl__alog *l, uint64_t *lines, uint64_t *dropped);
+/* The line for the answer being sent (c->log_result: the call's result, or NULL). */
+void rsl__srv_log_answer(conn *c, int status, size_t bytes);
 
 /* ---- serve_answer.c: what to answer ---------------------------------------------------- */
 /* A whole request: the server's endpoints, then r.expose's routes (rsl_serve.dispatch). */
