@@ -315,7 +315,48 @@ local function claim_guard(ctx, kind, name)
 end
 
 local BREAKER = set { "window", "buckets", "min_calls", "failure_rate", "slow_call", "slow_rate",
-                      "open_for", "backoff", "probes", "count", "shared" }
+                      "open_for", "backoff", "probes", "count", "shared", "trip" }
+local TRIP = set { "failure_rate", "latency", "periods", "period", "window", "short_window" }
+local TRIP_LATENCY = set { "q", "over", "adapt" }
+local TRIP_ADAPT = set { "factor", "max" }
+
+-- trip = { failure_rate, latency = { q, over, adapt = { factor, max } }, periods, period,
+-- window, short_window }: the joint trip of trip.h, into d.trip_* fields.
+local function trip(ctx, d, t)
+  if type(t) ~= "table" then
+    fail(ctx, "trip must be a table like { failure_rate = 20, latency = { over = \"800ms\" } }, got %s", show(t))
+  end
+  check_fields(ctx, t, TRIP, "trip.")
+  local l = t.latency or {}
+  if type(l) ~= "table" then
+    fail(ctx, "trip.latency must be a table, got %s", show(l))
+  end
+  check_fields(ctx, l, TRIP_LATENCY, "trip.latency.")
+  local a = l.adapt
+  if a ~= nil and type(a) ~= "table" then
+    fail(ctx, "trip.latency.adapt must be a table, got %s", show(a))
+  end
+  check_fields(ctx, a or {}, TRIP_ADAPT, "trip.latency.adapt.")
+  d.trip_periods = integer(ctx, t.periods, "trip.periods", 3, 1, 255)
+  d.trip_period_ns = duration(ctx, t.period, "trip.period", NS_S, true)
+  d.trip_window_ns = duration(ctx, t.window, "trip.window", 10 * NS_S, true)
+  d.trip_short_window_ns = duration(ctx, t.short_window, "trip.short_window",
+                                    max(d.trip_period_ns, floor(d.trip_window_ns / d.trip_period_ns / 2) * d.trip_period_ns), true)
+  local n = d.trip_window_ns / d.trip_period_ns
+  if n ~= floor(n) or n > 60 or d.trip_short_window_ns % d.trip_period_ns ~= 0 or
+     d.trip_short_window_ns > d.trip_window_ns then
+    fail(ctx, "trip: window and short_window must be multiples of period, at most 60 periods, short_window <= window")
+  end
+  d.trip_failure_rate = percent(ctx, t.failure_rate, "trip.failure_rate", 20)
+  d.trip_q = number(ctx, l.q, "trip.latency.q", 0.9, 0, 1)
+  d.trip_over_ns = duration(ctx, l.over, "trip.latency.over", 800 * NS_MS, true)
+  d.trip_factor = a and number(ctx, a.factor, "trip.latency.adapt.factor", 1.2, 1) or 0
+  d.trip_max_ns = a and duration(ctx, a.max, "trip.latency.adapt.max", max(1500 * NS_MS, d.trip_over_ns), true)
+                  or d.trip_over_ns
+  if d.trip_max_ns < d.trip_over_ns then
+    fail(ctx, "trip.latency.adapt.max must be >= trip.latency.over")
+  end
+end
 local BACKOFF = set { "factor", "max", "jitter" }
 local COUNT_DEFAULT = { "timeout", "connect", "5xx", "error" }
 local NOT_COUNTED = set { "ok", "canceled", "rejected" }
@@ -334,9 +375,14 @@ local function breaker(ctx, name, c)
          d.buckets)
   end
   d.min_calls = integer(ctx, c.min_calls, "min_calls", 20, 1)
-  d.failure_rate = percent(ctx, c.failure_rate, "failure_rate", 50)
+  -- With a joint trip the plain rules apply only when given.
+  local joint = c.trip ~= nil
+  d.failure_rate = percent(ctx, c.failure_rate, "failure_rate", joint and 0 or 50)
   d.slow_call_ns = duration(ctx, c.slow_call, "slow_call", 60 * NS_S, true)
-  d.slow_rate = percent(ctx, c.slow_rate, "slow_rate", 100)
+  d.slow_rate = percent(ctx, c.slow_rate, "slow_rate", joint and 0 or 100)
+  if joint then
+    trip(ctx, d, c.trip)
+  end
   d.open_for_ns = duration(ctx, c.open_for, "open_for", 5 * NS_S, true, WEEK, "168h")
   local b = c.backoff
   if b == nil then

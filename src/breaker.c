@@ -92,6 +92,7 @@ struct rsl__breaker {
     struct retired *retired; /* replaced windows, freed with the breaker; configure's */
     _Atomic int buckets;
     _Atomic int stripes;
+    _Atomic(rsl__trip *) trip; /* the joint trip or NULL; replaced like the window */
     rsl__breaker_hook hook; /* set before the breaker is shared */
     void *hook_ud;
     _Atomic uint64_t rejections;
@@ -103,12 +104,17 @@ struct rsl__breaker {
 struct retired {
     struct retired *next;
     rsl__window *w;
+    rsl__trip *t;
 };
 
 /* The current window: acquire pairs with configure's release, so a reader sees the new
  * window's initialised buckets. */
 static inline rsl__window *win(const rsl__breaker *b) {
     return atomic_load_explicit(&((rsl__breaker *)b)->w, memory_order_acquire);
+}
+
+static inline rsl__trip *trip_of(const rsl__breaker *b) {
+    return atomic_load_explicit(&((rsl__breaker *)b)->trip, memory_order_acquire);
 }
 
 static int transition_index(rsl__breaker_state from, rsl__breaker_state to) {
@@ -201,7 +207,8 @@ static int conf_ok(const rsl__breaker_conf *c) {
            c->open_for_ns > 0 && c->open_for_ns <= MAX_OPEN_NS && c->backoff_factor >= 1 &&
            isfinite(c->backoff_factor) && c->backoff_max_ns > 0 &&
            c->backoff_max_ns <= MAX_OPEN_NS && c->jitter >= 0 && c->jitter <= 1 && c->probes >= 1 &&
-           c->probes <= MAX_PROBES && (c->count_mask & ~ALL_OUTCOMES_MASK) == 0;
+           c->probes <= MAX_PROBES && (c->count_mask & ~ALL_OUTCOMES_MASK) == 0 &&
+           rsl__trip_conf_ok(&c->trip);
 }
 
 static void store_thresholds(rsl__breaker *b, const rsl__breaker_conf *c) {
@@ -232,6 +239,7 @@ void rsl__breaker_conf_get(const rsl__breaker *b, rsl__breaker_conf *c) {
     c->jitter = atomic_load_explicit(&b->jitter, memory_order_relaxed);
     c->probes = atomic_load_explicit(&b->probes, memory_order_relaxed);
     c->count_mask = atomic_load_explicit(&b->count_mask, memory_order_relaxed);
+    rsl__trip_conf_get(trip_of(b), &c->trip);
 }
 
 /* ---- lifecycle ---- */
@@ -256,8 +264,13 @@ rsl__breaker *rsl__breaker_new(const char *name, const rsl__breaker_conf *c) {
     if (!wsize) {
         return NULL;
     }
+    rsl__trip *t = NULL;
+    if (c->trip.periods > 0 && !(t = rsl__trip_new(&c->trip))) {
+        return NULL;
+    }
     rsl__breaker *b = aligned_alloc(LINE, off + wsize); /* both multiples of LINE */
     if (!b) {
+        rsl__trip_free(t);
         return NULL;
     }
     memset(b, 0, off); /* closed, cycle 0, level 0; counters 0 */
@@ -266,6 +279,7 @@ rsl__breaker *rsl__breaker_new(const char *name, const rsl__breaker_conf *c) {
     atomic_init(&b->window_ns, c->window_ns);
     atomic_init(&b->buckets, c->buckets);
     atomic_init(&b->stripes, c->stripes);
+    atomic_init(&b->trip, t);
     store_thresholds(b, c);
     return b;
 }
@@ -277,9 +291,11 @@ void rsl__breaker_free(rsl__breaker *b) {
     if (win(b) != embedded_window(b)) {
         rsl__window_free(win(b));
     }
+    rsl__trip_free(trip_of(b));
     for (struct retired *r = b->retired, *next; r; r = next) {
         next = r->next;
-        rsl__window_free(r->w);
+        rsl__window_free(r->w); /* NULL for a retired trip */
+        rsl__trip_free(r->t);
         free(r);
     }
     free(b);
@@ -303,8 +319,9 @@ size_t rsl__breaker_size(const rsl__breaker *b) {
     size_t n = window_offset(strlen(b->name)) + rsl__window_size(e);
     rsl__window *w = win(b);
     n = w == e ? n : n + rsl__window_size(w);
+    n += rsl__trip_size(trip_of(b));
     for (const struct retired *r = b->retired; r; r = r->next) {
-        n += rsl__window_size(r->w) + sizeof(*r);
+        n += (r->w ? rsl__window_size(r->w) : 0) + rsl__trip_size(r->t) + sizeof(*r);
     }
     return n;
 }
@@ -314,6 +331,27 @@ int rsl__breaker_configure(rsl__breaker *b, const rsl__breaker_conf *c) {
         return RSL_EINVAL;
     }
     int replaced = 0;
+    rsl__trip *t = trip_of(b);
+    if (t && rsl__trip_same_shape(t, &c->trip)) {
+        rsl__trip_configure(t, &c->trip);
+    } else if (t || c->trip.periods > 0) {
+        /* A new shape (or none): fresh statistics; calls holding the old tags land in the
+         * new object's slots with mismatched epochs and count for nothing. */
+        rsl__trip *nt = c->trip.periods > 0 ? rsl__trip_new(&c->trip) : NULL;
+        struct retired *r = t ? malloc(sizeof(*r)) : NULL;
+        if ((c->trip.periods > 0 && !nt) || (t && !r)) {
+            rsl__trip_free(nt);
+            free(r);
+            return RSL_ENOMEM;
+        }
+        atomic_store_explicit(&b->trip, nt, memory_order_release);
+        if (r) {
+            r->w = NULL;
+            r->t = t;
+            r->next = b->retired;
+            b->retired = r;
+        }
+    }
     if (c->window_ns != b->window_ns || c->buckets != b->buckets || c->stripes != b->stripes) {
         rsl__window *nw = rsl__window_new(c->window_ns, c->buckets, c->stripes);
         struct retired *r = malloc(sizeof(*r));
@@ -329,6 +367,7 @@ int rsl__breaker_configure(rsl__breaker *b, const rsl__breaker_conf *c) {
         atomic_store_explicit(&b->w, nw, memory_order_release);
         if (old != embedded_window(b)) {
             r->w = old;
+            r->t = NULL;
             r->next = b->retired;
             b->retired = r;
         } else {
@@ -412,7 +451,39 @@ static void maybe_trip(rsl__breaker *b, uint64_t s, int64_t now) {
     }
     uint64_t n = pack(RSL_BREAKER_OPEN, 0, 0, 0, (uint8_t)(w_cycle(s) + 1), open_until(b, now, 0));
     if (cas(b, &s, n)) {
+        rsl__trip *t = trip_of(b);
+        if (t) {
+            rsl__trip_tripped(t, now);
+        }
         note(b, RSL_BREAKER_CLOSED, RSL_BREAKER_OPEN, reason);
+    }
+}
+
+/* A period boundary passed at `now` in closed word `s`: the joint trip judges the periods
+ * that ended; 1 when this call opened the breaker.  Kept out of line: it runs once per
+ * period, and the hot path stays a load and a compare. */
+__attribute__((noinline)) static int joint(rsl__breaker *b, uint64_t s, int64_t now,
+                                           rsl__trip *t) {
+    char reason[160] = "";
+    int64_t min = atomic_load_explicit(&b->min_calls, memory_order_relaxed);
+    if (!rsl__trip_advance(t, now, min, w_state(s) == RSL_BREAKER_CLOSED,
+                           b->hook ? reason : NULL, sizeof(reason))) {
+        return 0;
+    }
+    uint64_t n = pack(RSL_BREAKER_OPEN, 0, 0, 0, (uint8_t)(w_cycle(s) + 1), open_until(b, now, 0));
+    if (!cas(b, &s, n)) {
+        return 0;
+    }
+    rsl__trip_tripped(t, now);
+    note(b, RSL_BREAKER_CLOSED, RSL_BREAKER_OPEN, reason);
+    return 1;
+}
+
+/* The breaker closed at `now`: the joint trip's statistics restart. */
+static void closed_at(rsl__breaker *b, int64_t now) {
+    rsl__trip *t = trip_of(b);
+    if (t) {
+        rsl__trip_closed(t, now);
     }
 }
 
@@ -427,15 +498,27 @@ int rsl__breaker_allow(rsl__breaker *b, int64_t now, rsl__permit *p) {
     uint64_t s = load_word(b);
     for (;;) {
         switch (w_state(s)) {
-        case RSL_BREAKER_CLOSED:
+        case RSL_BREAKER_CLOSED: {
+            rsl__trip *t = trip_of(b);
+            p->in_trip = 0;
+            if (t) {
+                if (rsl__trip_due(t, now) && joint(b, s, now, t)) {
+                    s = load_word(b);
+                    continue; /* this call tripped it: it meets the open breaker */
+                }
+                p->in_trip = 1;
+                p->start = rsl__trip_start(t);
+            }
             p->cycle = w_cycle(s);
             p->probe = 0;
             p->counted = 1;
             return 1;
+        }
         case RSL_BREAKER_DISABLED:
             p->cycle = w_cycle(s);
             p->probe = 0;
             p->counted = 0;
+            p->in_trip = 0;
             return 1;
         case RSL_BREAKER_OPEN: {
             if ((int32_t)(w_until(s) - ms32(now)) > 0) {
@@ -450,6 +533,7 @@ int rsl__breaker_allow(rsl__breaker *b, int64_t now, rsl__permit *p) {
             p->cycle = cyc;
             p->probe = 1;
             p->counted = 0;
+            p->in_trip = 0;
             return 1;
         }
         case RSL_BREAKER_HALF_OPEN: {
@@ -465,6 +549,7 @@ int rsl__breaker_allow(rsl__breaker *b, int64_t now, rsl__permit *p) {
             p->cycle = w_cycle(s);
             p->probe = 1;
             p->counted = 0;
+            p->in_trip = 0;
             return 1;
         }
         default: /* forced open */
@@ -498,6 +583,7 @@ static void record_probe(rsl__breaker *b, const rsl__permit *p, int64_t now, int
                 /* Calls admitted in the new cycle may record before this clear and be
                  * wiped with the old counts: a few lost samples, never a wrong total. */
                 rsl__window_clear(win(b));
+                closed_at(b, now);
                 note(b, RSL_BREAKER_HALF_OPEN, RSL_BREAKER_CLOSED, "probes succeeded");
                 return;
             }
@@ -520,8 +606,18 @@ void rsl__breaker_record(rsl__breaker *b, const rsl__permit *p, int64_t now, rsl
     int slow = latency_ns >= atomic_load_explicit(&b->slow_call_ns, memory_order_relaxed);
     if (p->counted) {
         uint64_t s = load_word(b);
+        rsl__trip *t = p->in_trip ? trip_of(b) : NULL;
         if (w_state(s) != RSL_BREAKER_CLOSED || w_cycle(s) != p->cycle) {
+            if (t) {
+                rsl__trip_drop(t, p->start); /* no longer in flight, and no verdict */
+            }
             return; /* admitted before a state change: its verdict is about another era */
+        }
+        if (t) {
+            rsl__trip_done(t, p->start, failed, latency_ns);
+            if (rsl__trip_due(t, now) && joint(b, s, now, t)) {
+                return;
+            }
         }
         int64_t r = rsl__window_record(win(b), now, failed, slow, latency_ns);
         /* A plain success can only trip the breaker by bringing calls up to min_calls or
@@ -538,6 +634,12 @@ void rsl__breaker_record(rsl__breaker *b, const rsl__permit *p, int64_t now, rsl
 }
 
 void rsl__breaker_release(rsl__breaker *b, const rsl__permit *p) {
+    if (p->counted && p->in_trip) {
+        rsl__trip *t = trip_of(b);
+        if (t) {
+            rsl__trip_drop(t, p->start);
+        }
+    }
     if (!p->probe) {
         return;
     }
@@ -554,7 +656,7 @@ void rsl__breaker_release(rsl__breaker *b, const rsl__permit *p) {
 
 /* ---- admin ---- */
 
-static void admin(rsl__breaker *b, rsl__breaker_state to, const char *reason) {
+static void admin(rsl__breaker *b, int64_t now, rsl__breaker_state to, const char *reason) {
     uint64_t s = load_word(b);
     for (;;) {
         rsl__breaker_state from = w_state(s);
@@ -565,6 +667,7 @@ static void admin(rsl__breaker *b, rsl__breaker_state to, const char *reason) {
         if (cas(b, &s, pack(to, 0, 0, level, (uint8_t)(w_cycle(s) + 1), 0))) {
             if (to == RSL_BREAKER_CLOSED) {
                 rsl__window_clear(win(b));
+                closed_at(b, now);
             }
             if (from != to) {
                 note(b, from, to, reason);
@@ -575,18 +678,15 @@ static void admin(rsl__breaker *b, rsl__breaker_state to, const char *reason) {
 }
 
 void rsl__breaker_force_open(rsl__breaker *b, int64_t now) {
-    (void)now;
-    admin(b, RSL_BREAKER_FORCED_OPEN, "forced open");
+    admin(b, now, RSL_BREAKER_FORCED_OPEN, "forced open");
 }
 
 void rsl__breaker_disable(rsl__breaker *b, int64_t now) {
-    (void)now;
-    admin(b, RSL_BREAKER_DISABLED, "disabled");
+    admin(b, now, RSL_BREAKER_DISABLED, "disabled");
 }
 
 void rsl__breaker_reset(rsl__breaker *b, int64_t now) {
-    (void)now;
-    admin(b, RSL_BREAKER_CLOSED, "reset");
+    admin(b, now, RSL_BREAKER_CLOSED, "reset");
 }
 
 /* ---- reads ---- */
@@ -641,6 +741,10 @@ int64_t rsl__breaker_open_remaining(const rsl__breaker *b, int64_t now) {
     }
     int64_t diff_ms = (int32_t)(w_until(s) - ms32(now));
     return diff_ms * RSL_NS_PER_MS - now % RSL_NS_PER_MS;
+}
+
+const rsl__trip *rsl__breaker_trip(const rsl__breaker *b) {
+    return trip_of(b);
 }
 
 uint64_t rsl__breaker_rejections(const rsl__breaker *b) {

@@ -19,6 +19,8 @@
  * successful probes close it, reset the level, and clear the window.  A rate of 0 disables
  * that criterion.  Forced open rejects everything; disabled admits everything and records
  * nothing.
+ * With a joint trip (conf.trip, trip.h) the breaker also opens on its verdict, judged
+ * lazily at period boundaries from allow and record.
  *
  * Threads: allow/record/release/read from any thread; configure/force/reset from any
  * thread.
@@ -27,6 +29,7 @@
 #define RSL_BREAKER_H
 
 #include "resilua.h"
+#include "trip.h"
 #include <stdint.h>
 
 #define RSL_BREAKER_STATES(X)                                                              \
@@ -60,6 +63,7 @@ typedef struct rsl__breaker_conf {
     int probes;            /* 1..255; default 1 */
     uint32_t count_mask;   /* bit (1u << outcome) set: counts as a failure;
                               default timeout|connect|5xx|error */
+    rsl__trip_conf trip;   /* the joint trip (trip.h); periods 0 (the default): none */
 } rsl__breaker_conf;
 
 void rsl__breaker_conf_default(rsl__breaker_conf *c);
@@ -99,6 +103,8 @@ typedef struct rsl__permit {
     uint8_t cycle;
     uint8_t probe;   /* admitted as a half-open probe */
     uint8_t counted; /* its verdict goes into the window (closed state) */
+    uint8_t in_trip; /* counted by the joint trip too, as started in period tag `start` */
+    uint32_t start;
 } rsl__permit;
 
 /* 1: admitted, fill *p; 0: rejected (counted as a rejection). */
@@ -129,6 +135,8 @@ int rsl__breaker_probes_inflight(const rsl__breaker *b);
 int rsl__breaker_level(const rsl__breaker *b);
 /* When open: ns until half_open is allowed (<= 0: now); else 0. */
 int64_t rsl__breaker_open_remaining(const rsl__breaker *b, int64_t now);
+/* The joint trip's statistics (threshold, streak, window), borrowed; NULL without one. */
+const rsl__trip *rsl__breaker_trip(const rsl__breaker *b);
 /* Counters since creation (survive reload): rejections, transitions[from][to] (0 when
  * from == to: an override to the current state is no transition). */
 uint64_t rsl__breaker_rejections(const rsl__breaker *b);

@@ -46,6 +46,17 @@ void rsl__read_guard(lua_State *L, loader *ld, gdecl *d) {
         d->b.jitter = rsl__decl_num(L, "jitter");
         d->b.probes = (int)rsl__decl_num(L, "probes");
         d->b.count_mask = (uint32_t)rsl__decl_num(L, "count_mask");
+        d->b.trip.periods = (int)rsl__decl_num(L, "trip_periods");
+        if (d->b.trip.periods > 0) {
+            d->b.trip.period_ns = (int64_t)rsl__decl_num(L, "trip_period_ns");
+            d->b.trip.window_ns = (int64_t)rsl__decl_num(L, "trip_window_ns");
+            d->b.trip.short_window_ns = (int64_t)rsl__decl_num(L, "trip_short_window_ns");
+            d->b.trip.failure_rate = rsl__decl_num(L, "trip_failure_rate");
+            d->b.trip.q = rsl__decl_num(L, "trip_q");
+            d->b.trip.over_ns = (int64_t)rsl__decl_num(L, "trip_over_ns");
+            d->b.trip.factor = rsl__decl_num(L, "trip_factor");
+            d->b.trip.max_ns = (int64_t)rsl__decl_num(L, "trip_max_ns");
+        }
     } else if (rsl__decl_is(L, "kind", "limiter")) {
         d->kind = RSL_GUARD_LIMITER;
         d->l.rate = rsl__decl_num(L, "rate");
@@ -102,7 +113,8 @@ static int breaker_conf_eq(const rsl__breaker_conf *a, const rsl__breaker_conf *
            a->slow_call_ns == b->slow_call_ns && a->slow_rate == b->slow_rate &&
            a->open_for_ns == b->open_for_ns && a->backoff_factor == b->backoff_factor &&
            a->backoff_max_ns == b->backoff_max_ns && a->jitter == b->jitter &&
-           a->probes == b->probes && a->count_mask == b->count_mask;
+           a->probes == b->probes && a->count_mask == b->count_mask &&
+           rsl__trip_conf_eq(&a->trip, &b->trip);
 }
 
 /* Applies the settings of a same-kind guard in place: 0 kept, 1 changed, 2 changed with its

@@ -326,7 +326,6 @@ void rsl__window_counts_at(rsl__window *w, int64_t now, rsl__window_counts *out)
 int64_t rsl__window_quantile(rsl__window *w, int64_t now, double q) {
     int64_t e = epoch_of(w, now);
     uint64_t bins[RSL_WINDOW_BINS] = {0};
-    uint64_t total = 0;
     uint32_t max_us = 0;
     for (int i = 0; i < w->stripes; i++) {
         stripe *s = stripe_at(w, i);
@@ -337,9 +336,20 @@ int64_t rsl__window_quantile(rsl__window *w, int64_t now, double q) {
             for (int j = 0; j < RSL_WINDOW_BINS; j++) {
                 uint32_t c = atomic_load_explicit(&s->b[k].bins[j], memory_order_relaxed);
                 bins[j] += c;
-                total += c;
             }
         }
+    }
+    return rsl__window_bins_quantile(bins, q, (int64_t)max_us * 1000);
+}
+
+int rsl__window_bin(int64_t ns) {
+    return bin_of(ns);
+}
+
+int64_t rsl__window_bins_quantile(const uint64_t *bins, double q, int64_t max_ns) {
+    uint64_t total = 0;
+    for (int j = 0; j < RSL_WINDOW_BINS; j++) {
+        total += bins[j];
     }
     if (total == 0) {
         return 0;
@@ -357,7 +367,7 @@ int64_t rsl__window_quantile(rsl__window *w, int64_t now, double q) {
             /* The last bin is open-ended: one octave wide unless the max says better;
              * any bin ends at the largest latency seen when that falls inside it. */
             double hi = j == RSL_WINDOW_BINS - 1 ? 2 * lo : (double)bin_lo[j];
-            double max = (double)max_us * 1000.0;
+            double max = (double)max_ns;
             if (max > lo && max < hi) {
                 hi = max;
             }

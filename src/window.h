@@ -65,6 +65,11 @@ int64_t rsl__window_record(rsl__window *w, int64_t now, int failed, int slow, in
 void rsl__window_counts_at(rsl__window *w, int64_t now, rsl__window_counts *out);
 /* Latency quantile q in [0,1] over the window, in ns; 0 when the window is empty. */
 int64_t rsl__window_quantile(rsl__window *w, int64_t now, double q);
+/* The histogram bin of a latency, and the quantile q of summed bins (RSL_WINDOW_BINS of
+ * them; max_ns, when > 0, ends the interpolation in the bin holding it): the same binning
+ * for other statistics (trip.c's periods). */
+int rsl__window_bin(int64_t ns);
+int64_t rsl__window_bins_quantile(const uint64_t *bins, double q, int64_t max_ns);
 /* Empties the window (a breaker closing starts afresh). */
 void rsl__window_clear(rsl__window *w);
 

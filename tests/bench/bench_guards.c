@@ -135,6 +135,23 @@ static rsl__breaker *new_breaker(int stripes) {
     return b;
 }
 
+/* The joint trip with the settings (trip.h), the plain rules off. */
+static rsl__breaker *new_joint(void) {
+    rsl__breaker_conf c;
+    rsl__breaker_conf_default(&c);
+    c.failure_rate = 0;
+    c.slow_rate = 0;
+    rsl__trip_conf_default(&c.trip);
+    c.trip.periods = 3;
+    c.trip.factor = 1.2;
+    rsl__breaker *b = rsl__breaker_new("bench-joint", &c);
+    if (!b) {
+        fprintf(stderr, "bench_guards: breaker_new (joint) failed\n");
+        exit(1);
+    }
+    return b;
+}
+
 static rsl__limiter *new_limiter(void) {
     /* 1e9/s with a big burst: every call admitted, so this times the CAS path */
     rsl__limiter_conf c = {1e9, RSL_NS_PER_S, 1e9};
@@ -143,18 +160,22 @@ static rsl__limiter *new_limiter(void) {
 
 /* ---- timing ---- */
 
-typedef enum { B_BREAKER, B_LIMITER, B_BULKHEAD, B_CLOCK, B_COARSE, B_ATOMIC } bench_id;
+typedef enum { B_BREAKER, B_JOINT, B_LIMITER, B_BULKHEAD, B_CLOCK, B_COARSE, B_ATOMIC } bench_id;
 
 typedef struct {
     rsl__breaker *b;
     rsl__limiter *l;
     rsl__bulkhead *h;
+    rsl__breaker *j;
 } guards;
 
 static void run_once(bench_id id, guards *g, long n) {
     switch (id) {
     case B_BREAKER:
         loop_breaker(g->b, n);
+        break;
+    case B_JOINT:
+        loop_breaker(g->j, n);
         break;
     case B_LIMITER:
         loop_limiter(g->l, n);
@@ -280,7 +301,7 @@ static void print_figure(const char *what, double ns, double clock_ns, const cha
 }
 
 static int ops_mode(const char *name, long n) {
-    guards g = {new_breaker(1), new_limiter(), rsl__bulkhead_new("bench", 64)};
+    guards g = {new_breaker(1), new_limiter(), rsl__bulkhead_new("bench", 64), NULL};
     if (strcmp(name, "breaker") == 0) {
         loop_breaker(g.b, n);
     } else if (strcmp(name, "breaker2") == 0) {
@@ -318,7 +339,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: bench_guards [--smoke | --ops NAME N]\n");
         return 2;
     }
-    guards g = {new_breaker(1), new_limiter(), rsl__bulkhead_new("bench", 64)};
+    guards g = {new_breaker(1), new_limiter(), rsl__bulkhead_new("bench", 64), new_joint()};
     rsl__breaker *b2 = new_breaker(2);
 
     double clk = time_one(B_CLOCK, &g);
@@ -326,6 +347,7 @@ int main(int argc, char **argv) {
     double atom = time_one(B_ATOMIC, &g);
     double br = time_one(B_BREAKER, &g);
     double br2 = time_pair(b2);
+    double joint = time_one(B_JOINT, &g);
     double lim = time_one(B_LIMITER, &g);
     double bh = time_one(B_BULKHEAD, &g);
 
@@ -337,6 +359,8 @@ int main(int argc, char **argv) {
     print_figure("atomic fetch_add (uncontended)", atom, clk, NULL);
     print_figure("breaker allow+record (1 thread)", br, clk, "<= 20 ns");
     print_figure("breaker allow+record (2 threads, each)", br2, clk, "<= 40 ns");
+    print_figure("joint-trip breaker allow+record", joint, clk, NULL);
+    printf("%-40s %7.2f x the plain breaker   target <= 2x\n", "joint-trip breaker", joint / br);
     print_figure("limiter allow", lim, clk, NULL);
     print_figure("bulkhead acquire+release", bh, clk, NULL);
     memory(1, nbreakers);
@@ -346,6 +370,7 @@ int main(int argc, char **argv) {
     int ok = rsl__breaker_state_get(g.b) == RSL_BREAKER_CLOSED &&
              rsl__breaker_state_get(b2) == RSL_BREAKER_CLOSED && rsl__breaker_rejections(g.b) == 0;
     rsl__breaker_free(g.b);
+    rsl__breaker_free(g.j);
     rsl__breaker_free(b2);
     rsl__limiter_free(g.l);
     rsl__bulkhead_free(g.h);
