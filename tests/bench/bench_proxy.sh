@@ -9,6 +9,10 @@
 #            step behind a breaker and a limiter (rate high enough never to reject), with a
 #            route() that reads two signals (sig.state of the breaker, sig.tokens of the
 #            limiter), exposed as GET /bench with r.expose
+#   trace10  the same resilua with tracing on, 10% of calls sampled (--trace-sample 0.1),
+#            spans sent as OTLP/HTTP JSON to the upstream process (examples/flaky takes
+#            any POST: a collector that costs next to nothing)
+#   trace100 the same with every call sampled (--trace-sample 1)
 # For each: requests/s, p50 and p99 latency (wrk --latency), and the CPU the serving
 # process used per request (utime+stime from /proc/PID/stat before and after the wrk run,
 # divided by the requests; nginx is master + worker, direct is the flaky process itself),
@@ -260,6 +264,20 @@ served_by=$(curl -s -D - -o /dev/null --max-time 5 "http://127.0.0.1:$RSL_PORT/b
   tr -d '\r' | sed -n 's/^[Xx]-[Rr]esilua-[Ss]erved-[Bb]y: //p')
 [ "$served_by" = primary ] || die "resilua answered from \"$served_by\", not the r.http step"
 
+# The traced sidecars: the same policy, spans to the upstream as the collector.
+declare -A TR_PID TR_PORT
+for tr in trace10 trace100; do
+  ratio=0.1
+  [ "$tr" = trace100 ] && ratio=1
+  "$RESILUA" serve -p "$TMP/policies" --listen 127.0.0.1:0 --workers 1 \
+    --otlp-endpoint "http://127.0.0.1:$UP_PORT/v1/traces" --trace-sample "$ratio" \
+    >"$TMP/$tr.out" 2>"$TMP/$tr.err" &
+  TR_PID[$tr]=$!
+  PIDS+=("${TR_PID[$tr]}")
+  TR_PORT[$tr]=$(wait_listening "$TMP/$tr.out" "${TR_PID[$tr]}" "resilua serve ($tr)")
+  wait_200 "http://127.0.0.1:${TR_PORT[$tr]}/bench" "$tr"
+done
+
 # ---- the runs ---------------------------------------------------------------------------
 
 # to_ms VALUE: wrk's "812.00us" / "1.23ms" / "1.05s" / "2.00m" in milliseconds.
@@ -271,7 +289,7 @@ to_ms() {
 }
 
 FAILED=0
-declare -A REQ RPS P50 P99 CPU UPCPU NON2XX SOCKERR
+declare -A REQ RPS P50 P99 CPU UPCPU NON2XX SOCKERR EXPORTED DROPPED
 
 # run NAME PORT PIDS-FUNCTION: one wrk run against 127.0.0.1:PORT/bench.
 run() {
@@ -324,7 +342,7 @@ run() {
     local bad=""
     [ "${REQ[$name]}" -gt 0 ] || bad="no requests completed"
     [ "${NON2XX[$name]}" -eq 0 ] || bad="${NON2XX[$name]} non-2xx answers"
-    if [ "$name" = resilua ] && [ "${SOCKERR[$name]}" -ne 0 ]; then
+    if [ "$name" != direct ] && [ "$name" != nginx ] && [ "${SOCKERR[$name]}" -ne 0 ]; then
       bad="${SOCKERR[$name]} socket errors"
     fi
     if [ -n "$bad" ]; then
@@ -339,29 +357,41 @@ run() {
 
 direct_pids() { echo "$FLAKY_PID"; }
 rsl_pids() { echo "$RSL_PID"; }
+trace10_pids() { echo "${TR_PID[trace10]}"; }
+trace100_pids() { echo "${TR_PID[trace100]}"; }
 
 echo "bench_proxy: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency, warm-up ${WARMUP}s;" \
   "$(nproc) cores; upstream :$UP_PORT, nginx :$NGX_PORT, resilua :$RSL_PORT"
 run direct "$UP_PORT" direct_pids
 run nginx "$NGX_PORT" ngx_pids
 run resilua "$RSL_PORT" rsl_pids
+run trace10 "${TR_PORT[trace10]}" trace10_pids
+run trace100 "${TR_PORT[trace100]}" trace100_pids
+
+# Spans the traced sidecars sent and dropped (their /metrics), before they stop.
+for tr in trace10 trace100; do
+  m=$(curl -s --max-time 5 "http://127.0.0.1:${TR_PORT[$tr]}/metrics")
+  EXPORTED[$tr]=$(echo "$m" | awk '/^resilua_trace_spans_exported_total / { print $2 }')
+  DROPPED[$tr]=$(echo "$m" | awk '/^resilua_trace_spans_dropped_total/ { s += $2 } END { print s + 0 }')
+done
 
 # SIGTERM drains and exits 0.
-kill -TERM "$RSL_PID"
-set +e
-wait "$RSL_PID"
-st=$?
-set -e
-if [ "$st" -ne 0 ]; then
-  echo "FAIL: resilua serve exited $st after SIGTERM" >&2
-  tail -20 "$TMP/resilua.err" >&2
-  FAILED=1
-fi
+for pid in "$RSL_PID" "${TR_PID[trace10]}" "${TR_PID[trace100]}"; do
+  kill -TERM "$pid"
+  set +e
+  wait "$pid"
+  st=$?
+  set -e
+  if [ "$st" -ne 0 ]; then
+    echo "FAIL: resilua serve (pid $pid) exited $st after SIGTERM" >&2
+    FAILED=1
+  fi
+done
 
 echo
 printf '%-8s %10s %11s %9s %9s %12s %14s %8s %8s\n' target requests "req/s" "p50 ms" "p99 ms" \
   "cpu us/req" "upstr us/req" non2xx sockerr
-for n in direct nginx resilua; do
+for n in direct nginx resilua trace10 trace100; do
   up=${UPCPU[$n]}
   [ "$n" = direct ] && up=-
   printf '%-8s %10s %11s %9s %9s %12s %14s %8s %8s\n' "$n" "${REQ[$n]}" "${RPS[$n]}" "${P50[$n]}" \
@@ -376,6 +406,12 @@ awk -v rr="${RPS[resilua]}" -v nr="${RPS[nginx]}" -v dr="${RPS[direct]}" \
   printf "p99 resilua - nginx: %+.3f ms   (p50: %+.3f ms)\n", r99 - n99, r50 - n50
   if (nc > 0) printf "cpu per request resilua/nginx: %.2f\n", rc / nc
 }'
+awk -v rr="${RPS[resilua]}" -v t10="${RPS[trace10]}" -v t100="${RPS[trace100]}" 'BEGIN {
+  if (rr > 0) printf "tracing 10%%/off throughput: %.2f   tracing 100%%/off: %.2f\n", t10 / rr, t100 / rr
+}'
+echo "spans exported/dropped: trace10 ${EXPORTED[trace10]:-0}/${DROPPED[trace10]:-0}," \
+  "trace100 ${EXPORTED[trace100]:-0}/${DROPPED[trace100]:-0}"
+
 [ -z "$PERF_OUT" ] || echo "perf profile of resilua: $PERF_OUT (perf report -i $PERF_OUT)"
 
 exit "$FAILED"

@@ -293,8 +293,10 @@ TEST(parent_based_sampling_and_trace_errors) {
     has(find("product", 0), "resilua.degraded=1;");
 }
 
+static rsl_step_call *parked;
+
 static void park(rsl_step_call *sc, const rsl_req *req, void *ud) {
-    (void)sc; /* never answers: the deadline must end the call */
+    parked = sc; /* answered only after the deadline ended the call */
 }
 
 TEST(caller_deadline_bounds_the_call) {
@@ -307,6 +309,8 @@ TEST(caller_deadline_bounds_the_call) {
     rsl_req_free(req);
     ASSERT_STR_EQ(rsl_outcome_name(rsl_result_outcome(r)), "timeout");
     rsl_result_free(r);
+    ASSERT(parked);
+    ASSERT_EQ(rsl_step_answer(parked, 200, "late", 4), RSL_EALREADY); /* dropped, freed */
     rsl_close(rt);
 }
 
