@@ -304,7 +304,6 @@ void rsl__otlp_add(rsl__otlp *e, const rsl_span *s) {
     batch *b = e->cur;
     json_t *o = span_json(s);
     size_t need = o ? json_dumpb(o, NULL, 0, JSON_COMPACT) : 0;
-    size_t at = b->body.len;
     if (!need || rsl__buf_reserve(&b->body, need + 1) < 0) {
         json_decref(o);
         atomic_fetch_add_explicit(&e->st->dropped_full, 1, memory_order_relaxed);
@@ -316,7 +315,6 @@ void rsl__otlp_add(rsl__otlp *e, const rsl_span *s) {
     b->body.len += json_dumpb(o, b->body.p + b->body.len, need, JSON_COMPACT);
     b->body.p[b->body.len] = 0;
     json_decref(o);
-    (void)at;
     b->n++;
     if (b->n >= e->c.max_batch && e->inflight < e->c.max_inflight) {
         send_cur(e);

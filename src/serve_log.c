@@ -98,25 +98,35 @@ static void *writer(void *arg) {
     return NULL;
 }
 
+/* Frees l once its thread is gone (or never started); `inited`: its mutex and cv are. */
+static void alog_free(rsl__alog *l, int inited) {
+    if (l->own_fd) {
+        close(l->fd);
+    }
+    if (inited) {
+        pthread_cond_destroy(&l->cv);
+        pthread_mutex_destroy(&l->m);
+    }
+    free(l->buf);
+    free(l->out);
+    free(l->path);
+    free(l);
+}
+
 int rsl__alog_open(rsl__alog **out, const char *path, char *err, size_t errlen) {
     rsl__alog *l = calloc(1, sizeof(*l));
-    if (!l || !(l->buf = malloc(LOG_CAP)) || !(l->out = malloc(LOG_CAP)) ||
-        !(l->path = strdup(path))) {
-        if (l) {
-            free(l->buf);
-            free(l->out);
-            free(l);
-        }
+    if (!l) {
+        return RSL_ENOMEM;
+    }
+    if (!(l->buf = malloc(LOG_CAP)) || !(l->out = malloc(LOG_CAP)) || !(l->path = strdup(path))) {
+        alog_free(l, 0);
         return RSL_ENOMEM;
     }
     if (strcmp(path, "-") == 0) {
         l->fd = STDOUT_FILENO;
     } else if ((l->fd = open_file(path)) < 0) {
         snprintf(err, errlen, "cannot open the access log %s: %s", path, strerror(errno));
-        free(l->buf);
-        free(l->out);
-        free(l->path);
-        free(l);
+        alog_free(l, 0);
         return RSL_ESYS;
     } else {
         l->own_fd = 1;
@@ -125,15 +135,7 @@ int rsl__alog_open(rsl__alog **out, const char *path, char *err, size_t errlen) 
     pthread_cond_init(&l->cv, NULL);
     if (pthread_create(&l->thread, NULL, writer, l) != 0) {
         snprintf(err, errlen, "cannot start the access log's thread");
-        if (l->own_fd) {
-            close(l->fd);
-        }
-        pthread_cond_destroy(&l->cv);
-        pthread_mutex_destroy(&l->m);
-        free(l->buf);
-        free(l->out);
-        free(l->path);
-        free(l);
+        alog_free(l, 1);
         return RSL_ESYS;
     }
     *out = l;
@@ -149,15 +151,7 @@ void rsl__alog_close(rsl__alog *l) {
     pthread_cond_signal(&l->cv);
     pthread_mutex_unlock(&l->m);
     pthread_join(l->thread, NULL);
-    if (l->own_fd) {
-        close(l->fd);
-    }
-    pthread_cond_destroy(&l->cv);
-    pthread_mutex_destroy(&l->m);
-    free(l->buf);
-    free(l->out);
-    free(l->path);
-    free(l);
+    alog_free(l, 1);
 }
 
 void rsl__alog_reopen(rsl__alog *l) {

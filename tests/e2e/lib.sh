@@ -46,6 +46,24 @@ done_all() {
   exit 0
 }
 
+# start NAME CMD...: runs a server in the background (its pid appended to the caller's
+# `pids` array), waits for its "listening 127.0.0.1:PORT" line on stdout; sets $port.
+# Output in $TMP/NAME.out and $TMP/NAME.err.
+start() {
+  local name=$1; shift
+  : >"$TMP/$name.out" # before the server starts: sed below must find it (set -e)
+  "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
+  pids+=($!)
+  for _ in $(seq 1 300); do
+    port=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$TMP/$name.out" | head -1)
+    [ -n "$port" ] && return 0
+    kill -0 "${pids[-1]}" 2>/dev/null || break
+    sleep 0.1
+  done
+  cp "$TMP/$name.err" "$TMP/err"
+  fail "$name did not print its address"
+}
+
 run() {
   set +e
   "$RESILUA" "$@" >"$TMP/out" 2>"$TMP/err"

@@ -13,22 +13,6 @@ mkdir -p "$P"
 pids=()
 trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$TMP"' EXIT
 
-# start NAME CMD...: waits for "listening HOST:PORT" on stdout; sets $port
-start() {
-  local name=$1; shift
-  : >"$TMP/$name.out" # before the server starts: sed below must find it (set -e)
-  "$@" >"$TMP/$name.out" 2>"$TMP/$name.err" &
-  pids+=($!)
-  for _ in $(seq 1 300); do
-    port=$(sed -n 's/^listening 127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p' "$TMP/$name.out")
-    [ -n "$port" ] && return 0
-    kill -0 "${pids[-1]}" 2>/dev/null || break
-    sleep 0.1
-  done
-  cp "$TMP/$name.err" "$TMP/err"
-  fail "$name did not print its address"
-}
-
 # call PORT PATH: $code, $TMP/body, $TMP/hdr.txt
 call() {
   code=$(curl -sS --max-time 30 -o "$TMP/body" -D "$TMP/hdr" -w '%{http_code}' "http://127.0.0.1:$1$2")
