@@ -132,9 +132,14 @@ static int attempt(rsl__call *c, const rsl__step *s, int64_t now) {
                          RSL_MAX_GUARDS);
         return 1;
     }
-    rsl__trace_sink = c->tr ? c : NULL; /* a breaker's transition becomes its event */
-    int admitted = acquire_guards(c, s, now);
-    rsl__trace_sink = NULL;
+    int admitted;
+    if (c->tr) {
+        rsl__trace_sink = c; /* a breaker's transition becomes the attempt's event */
+        admitted = acquire_guards(c, s, now);
+        rsl__trace_sink = NULL;
+    } else {
+        admitted = acquire_guards(c, s, now); /* no TLS write: a call in the .so pays one */
+    }
     if (!admitted) {
         return 1;
     }
