@@ -4,8 +4,9 @@
  * The body is OTLP/HTTP's JSON encoding of ExportTraceServiceRequest
  * (opentelemetry-proto, "JSON Protobuf Encoding": ids as lowercase hex, 64-bit integers
  * as strings, enums as numbers), one resource (service.name) and one scope ("resilua").
- * A span is encoded (jansson) when it is added, so the batch is one growing buffer: the
- * document's head, the spans separated by commas, and its tail added when it is sent.
+ * A span is encoded when it is added, straight into the batch (see rsl__otlp_encode), so
+ * the batch is one growing buffer: the document's head, the spans separated by commas, and
+ * its tail added when it is sent.
  *
  * Layer: the loop and its I/O.  Loop thread.
  */
@@ -46,6 +47,7 @@ struct rsl__otlp {
     batch *cur;  /* filling; NULL: none yet */
     batch *wire; /* sent, not answered */
     int inflight;
+    size_t last_len; /* the last full batch's size: a new one starts with that much room */
 };
 
 json_t *rsl__json_bytes(const char *s, size_t n) {
@@ -76,64 +78,204 @@ static json_t *jstr(const char *s) {
     return rsl__json_bytes(s ? s : "", s ? strlen(s) : 0);
 }
 
-static json_t *jint(int64_t v) {
-    char b[24];
-    snprintf(b, sizeof(b), "%lld", (long long)v);
-    return json_string(b);
+/* ---- a span's encoding --------------------------------------------------------------------
+ * Written straight into the batch: a span is a fixed shape, and building it as a jansson
+ * tree to dump it was most of what tracing cost a sampled call (a tree of ~40 small
+ * allocations, and a dump that ran twice to learn the size). */
+
+typedef struct jw {
+    rsl__buf *b;
+    int oom;
+} jw;
+
+static void put(jw *w, const char *s, size_t n) {
+    if (!w->oom && rsl__buf_append(w->b, s, n) < 0) {
+        w->oom = 1;
+    }
 }
 
-static json_t *attrs_json(const rsl_span_attr *a, size_t n) {
-    json_t *arr = json_array();
-    for (size_t i = 0; arr && i < n; i++) {
-        json_t *v = json_object(), *kv = json_object();
-        if (a[i].type == RSL_ATTR_STRING) {
-            json_object_set_new(v, "stringValue", jstr(a[i].str));
-        } else if (a[i].type == RSL_ATTR_BOOL) {
-            json_object_set_new(v, "boolValue", json_boolean(a[i].num));
-        } else {
-            json_object_set_new(v, "intValue", jint(a[i].num));
+/* A string literal (only: its size is taken). */
+#define PUT(w, lit) put((w), "" lit, sizeof(lit) - 1)
+
+/* The length of the well-formed UTF-8 sequence at s (RFC 3629: no overlongs, no
+ * surrogates, nothing past U+10FFFF), or 0. */
+static size_t utf8_seq(const unsigned char *s, size_t n) {
+    unsigned char c = s[0];
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xbf;
+    if (c < 0x80) {
+        return 1;
+    } else if (c >= 0xc2 && c <= 0xdf) {
+        len = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        len = 3;
+        lo = c == 0xe0 ? 0xa0 : 0x80;
+        hi = c == 0xed ? 0x9f : 0xbf;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        len = 4;
+        lo = c == 0xf0 ? 0x90 : 0x80;
+        hi = c == 0xf4 ? 0x8f : 0xbf;
+    } else {
+        return 0;
+    }
+    if (n < len || s[1] < lo || s[1] > hi) {
+        return 0;
+    }
+    for (size_t i = 2; i < len; i++) {
+        if (s[i] < 0x80 || s[i] > 0xbf) {
+            return 0;
         }
-        json_object_set_new(kv, "key", jstr(a[i].key));
-        json_object_set_new(kv, "value", v);
-        json_array_append_new(arr, kv);
     }
-    return arr;
+    return len;
 }
 
-static json_t *span_json(const rsl_span *s) {
-    json_t *o = json_object();
-    if (!o) {
-        return NULL;
+/* A JSON string of s (NULL: ""): quotes, backslashes and control bytes escaped, invalid
+ * UTF-8 replaced by U+FFFD, as rsl__json_bytes does. */
+static void put_str(jw *w, const char *str) {
+    const unsigned char *s = (const unsigned char *)(str ? str : "");
+    size_t n = strlen((const char *)s), run = 0;
+    PUT(w, "\"");
+    for (size_t i = 0; i < n;) {
+        unsigned char c = s[i];
+        size_t len = c >= 0x20 && c < 0x80 && c != '"' && c != '\\' ? 1
+                     : c >= 0x80                                   ? utf8_seq(s + i, n - i)
+                                                                   : 0;
+        if (len) {
+            i += len;
+            run += len;
+            continue;
+        }
+        put(w, (const char *)s + i - run, run);
+        run = 0;
+        char esc[8];
+        if (c == '"' || c == '\\') {
+            esc[0] = '\\';
+            esc[1] = (char)c;
+            put(w, esc, 2);
+        } else if (c == '\n') {
+            PUT(w, "\\n");
+        } else if (c == '\t') {
+            PUT(w, "\\t");
+        } else if (c == '\r') {
+            PUT(w, "\\r");
+        } else if (c < 0x20) {
+            static const char hex[] = "0123456789abcdef";
+            memcpy(esc, "\\u00", 4);
+            esc[4] = hex[c >> 4];
+            esc[5] = hex[c & 15];
+            put(w, esc, 6);
+        } else {
+            PUT(w, "\xef\xbf\xbd");
+        }
+        i++;
     }
-    json_object_set_new(o, "traceId", json_string(s->trace_id));
-    json_object_set_new(o, "spanId", json_string(s->span_id));
+    put(w, (const char *)s + n - run, run);
+    PUT(w, "\"");
+}
+
+/* v in decimal; quoted: OTLP's JSON encodes 64-bit integers as strings. */
+static void put_int(jw *w, int64_t v, int quoted) {
+    char d[24], *p = d + sizeof(d);
+    uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
+    if (quoted) {
+        *--p = '"';
+    }
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0) {
+        *--p = '-';
+    }
+    if (quoted) {
+        *--p = '"';
+    }
+    put(w, p, (size_t)(d + sizeof(d) - p));
+}
+
+static void put_attrs(jw *w, const rsl_span_attr *a, size_t n) {
+    PUT(w, "\"attributes\":[");
+    for (size_t i = 0; i < n; i++) {
+        PUT(w, "{\"key\":");
+        put_str(w, a[i].key);
+        if (a[i].type == RSL_ATTR_STRING) {
+            PUT(w, ",\"value\":{\"stringValue\":");
+            put_str(w, a[i].str);
+        } else if (a[i].type == RSL_ATTR_BOOL) {
+            if (a[i].num) {
+                PUT(w, ",\"value\":{\"boolValue\":true");
+            } else {
+                PUT(w, ",\"value\":{\"boolValue\":false");
+            }
+        } else {
+            PUT(w, ",\"value\":{\"intValue\":");
+            put_int(w, a[i].num, 1);
+        }
+        if (i + 1 < n) {
+            PUT(w, "}},");
+        } else {
+            PUT(w, "}}");
+        }
+    }
+    PUT(w, "]");
+}
+
+int rsl__otlp_encode(rsl__buf *b, const rsl_span *s) {
+    size_t mark = b->len;
+    jw w = {b, 0};
+    PUT(&w, "{\"traceId\":");
+    put_str(&w, s->trace_id);
+    PUT(&w, ",\"spanId\":");
+    put_str(&w, s->span_id);
     if (s->parent_span_id[0]) {
-        json_object_set_new(o, "parentSpanId", json_string(s->parent_span_id));
+        PUT(&w, ",\"parentSpanId\":");
+        put_str(&w, s->parent_span_id);
     }
-    json_object_set_new(o, "name", jstr(s->name));
-    json_object_set_new(o, "kind", json_integer(s->kind));
-    json_object_set_new(o, "startTimeUnixNano", jint(s->start_unix_ns));
-    json_object_set_new(o, "endTimeUnixNano", jint(s->end_unix_ns));
-    json_object_set_new(o, "attributes", attrs_json(s->attrs, s->nattrs));
+    PUT(&w, ",\"name\":");
+    put_str(&w, s->name);
+    PUT(&w, ",\"kind\":");
+    put_int(&w, s->kind, 0);
+    PUT(&w, ",\"startTimeUnixNano\":");
+    put_int(&w, s->start_unix_ns, 1);
+    PUT(&w, ",\"endTimeUnixNano\":");
+    put_int(&w, s->end_unix_ns, 1);
+    PUT(&w, ",");
+    put_attrs(&w, s->attrs, s->nattrs);
     if (s->nevents) {
-        json_t *ev = json_array();
+        PUT(&w, ",\"events\":[");
         for (size_t i = 0; i < s->nevents; i++) {
             const rsl_span_event *e = &s->events[i];
-            json_t *eo = json_object();
-            json_object_set_new(eo, "timeUnixNano", jint(e->time_unix_ns));
-            json_object_set_new(eo, "name", jstr(e->name));
-            json_object_set_new(eo, "attributes", attrs_json(e->attrs, e->nattrs));
-            json_array_append_new(ev, eo);
+            if (i) {
+                PUT(&w, ",");
+            }
+            PUT(&w, "{\"timeUnixNano\":");
+            put_int(&w, e->time_unix_ns, 1);
+            PUT(&w, ",\"name\":");
+            put_str(&w, e->name);
+            PUT(&w, ",");
+            put_attrs(&w, e->attrs, e->nattrs);
+            PUT(&w, "}");
         }
-        json_object_set_new(o, "events", ev);
+        PUT(&w, "]");
     }
-    json_t *st = json_object();
-    json_object_set_new(st, "code", json_integer(s->error ? 2 : 1)); /* ERROR : OK */
-    if (s->error && s->status_message) {
-        json_object_set_new(st, "message", jstr(s->status_message));
+    if (s->error) { /* status code 2: ERROR; 1: OK */
+        PUT(&w, ",\"status\":{\"code\":2");
+        if (s->status_message) {
+            PUT(&w, ",\"message\":");
+            put_str(&w, s->status_message);
+        }
+        PUT(&w, "}}");
+    } else {
+        PUT(&w, ",\"status\":{\"code\":1}}");
     }
-    json_object_set_new(o, "status", st);
-    return o;
+    if (w.oom) {
+        b->len = mark;
+        if (b->p) {
+            b->p[mark] = 0;
+        }
+        return RSL_ENOMEM;
+    }
+    return 0;
 }
 
 static void on_timer(uv_timer_t *t);
@@ -239,6 +381,9 @@ static void send_cur(rsl__otlp *e) {
         uv_timer_stop(&e->timer);
         e->timer_on = 0;
     }
+    if (b->n >= e->c.max_batch) {
+        e->last_len = b->body.len + sizeof(TAIL);
+    }
     if (rsl__buf_append(&b->body, TAIL, sizeof(TAIL) - 1) < 0) {
         atomic_fetch_add_explicit(&e->st->dropped_failed, (uint64_t)b->n, memory_order_relaxed);
         batch_free(b);
@@ -291,7 +436,11 @@ void rsl__otlp_add(rsl__otlp *e, const rsl_span *s) {
     }
     if (!e->cur) {
         batch *b = calloc(1, sizeof(*b));
-        if (!b || rsl__buf_append(&b->body, e->head, e->head_len) < 0) {
+        if (!b || rsl__buf_reserve(&b->body, e->last_len > e->head_len ? e->last_len : 4096) < 0 ||
+            rsl__buf_append(&b->body, e->head, e->head_len) < 0) {
+            if (b) {
+                rsl__buf_free(&b->body);
+            }
             free(b);
             atomic_fetch_add_explicit(&e->st->dropped_full, 1, memory_order_relaxed);
             return;
@@ -302,19 +451,13 @@ void rsl__otlp_add(rsl__otlp *e, const rsl_span *s) {
         e->timer_on = 1;
     }
     batch *b = e->cur;
-    json_t *o = span_json(s);
-    size_t need = o ? json_dumpb(o, NULL, 0, JSON_COMPACT) : 0;
-    if (!need || rsl__buf_reserve(&b->body, need + 1) < 0) {
-        json_decref(o);
+    size_t mark = b->body.len;
+    if ((b->n && rsl__buf_append(&b->body, ",", 1) < 0) || rsl__otlp_encode(&b->body, s) < 0) {
+        b->body.len = mark;
+        b->body.p[mark] = 0;
         atomic_fetch_add_explicit(&e->st->dropped_full, 1, memory_order_relaxed);
         return;
     }
-    if (b->n) {
-        b->body.p[b->body.len++] = ',';
-    }
-    b->body.len += json_dumpb(o, b->body.p + b->body.len, need, JSON_COMPACT);
-    b->body.p[b->body.len] = 0;
-    json_decref(o);
     b->n++;
     if (b->n >= e->c.max_batch && e->inflight < e->c.max_inflight) {
         send_cur(e);

@@ -60,6 +60,10 @@ void rsl__otlp_flush(rsl__otlp *e);
  * is dropped, the timer closes; freed from its close callback.  NULL is a no-op. */
 void rsl__otlp_close(rsl__otlp *e);
 
+/* Appends s's OTLP/JSON encoding (one element of "spans") to b: 0, or RSL_ENOMEM with b as
+ * it was.  Strings are escaped and invalid UTF-8 becomes U+FFFD, as below. */
+int rsl__otlp_encode(rsl__buf *b, const rsl_span *s);
+
 /* A JSON string of arbitrary bytes: invalid UTF-8 becomes U+FFFD, so an upstream's
  * message can never make a document fail to encode.  NULL only when out of memory. */
 struct json_t *rsl__json_bytes(const char *s, size_t n);

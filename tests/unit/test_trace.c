@@ -8,7 +8,10 @@
 // ctest-labels: tsan
 #include "resilua.h"
 #include "test.h"
+#include "otlp.h"
 #include "trace.h"
+
+#include <jansson.h>
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -62,6 +65,78 @@ TEST(traceparent_parses_and_formats) {
     ASSERT_EQ(rsl_req_set_trace(req, tp, big), RSL_EINVAL);
     ASSERT_EQ(rsl_req_set_deadline(req, -1), RSL_EINVAL);
     rsl_req_free(req);
+}
+
+/* The exporter's encoding, parsed back: every field, and strings no collector may choke
+ * on (quotes, control bytes, invalid UTF-8 become U+FFFD; valid multibyte text stays). */
+TEST(otlp_encoding_parses_back) {
+    rsl_span_attr at[] = {
+        {"resilua.error", RSL_ATTR_STRING, "say \"hi\"\\\n\t\x01 caf\xc3\xa9 \xff\xc0\xaf end", 0},
+        {"http.response.status_code", RSL_ATTR_INT, NULL, 503},
+        {"resilua.degraded", RSL_ATTR_BOOL, NULL, 1},
+        {"neg", RSL_ATTR_INT, NULL, -9223372036854775807LL - 1},
+    };
+    rsl_span_attr eat[] = {{"resilua.reason", RSL_ATTR_STRING, "failure rate 60% >= 50%", 0}};
+    rsl_span_event ev[] = {{"resilua.breaker.transition", 1700000000000000001LL, eat, 1}};
+    rsl_span s = {
+        .name = "step\x80",
+        .trace_id = "4bf92f3577b34da6a3ce929d0e0e4736",
+        .span_id = "00f067aa0ba902b7",
+        .parent_span_id = "00f067aa0ba902b8",
+        .kind = RSL_SPAN_CLIENT,
+        .start_unix_ns = 1700000000000000000LL,
+        .end_unix_ns = 1700000000123456789LL,
+        .error = 1,
+        .status_message = "boom",
+        .attrs = at,
+        .nattrs = 4,
+        .events = ev,
+        .nevents = 1,
+    };
+    rsl__buf b = {0};
+    ASSERT_EQ(rsl__otlp_encode(&b, &s), 0);
+    json_error_t err;
+    json_t *o = json_loadb(b.p, b.len, 0, &err);
+    ASSERT(o != NULL);
+    ASSERT_STR_EQ(json_string_value(json_object_get(o, "traceId")), s.trace_id);
+    ASSERT_STR_EQ(json_string_value(json_object_get(o, "parentSpanId")), "00f067aa0ba902b8");
+    ASSERT_STR_EQ(json_string_value(json_object_get(o, "name")), "step\xef\xbf\xbd");
+    ASSERT_EQ(json_integer_value(json_object_get(o, "kind")), 3);
+    ASSERT_STR_EQ(json_string_value(json_object_get(o, "endTimeUnixNano")), "1700000000123456789");
+    json_t *a = json_object_get(o, "attributes");
+    ASSERT_EQ(json_array_size(a), 4);
+    ASSERT_STR_EQ(json_string_value(json_object_get(
+                      json_object_get(json_array_get(a, 0), "value"), "stringValue")),
+                  "say \"hi\"\\\n\t\x01 caf\xc3\xa9 \xef\xbf\xbd\xef\xbf\xbd\xef\xbf\xbd end");
+    ASSERT_STR_EQ(json_string_value(json_object_get(
+                      json_object_get(json_array_get(a, 1), "value"), "intValue")),
+                  "503");
+    ASSERT(json_is_true(json_object_get(json_object_get(json_array_get(a, 2), "value"),
+                                        "boolValue")));
+    ASSERT_STR_EQ(json_string_value(json_object_get(
+                      json_object_get(json_array_get(a, 3), "value"), "intValue")),
+                  "-9223372036854775808");
+    json_t *e = json_array_get(json_object_get(o, "events"), 0);
+    ASSERT_STR_EQ(json_string_value(json_object_get(e, "timeUnixNano")), "1700000000000000001");
+    ASSERT_STR_EQ(json_string_value(json_object_get(e, "name")), "resilua.breaker.transition");
+    json_t *st = json_object_get(o, "status");
+    ASSERT_EQ(json_integer_value(json_object_get(st, "code")), 2);
+    ASSERT_STR_EQ(json_string_value(json_object_get(st, "message")), "boom");
+    json_decref(o);
+    /* A root span that went well: no parent, status OK without a message. */
+    s.parent_span_id[0] = 0;
+    s.error = 0;
+    s.nevents = 0;
+    s.nattrs = 0;
+    b.len = 0;
+    ASSERT_EQ(rsl__otlp_encode(&b, &s), 0);
+    o = json_loadb(b.p, b.len, 0, &err);
+    ASSERT(o != NULL);
+    ASSERT(json_object_get(o, "parentSpanId") == NULL);
+    ASSERT_EQ(json_integer_value(json_object_get(json_object_get(o, "status"), "code")), 1);
+    ASSERT_EQ(json_array_size(json_object_get(o, "attributes")), 0);
+    json_decref(o);
+    rsl__buf_free(&b);
 }
 
 TEST(ratio_sampler_is_the_trace_ids) {
