@@ -689,6 +689,27 @@ void rsl__breaker_reset(rsl__breaker *b, int64_t now) {
     admin(b, now, RSL_BREAKER_CLOSED, "reset");
 }
 
+void rsl__breaker_auto(rsl__breaker *b, int64_t now) {
+    uint64_t s = load_word(b);
+    for (;;) {
+        rsl__breaker_state from = w_state(s);
+        if (from == RSL_BREAKER_DISABLED) {
+            admin(b, now, RSL_BREAKER_CLOSED, "override lifted");
+            return;
+        }
+        if (from != RSL_BREAKER_FORCED_OPEN) {
+            return;
+        }
+        int level = w_level(s);
+        uint64_t n = pack(RSL_BREAKER_OPEN, 0, 0, level, (uint8_t)(w_cycle(s) + 1),
+                          open_until(b, now, level));
+        if (cas(b, &s, n)) {
+            note(b, from, RSL_BREAKER_OPEN, "override lifted");
+            return;
+        }
+    }
+}
+
 /* ---- reads ---- */
 
 rsl__breaker_state rsl__breaker_state_get(const rsl__breaker *b) {

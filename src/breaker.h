@@ -120,6 +120,9 @@ void rsl__breaker_release(rsl__breaker *b, const rsl__permit *p);
 void rsl__breaker_force_open(rsl__breaker *b, int64_t now);
 void rsl__breaker_disable(rsl__breaker *b, int64_t now);
 void rsl__breaker_reset(rsl__breaker *b, int64_t now);
+/* Lifts an override (no-op otherwise): forced open -> open for an open period at its
+ * level, then probes as usual; disabled -> closed with a fresh window. */
+void rsl__breaker_auto(rsl__breaker *b, int64_t now);
 
 /* Reads, cheap, any thread. Rates are percents over the window at `now`. */
 rsl__breaker_state rsl__breaker_state_get(const rsl__breaker *b);

@@ -76,6 +76,10 @@ int rsl__bulkhead_acquire(rsl__bulkhead *b) {
     }
 }
 
+void rsl__bulkhead_enter(rsl__bulkhead *b) {
+    atomic_fetch_add_explicit(&b->inflight, 1, memory_order_acquire);
+}
+
 void rsl__bulkhead_release(rsl__bulkhead *b) {
     atomic_fetch_sub_explicit(&b->inflight, 1, memory_order_release);
 }

@@ -20,6 +20,8 @@ int64_t rsl__bulkhead_max(const rsl__bulkhead *b);
 /* 1: a slot is taken, release it exactly once; 0: full (counted as a rejection). */
 int rsl__bulkhead_acquire(rsl__bulkhead *b);
 void rsl__bulkhead_release(rsl__bulkhead *b);
+/* Takes a slot whatever the count (a disabled bulkhead still counts what is inside). */
+void rsl__bulkhead_enter(rsl__bulkhead *b);
 int64_t rsl__bulkhead_inflight(const rsl__bulkhead *b);
 /* inflight / max */
 double rsl__bulkhead_load(const rsl__bulkhead *b);

@@ -34,21 +34,51 @@ const char *rsl__guard_kind_name(rsl__guard_kind k) {
     return "unknown";
 }
 
+/* A limiter's or bulkhead's override: 1 pass, 0 refuse, -1 none (its rules decide). */
+static int overridden(rsl__guard *g, const char **why) {
+    int o = atomic_load_explicit(&g->override, memory_order_relaxed);
+    if (o == RSL_OVERRIDE_AUTO) {
+        return -1;
+    }
+    if (o == RSL_OVERRIDE_FORCE_OPEN) {
+        *why = "is forced open";
+        return 0;
+    }
+    if (g->kind == RSL_GUARD_BULKHEAD) {
+        rsl__bulkhead_enter(g->u.bulkhead); /* counted, so that its release balances */
+    }
+    return 1;
+}
+
 int rsl__guard_acquire(rsl__guard *g, int64_t now, rsl__permit *permit, const char **why) {
+    int o;
     switch (g->kind) {
     case RSL_GUARD_LIMITER:
+        if ((o = overridden(g, why)) >= 0) {
+            return o;
+        }
         *why = "is empty";
         return rsl__limiter_allow(g->u.limiter, now);
     case RSL_GUARD_BULKHEAD:
+        if ((o = overridden(g, why)) >= 0) {
+            return o;
+        }
         *why = "is full";
         return rsl__bulkhead_acquire(g->u.bulkhead);
     case RSL_GUARD_BREAKER:
         if (rsl__breaker_allow(g->u.breaker, now, permit)) {
             return 1;
         }
-        *why = rsl__breaker_state_get(g->u.breaker) == RSL_BREAKER_HALF_OPEN
-                   ? "is half_open with every probe slot taken"
-                   : "is open";
+        switch (rsl__breaker_state_get(g->u.breaker)) {
+        case RSL_BREAKER_HALF_OPEN:
+            *why = "is half_open with every probe slot taken";
+            break;
+        case RSL_BREAKER_FORCED_OPEN:
+            *why = "is forced open";
+            break;
+        default:
+            *why = "is open";
+        }
         return 0;
     }
     *why = "is of an unknown kind";
@@ -66,6 +96,56 @@ void rsl__guard_release(rsl__guard *g, rsl__permit *permit, int verdict, int64_t
             rsl__breaker_release(g->u.breaker, permit);
         }
     }
+}
+
+const char *rsl__override_name(rsl_override a) {
+    switch (a) {
+    case RSL_OVERRIDE_AUTO:
+        return "auto";
+    case RSL_OVERRIDE_FORCE_OPEN:
+        return "force_open";
+    case RSL_OVERRIDE_DISABLE:
+        return "disable";
+    case RSL_OVERRIDE_RESET:
+        return "reset";
+    }
+    return "unknown";
+}
+
+void rsl__guard_override(rsl__guard *g, rsl_override a, int64_t now) {
+    if (g->kind == RSL_GUARD_BREAKER) {
+        rsl__breaker *b = g->u.breaker;
+        switch (a) {
+        case RSL_OVERRIDE_FORCE_OPEN:
+            rsl__breaker_force_open(b, now);
+            break;
+        case RSL_OVERRIDE_DISABLE:
+            rsl__breaker_disable(b, now);
+            break;
+        case RSL_OVERRIDE_AUTO:
+            rsl__breaker_auto(b, now);
+            break;
+        case RSL_OVERRIDE_RESET:
+            rsl__breaker_reset(b, now);
+            break;
+        }
+        return;
+    }
+    atomic_store_explicit(&g->override, a == RSL_OVERRIDE_RESET ? RSL_OVERRIDE_AUTO : (int)a,
+                          memory_order_relaxed);
+    if (a == RSL_OVERRIDE_RESET && g->kind == RSL_GUARD_LIMITER) {
+        rsl__limiter_reset(g->u.limiter);
+    }
+}
+
+rsl_override rsl__guard_override_get(const rsl__guard *g) {
+    if (g->kind == RSL_GUARD_BREAKER) {
+        rsl__breaker_state s = rsl__breaker_state_get(g->u.breaker);
+        return s == RSL_BREAKER_FORCED_OPEN ? RSL_OVERRIDE_FORCE_OPEN
+               : s == RSL_BREAKER_DISABLED  ? RSL_OVERRIDE_DISABLE
+                                            : RSL_OVERRIDE_AUTO;
+    }
+    return (rsl_override)atomic_load_explicit(&g->override, memory_order_relaxed);
 }
 
 static rsl__guard *wrap(rsl__guard_kind kind, void *obj) {

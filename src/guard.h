@@ -36,6 +36,9 @@ typedef struct rsl__guard {
         rsl__bulkhead *bulkhead;
     } u;
     _Atomic int refs;
+    /* An admin override of a limiter or bulkhead (a breaker keeps its own in its state):
+     * RSL_OVERRIDE_AUTO, _FORCE_OPEN or _DISABLE. */
+    _Atomic int override;
 } rsl__guard;
 
 /* One attempt through g at `now`: 1 when it may go on (a breaker's permit in *permit, a
@@ -50,6 +53,12 @@ static inline int rsl__guard_holds(const rsl__guard *g) {
  * by a breaker), or without one (canceled, or a later guard refused: nothing recorded). */
 void rsl__guard_release(rsl__guard *g, rsl__permit *permit, int verdict, int64_t now,
                         rsl_outcome outcome, int64_t latency_ns);
+
+/* Applies an admin override at `now` (rsl_guard_override's meanings). */
+void rsl__guard_override(rsl__guard *g, rsl_override a, int64_t now);
+/* The override in force: RSL_OVERRIDE_AUTO (none), _FORCE_OPEN or _DISABLE. */
+rsl_override rsl__guard_override_get(const rsl__guard *g);
+const char *rsl__override_name(rsl_override a); /* "auto", "force_open", ... */
 
 /* A new guard wrapping a freshly created object (refs = 1). NULL on a bad conf. */
 rsl__guard *rsl__guard_new_breaker(const char *name, const rsl__breaker_conf *c);

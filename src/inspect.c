@@ -10,6 +10,7 @@
 
 #include "clock.h"
 #include "steps.h"
+#include "trip.h"
 #include "window.h"
 
 #include <jansson.h>
@@ -34,6 +35,10 @@ char *rsl_describe_json(rsl_runtime *rt) {
 static json_t *guard_state(rsl__guard *g, int64_t now) {
     json_t *o = json_object();
     json_object_set_new(o, "kind", json_string(rsl__guard_kind_name(g->kind)));
+    rsl_override ov = rsl__guard_override_get(g);
+    if (ov != RSL_OVERRIDE_AUTO) {
+        json_object_set_new(o, "override", json_string(rsl__override_name(ov)));
+    }
     switch (g->kind) {
     case RSL_GUARD_BREAKER: {
         rsl__breaker *b = g->u.breaker;
@@ -50,6 +55,14 @@ static json_t *guard_state(rsl__guard *g, int64_t now) {
         json_object_set_new(o, "backoff_level", json_integer(rsl__breaker_level(b)));
         json_object_set_new(o, "probes_inflight", json_integer(rsl__breaker_probes_inflight(b)));
         json_object_set_new(o, "rejections", json_integer((json_int_t)rsl__breaker_rejections(b)));
+        const rsl__trip *t = rsl__breaker_trip(b);
+        if (t) {
+            json_object_set_new(
+                o, "trip",
+                json_pack("{s:f,s:i,s:f}", "threshold_ms", (double)rsl__trip_threshold(t) / 1e6,
+                          "streak", rsl__trip_streak(t), "window_ms",
+                          (double)rsl__trip_window(t) / 1e6));
+        }
         break;
     }
     case RSL_GUARD_LIMITER:

@@ -130,6 +130,10 @@ int rsl__limiter_configure(rsl__limiter *l, const rsl__limiter_conf *in, int64_t
     return 0;
 }
 
+void rsl__limiter_reset(rsl__limiter *l) {
+    atomic_store_explicit(&l->tat, INT64_MIN, memory_order_release);
+}
+
 void rsl__limiter_conf_get(const rsl__limiter *l, rsl__limiter_conf *c) {
     c->rate = atomic_load_explicit(&l->rate, memory_order_relaxed);
     c->burst = atomic_load_explicit(&l->burst, memory_order_relaxed);

@@ -30,6 +30,8 @@ int rsl__limiter_configure(rsl__limiter *l, const rsl__limiter_conf *c, int64_t 
 void rsl__limiter_conf_get(const rsl__limiter *l, rsl__limiter_conf *c);
 /* 1: admitted; 0: rejected (counted). */
 int rsl__limiter_allow(rsl__limiter *l, int64_t now);
+/* Full again: burst tokens (an admin reset). */
+void rsl__limiter_reset(rsl__limiter *l);
 /* Tokens available at `now` (fractional). */
 double rsl__limiter_tokens(rsl__limiter *l, int64_t now);
 uint64_t rsl__limiter_rejections(const rsl__limiter *l);

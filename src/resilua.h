@@ -434,6 +434,32 @@ char *rsl_metrics_text(rsl_runtime *rt);
 char *rsl_state_json(rsl_runtime *rt);
 
 /*
+ * Admin overrides of a guard, for an operator who knows better than its rules (the
+ * sidecar's POST /guards/NAME/ACTION):
+ *   RSL_OVERRIDE_FORCE_OPEN  every attempt through it is refused ("is forced open");
+ *   RSL_OVERRIDE_DISABLE     every attempt passes and nothing is enforced (a breaker
+ *                            records nothing; a bulkhead still counts what is inside);
+ *   RSL_OVERRIDE_AUTO        the override is lifted and the guard's rules decide again: a
+ *                            forced-open breaker opens for its open period and then probes
+ *                            (it is not trusted blindly), a disabled one closes with a
+ *                            fresh window (it recorded nothing while disabled);
+ *   RSL_OVERRIDE_RESET       the override is lifted and the state starts afresh: a breaker
+ *                            closed with its window and backoff cleared, a limiter full.
+ * An override is the guard's: it survives a reload that keeps the guard (same name and
+ * kind) and goes with it; rsl_state_json shows it as "override" ("force_open",
+ * "disable"; absent when none).  Returns 0, RSL_ENOENT (no guard of that name),
+ * RSL_EINVAL.  Any thread.
+ */
+typedef enum rsl_override {
+    RSL_OVERRIDE_AUTO,
+    RSL_OVERRIDE_FORCE_OPEN,
+    RSL_OVERRIDE_DISABLE,
+    RSL_OVERRIDE_RESET,
+} rsl_override;
+
+int rsl_guard_override(rsl_runtime *rt, const char *guard, rsl_override action);
+
+/*
  * Loads and validates a policy directory without starting anything (`resilua check`).
  * Returns 0, or RSL_ELOAD with `file:line: message` lines in err.  On success `*json` (may
  * be NULL) receives rsl_describe_json's document; free with rsl_free.  Any thread.
@@ -516,6 +542,10 @@ typedef struct rsl_span {
  *   GET /state      rsl_state_json
  *   POST /reload    rsl_reload: 200 and the reload record, 422 with `file:line: message`
  *                   when the directory does not load (the old policies keep serving)
+ *   POST /guards/NAME/force_open|disable|reset|auto
+ *                   rsl_guard_override: 200 and {"guard", "action", "state": the guard's
+ *                   entry in /state}; 404 for an unknown guard or action; 403 unless the
+ *                   peer is a loopback address (whatever address the server listens on)
  *   GET /healthz    200 "ok", 503 once rsl_serve_stop began
  * Unknown policy or path: 404 with {"error": ...}.  Keep-alive and pipelining (answers
  * in request order; a connection's next request is parsed only once the answer before it

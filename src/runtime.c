@@ -352,6 +352,30 @@ void rsl_close(rsl_runtime *rt) {
     rt_free(rt);
 }
 
+/* ---- admin overrides -------------------------------------------------------------------- */
+
+int rsl_guard_override(rsl_runtime *rt, const char *guard, rsl_override action) {
+    if (!rt || !guard || (unsigned)action > RSL_OVERRIDE_RESET) {
+        return RSL_EINVAL;
+    }
+    int64_t now = rsl__rt_now(rt);
+    /* Under the registry's lock: a reload may be removing the guard right now.  Logged
+     * outside it (the log is the host's and may be slow). */
+    pthread_mutex_lock(&rt->reg_lock);
+    rsl__guard *g = rsl__guards_find(rt->guards, guard);
+    const char *kind = g ? rsl__guard_kind_name(g->kind) : NULL;
+    if (g) {
+        rsl__guard_override(g, action, now);
+    }
+    pthread_mutex_unlock(&rt->reg_lock);
+    if (!kind) {
+        return RSL_ENOENT;
+    }
+    rsl__log(&rt->env, RSL_LOG_WARN, "%s \"%s\": admin override %s", kind, guard,
+             rsl__override_name(action));
+    return 0;
+}
+
 /* ---- reload --------------------------------------------------------------------------- */
 
 int rsl_reload(rsl_runtime *rt, char *err, size_t errlen) {

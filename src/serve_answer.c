@@ -333,6 +333,107 @@ static void start_reload(conn *c) {
     }
 }
 
+/* ---- POST /guards/NAME/ACTION: admin overrides -------------------------------------------
+ * Only from the machine itself: a peer that is not loopback gets a 403 whatever address
+ * the server listens on (an operator who exposes the sidecar does not expose its switches
+ * with it).  The answer is the guard's state after the override. */
+
+static void not_allowed(conn *c, const char *allow);
+
+static int peer_is_loopback(conn *c) {
+    struct sockaddr_storage ss;
+    int len = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0) {
+        return 0;
+    }
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+        return (ntohl(a->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)&ss)->sin6_addr;
+        if (IN6_IS_ADDR_LOOPBACK(a)) {
+            return 1;
+        }
+        return IN6_IS_ADDR_V4MAPPED(a) && a->s6_addr[12] == 127;
+    }
+    return 0;
+}
+
+static void guard_admin(conn *c, const char *rest, size_t n) {
+    static const struct {
+        const char *name;
+        rsl_override a;
+    } actions[] = {{"force_open", RSL_OVERRIDE_FORCE_OPEN},
+                   {"disable", RSL_OVERRIDE_DISABLE},
+                   {"reset", RSL_OVERRIDE_RESET},
+                   {"auto", RSL_OVERRIDE_AUTO}};
+    if (c->p.method != HTTP_POST) {
+        not_allowed(c, "POST");
+        return;
+    }
+    if (!peer_is_loopback(c)) {
+        rsl__srv_respond_error(c, 403, "guard overrides are taken from loopback only", 0);
+        return;
+    }
+    const char *slash = NULL;
+    for (size_t i = n; i > 0 && !slash; i--) {
+        slash = rest[i - 1] == '/' ? rest + i - 1 : NULL;
+    }
+    char name[256];
+    if (!slash || slash == rest || (size_t)(slash - rest) >= sizeof(name)) {
+        rsl__srv_respond_error(c, 404, "expected POST /guards/NAME/force_open|disable|reset|auto",
+                               0);
+        return;
+    }
+    size_t nl = pct_decode(rest, (size_t)(slash - rest), name, 0);
+    name[nl] = 0;
+    const char *act = slash + 1;
+    size_t al = n - (size_t)(act - rest);
+    int which = -1;
+    for (size_t i = 0; i < sizeof(actions) / sizeof(actions[0]); i++) {
+        if (strlen(actions[i].name) == al && memcmp(actions[i].name, act, al) == 0) {
+            which = (int)i;
+        }
+    }
+    if (which < 0 || strlen(name) != nl) {
+        rsl__srv_respond_error(c, 404, "expected POST /guards/NAME/force_open|disable|reset|auto",
+                               0);
+        return;
+    }
+    int rc = rsl_guard_override(c->w->s->rt, name, actions[which].a);
+    if (rc == RSL_ENOENT) {
+        char msg[300];
+        snprintf(msg, sizeof(msg), "no guard named \"%s\"", name);
+        rsl__srv_respond_error(c, 404, msg, 0);
+        return;
+    }
+    if (rc != 0) {
+        rsl__srv_respond_error(c, 500, rsl_strerror(rc), 0);
+        return;
+    }
+    /* The guard's state after it, from the runtime's own document. */
+    char *st = rsl_state_json(c->w->s->rt);
+    json_t *doc = st ? json_loads(st, 0, NULL) : NULL;
+    rsl_free(st);
+    json_t *g = json_object_get(json_object_get(doc, "guards"), name);
+    json_t *o = json_pack("{s:s,s:s,s:O?}", "guard", name, "action", actions[which].name, "state",
+                          g);
+    char *js = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(o);
+    json_decref(doc);
+    if (!js) {
+        rsl__srv_respond_error(c, 500, "cannot render the state", 0);
+        return;
+    }
+    outbuf b = {0};
+    rsl__srv_out_str(&b, js);
+    rsl__srv_out_str(&b, "\n");
+    free(js);
+    rsl__srv_respond(c, 200, "Content-Type: application/json\r\n", b.p ? b.p : "", b.len, 0);
+    free(b.p);
+}
+
 /* ---- the server's own series for /metrics ----------------------------------------------- */
 
 static void metrics_append(rsl_serve *s, outbuf *b) {
@@ -505,6 +606,10 @@ void rsl__srv_dispatch(conn *c) {
         rsl_free(st);
         rsl__srv_respond(c, 200, "Content-Type: application/json\r\n", b.p ? b.p : "", b.len, 0);
         free(b.p);
+        return;
+    }
+    if (plen > 8 && memcmp(path, "/guards/", 8) == 0) {
+        guard_admin(c, path + 8, plen - 8);
         return;
     }
     if (path_is(path, plen, "/reload")) {
