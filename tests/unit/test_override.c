@@ -226,3 +226,16 @@ TEST(bad_arguments) {
     ASSERT_EQ(first(rt, "0"), RSL_OUTCOME_OK);
     rsl_close(rt);
 }
+
+TEST(state_shows_a_joint_trip) {
+    const char *dir = rsl_test_tmpdir();
+    write_policy(dir, "'j'",
+                 "r.breaker 'j' { min_calls = 5, trip = { failure_rate = 20, periods = 3,\n"
+                 "  period = '1s', window = '10s', latency = { q = 0.9, over = '800ms' } } }");
+    rsl_runtime *rt = open_dir(dir);
+    ASSERT_EQ(first(rt, "0"), RSL_OUTCOME_OK);
+    char *s = state(rt);
+    ASSERT_CONTAINS(s, "\"trip\":{\"threshold_ms\":800.0,\"streak\":0,\"window_ms\":10000.0}");
+    rsl_free(s);
+    rsl_close(rt);
+}
