@@ -13,15 +13,21 @@
  *   --fail PCT            that share answers 503 {"error":"injected"}
  *   --slow MS             answers are delayed by MS (a timer: nothing blocks) ...
  *   --slow-percent PCT    ... for that share of them (default 100)
+ *   --capacity N          a server of N workers: at most N delayed answers are in service
+ *                         at once; more wait their turn in a queue of at most N, and
+ *                         beyond that an answer is 503 {"error":"over capacity"} at once.
+ *                         The queue is what makes latency rise with load, as a real
+ *                         server's does (0: no limit, the default)
  *   --down-every/--for    periodically closes the listening socket (connects are refused)
  *                         and resets open connections, then listens again on the port
  *   query: status=NNN (answer that status), delay=MS, bytes=N (a body of N 'x'),
  *          close=1 (close the connection instead of answering), chunked=1 (send the body
  *          as one chunk, without Content-Length: clients cannot size it in advance)
  * Control endpoints (not counted, never failed or delayed):
- *   POST /_control?fail=PCT&slow=MS&slow_percent=PCT&down=MS   change modes; down=MS goes
+ *   POST /_control?fail=PCT&slow=MS&slow_percent=PCT&capacity=N&down=MS   change modes; down=MS goes
  *        down now for MS ms, after this answer is written
- *   GET /_stats   {"requests":N,"connections":N,"paths":{"/a":3,...}} (connections
+ *   GET /_stats   {"requests":N,"connections":N,"over_capacity":N,"peak_in_service":N,
+ *                 "paths":{"/a":3,...}} (connections
  *                 accepted: a client that reuses its keep-alive connections keeps it low)
  *   POST /_reset  zeroes them
  *   GET /_last    {"method":..,"url":..,"headers":{..},"body":..} of the last request
@@ -114,6 +120,11 @@ typedef struct pending {
     int ready;
     int close; /* close=1: the connection closes here instead of answering */
     sbuf data;
+    /* --capacity: in service (counted in in_service while its timer runs), or waiting for
+     * a worker in the global queue, its timer not started yet. */
+    int service, waiting;
+    int64_t svc_ms;
+    struct pending *wnext;
 } pending;
 
 struct conn {
@@ -161,6 +172,8 @@ static int64_t slow_ms, down_every_ms, down_for_ms;
 static uint64_t rng = 0x9E3779B97F4A7C15ULL;
 
 static int64_t requests, connections;
+static int64_t capacity, in_service, peak_in_service, nwaiting, over_capacity;
+static pending *wait_head, *wait_tail;
 static json_t *paths; /* path -> count */
 static sbuf last_url, last_hdrs, last_body;
 static int last_nhdrs;
@@ -204,6 +217,43 @@ static void on_conn_closed(uv_handle_t *h) {
     conn_unref((conn *)h);
 }
 
+static void on_pending_timer(uv_timer_t *t);
+
+/* A worker is free: the next waiting answer starts its service. */
+static void service_done(void) {
+    in_service--;
+    while (wait_head && (capacity <= 0 || in_service < capacity)) {
+        pending *n = wait_head;
+        wait_head = n->wnext;
+        if (!wait_head) {
+            wait_tail = NULL;
+        }
+        nwaiting--;
+        n->waiting = 0;
+        n->service = 1;
+        if (++in_service > peak_in_service) {
+            peak_in_service = in_service;
+        }
+        uv_timer_start(&n->timer, on_pending_timer, (uint64_t)n->svc_ms, 0);
+    }
+}
+
+static void unwait(pending *p) {
+    pending **pp = &wait_head, *prev = NULL;
+    while (*pp && *pp != p) {
+        prev = *pp;
+        pp = &(*pp)->wnext;
+    }
+    if (*pp) {
+        *pp = p->wnext;
+        if (wait_tail == p) {
+            wait_tail = prev;
+        }
+        nwaiting--;
+    }
+    p->waiting = 0;
+}
+
 static void on_pending_closed(uv_handle_t *h) {
     pending *p = h->data;
     conn *c = p->c;
@@ -213,6 +263,13 @@ static void on_pending_closed(uv_handle_t *h) {
 }
 
 static void pending_free(pending *p) {
+    if (p->waiting) {
+        unwait(p);
+    }
+    if (p->service) {
+        p->service = 0;
+        service_done();
+    }
     if (p->has_timer) {
         uv_close((uv_handle_t *)&p->timer, on_pending_closed);
     } else {
@@ -335,6 +392,10 @@ static void on_pending_timer(uv_timer_t *t) {
     pending *p = t->data;
     conn *c = p->c;
     p->ready = 1;
+    if (p->service) {
+        p->service = 0;
+        service_done();
+    }
     drain_queue(c);
     flush(c);
     conn_check_close(c);
@@ -489,11 +550,13 @@ static void answer_dump(conn *c, int status, json_t *j, int head, int close) {
 static void control(conn *c, const char *path, const char *q, size_t qlen, int head, int close) {
     if (strcmp(path, "/_stats") == 0) {
         answer_dump(c, 200,
-                    json_pack("{s:I,s:I,s:O}", "requests", (json_int_t)requests, "connections",
-                              (json_int_t)connections, "paths", paths),
+                    json_pack("{s:I,s:I,s:I,s:I,s:O}", "requests", (json_int_t)requests,
+                              "connections", (json_int_t)connections, "over_capacity",
+                              (json_int_t)over_capacity, "peak_in_service",
+                              (json_int_t)peak_in_service, "paths", paths),
                     head, close);
     } else if (strcmp(path, "/_reset") == 0) {
-        requests = connections = 0;
+        requests = connections = over_capacity = peak_in_service = 0;
         json_object_clear(paths);
         answer_json(c, 200, "{\"ok\":true}", head, close);
     } else if (strcmp(path, "/_last") == 0) {
@@ -517,10 +580,13 @@ static void control(conn *c, const char *path, const char *q, size_t qlen, int h
         fail_pct = (double)qint(q, qlen, "fail", (int64_t)fail_pct);
         slow_ms = qint(q, qlen, "slow", slow_ms);
         slow_pct = (double)qint(q, qlen, "slow_percent", (int64_t)slow_pct);
+        capacity = qint(q, qlen, "capacity", capacity);
         int64_t down = qint(q, qlen, "down", 0);
-        char s[160];
-        snprintf(s, sizeof(s), "{\"fail\":%g,\"slow\":%lld,\"slow_percent\":%g,\"down\":%lld}",
-                 fail_pct, (long long)slow_ms, slow_pct, (long long)down);
+        char s[200];
+        snprintf(s, sizeof(s),
+                 "{\"fail\":%g,\"slow\":%lld,\"slow_percent\":%g,\"capacity\":%lld,"
+                 "\"down\":%lld}",
+                 fail_pct, (long long)slow_ms, slow_pct, (long long)capacity, (long long)down);
         logf_("control: %s", s);
         if (down > 0) {
             /* The answer goes out first, with a FIN; then the server goes down. */
@@ -617,11 +683,46 @@ static int on_message_complete(http_parser *hp) {
         http_parser_pause(hp, 1);
     }
 
+    /* --capacity: a delayed answer needs a worker; it waits for one, or is turned away. */
+    int queue = 0;
+    if (capacity > 0 && delay > 0 && !closenow && in_service >= capacity) {
+        if (nwaiting >= capacity) {
+            over_capacity++;
+            status = 503;
+            injected = 2;
+            delay = 0;
+        } else {
+            queue = 1;
+        }
+    }
     pending *p;
     sbuf *out = answer_slot(c, delay, closenow, &p);
+    if (p && p->has_timer && capacity > 0) {
+        p->svc_ms = delay;
+        if (queue) {
+            uv_timer_stop(&p->timer);
+            p->waiting = 1;
+            if (wait_tail) {
+                wait_tail->wnext = p;
+            } else {
+                wait_head = p;
+            }
+            wait_tail = p;
+            nwaiting++;
+        } else {
+            p->service = 1;
+            if (++in_service > peak_in_service) {
+                peak_in_service = in_service;
+            }
+        }
+    }
     if (!closenow) {
         if (bytes >= 0) {
             render(out, (int)status, "text/plain", NULL, 0, (size_t)bytes, head, close, chunked);
+        } else if (injected == 2) {
+            static const char over[] = "{\"error\":\"over capacity\"}";
+            render(out, (int)status, "application/json", over, sizeof(over) - 1, 0, head, close,
+                   chunked);
         } else if (injected) {
             static const char inj[] = "{\"error\":\"injected\"}";
             render(out, (int)status, "application/json", inj, sizeof(inj) - 1, 0, head, close,
@@ -853,7 +954,7 @@ static void on_signal(uv_signal_t *s, int signum) {
 static void usage(void) {
     fprintf(stderr, "usage: example_flaky [--listen HOST:PORT] [--fail PCT] [--slow MS] "
                     "[--slow-percent PCT]\n"
-                    "                     [--down-every SEC --down-for SEC] [--seed N] "
+                    "                     [--capacity N] [--down-every SEC --down-for SEC] [--seed N] "
                     "[--quiet]\n");
     exit(2);
 }
@@ -880,6 +981,8 @@ int main(int argc, char **argv) {
             slow_ms = atoll(v);
         } else if (strcmp(a, "--slow-percent") == 0) {
             slow_pct = atof(v);
+        } else if (strcmp(a, "--capacity") == 0) {
+            capacity = atoll(v);
         } else if (strcmp(a, "--down-every") == 0) {
             every_s = atof(v);
         } else if (strcmp(a, "--down-for") == 0) {
