@@ -6,6 +6,7 @@
  * that keeps its guard and goes with a guard that is removed; rsl_state_json shows it;
  * bad arguments are refused.
  */
+// ctest-labels: tsan
 #include "resilua.h"
 #include "test.h"
 
