@@ -36,6 +36,9 @@ typedef struct rsl__calls {
     const rsl__env *env;              /* the clock and the log */
     const rsl__tracer *tracer;        /* NULL: tracing off */
     struct rsl__hoststeps *hoststeps; /* host steps by name (step_host.h) */
+    /* rsl_options.io_model: answers the I/O steps (step_model.c); NULL: the network. */
+    void (*io_model)(void *ud, const rsl_io_attempt *a, rsl_io_answer *ans);
+    void *io_model_ud;
     /* A call object was freed (any thread); left: calls made and not yet freed.  The last
      * call may free the runtime from here: nothing touches cs after it. */
     void (*freed)(void *ud, int64_t left);

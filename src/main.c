@@ -39,6 +39,9 @@
  * minute is far above any sane policy deadline. */
 #define CALL_WAIT_NS (60LL * 1000000000LL)
 
+/* `resilua test` (cli/policy_test.c). */
+int rsl_cli_test(int argc, char **argv);
+
 static const char *prog = "resilua";
 static volatile sig_atomic_t stop_requested;
 
@@ -63,6 +66,9 @@ static const char usage_text[] =
     "                             r.expose routes, /metrics, /state, /reload, /healthz;\n"
     "                             SIGHUP reloads, SIGUSR1 reopens the access log,\n"
     "                             SIGTERM/SIGINT drain and exit 0\n"
+    "  test [-p DIR] TESTS_DIR    run the policy tests TESTS_DIR/test_*.lua on a virtual\n"
+    "                             clock, the I/O steps answered as each test says; TAP\n"
+    "                             output (exit 1 when an expectation fails)\n"
     "  version                    print the version\n"
     "\n"
     "options:\n"
@@ -888,6 +894,9 @@ int main(int argc, char **argv) {
     }
     if (strcmp(cmd, "call") == 0) {
         return cmd_call(argc - 2, argv + 2);
+    }
+    if (strcmp(cmd, "test") == 0) {
+        return rsl_cli_test(argc, argv);
     }
     if (strcmp(cmd, "serve") == 0) {
         return cmd_serve(argc - 2, argv + 2);

@@ -100,6 +100,8 @@ typedef void (*rsl_log_fn)(void *ud, rsl_log_level level, const char *msg);
 typedef int64_t (*rsl_clock_fn)(void *ud);
 
 struct rsl_span; /* see "Traces" below */
+struct rsl_io_attempt; /* see "I/O models" below */
+struct rsl_io_answer;
 
 typedef struct rsl_options {
     size_t size;              /* set by rsl_options_init: lets this struct grow */
@@ -167,10 +169,49 @@ typedef struct rsl_options {
     int trace_errors;
     void (*on_span)(void *ud, const struct rsl_span *span);
     void *on_span_ud;
+    /* An I/O model instead of the network (see "I/O models" below): every attempt of an
+     * r.http, r.redis or r.redis_cache step is answered by io_model, on the worker, and
+     * nothing is sent.  For tests of policies (`resilua test`): the real guards, routes and
+     * chains run, the upstreams are what the test says.  NULL: the network. */
+    void (*io_model)(void *ud, const struct rsl_io_attempt *a, struct rsl_io_answer *ans);
+    void *io_model_ud;
 } rsl_options;
 
 /* Fills `o` with defaults. Any thread. */
 void rsl_options_init(rsl_options *o);
+
+/*
+ * I/O models (rsl_options.io_model).  The model gets one attempt and fills the answer;
+ * the runtime takes it at once, as if it had come back after latency_ns:
+ *   - an outcome of RSL_OUTCOME_OK with a status (ans->status, default 200) is that
+ *     status's outcome (4xx, 5xx); any other outcome (timeout, connect, error) is taken
+ *     as is, with ans->error as its message;
+ *   - latency_ns at or over a->limit_ns (the attempt's time limit: the step's timeout or
+ *     what is left of the call's deadline) is a timeout instead.
+ * The runtime reads the clock again once the model returns: a model on an injected clock
+ * moves it on by min(latency_ns, limit_ns) itself, so that breakers record that latency
+ * and deadlines see the time go by.  Strings are borrowed for the call; the body is
+ * copied.  The model runs on worker threads: with more than one worker, it must be
+ * thread-safe.
+ */
+typedef struct rsl_io_attempt {
+    const char *policy;
+    const char *step;
+    const char *kind;      /* "http", "redis", "redis_cache" */
+    int attempt;           /* 1, 2, ... */
+    const struct rsl_req *req; /* the call's attributes: rsl_req_get */
+    int64_t now;           /* the clock at the attempt's start */
+    int64_t limit_ns;      /* its time limit */
+} rsl_io_attempt;
+
+typedef struct rsl_io_answer {
+    rsl_outcome outcome;   /* preset to RSL_OUTCOME_OK */
+    int status;            /* preset to 200 */
+    const char *body;      /* NULL: none */
+    size_t body_len;
+    const char *error;     /* the message of a failed outcome; NULL: its name */
+    int64_t latency_ns;    /* preset to 0 */
+} rsl_io_answer;
 
 /*
  * Opens a runtime: loads and validates the policy directory, creates the guards, starts the

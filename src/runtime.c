@@ -100,7 +100,7 @@ static rsl__gen_opts gen_opts(struct rsl_runtime *rt) {
         .clock_ud = rt->o.clock_ud,
         .stripes = rt->o.workers < RSL_WINDOW_MAX_STRIPES ? rt->o.workers : RSL_WINDOW_MAX_STRIPES,
         .registry_lock = &rt->reg_lock,
-        .step_ops = rsl__step_ops_table,
+        .step_ops = rt->calls.io_model ? rt->model_table : rsl__step_ops_table,
     };
     return go;
 }
@@ -209,6 +209,12 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
     rsl__calls_init(&rt->calls);
     rt->calls.env = &rt->env;
     rt->calls.hoststeps = &rt->steps;
+    /* Options from before I/O models end at on_span_ud. */
+    if (o->size > offsetof(rsl_options, io_model) && o->io_model &&
+        rsl__model_table(rt->model_table, rt->model_ops, RSL_MAX_STEP_KINDS) == 0) {
+        rt->calls.io_model = o->io_model;
+        rt->calls.io_model_ud = o->io_model_ud;
+    }
     rt->calls.freed = call_freed;
     rt->calls.freed_ud = rt;
     rsl__hoststeps_init(&rt->steps);

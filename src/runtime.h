@@ -23,6 +23,7 @@
 #include "lua_api.h"
 #include "metrics.h"
 #include "policy.h"
+#include "steps.h"
 #include "redis.h"
 #include "req.h"
 #include "resilua.h"
@@ -70,6 +71,9 @@ struct rsl_runtime {
     rsl__gauges gauges;
     int tracing;               /* tracer is set up: spans are made */
     rsl__tracer tracer;        /* o's trace options, resolved (span.h) */
+    /* With an I/O model: the step table the loader gets (steps.h). */
+    const rsl__step_ops *model_table[RSL_MAX_STEP_KINDS];
+    rsl__step_ops model_ops[RSL_MAX_STEP_KINDS];
 };
 
 /* A call of `policy` on the current generation, not yet given to a worker (set c->w, then

@@ -23,4 +23,10 @@ extern const rsl__step_ops rsl__step_redis_cache; /* step_redis.c */
 /* Every kind, NULL-terminated. */
 extern const rsl__step_ops *const rsl__step_ops_table[];
 
+/* The table with an I/O model (step_model.c): every kind of rsl__step_ops_table, the
+ * ones that wait on a server answered by rsl__calls.io_model instead.  Fills `copies`
+ * and `table` (NULL-terminated; both of `max` entries). 0, or RSL_EINVAL when too small. */
+#define RSL_MAX_STEP_KINDS 16
+int rsl__model_table(const rsl__step_ops **table, rsl__step_ops *copies, int max);
+
 #endif
