@@ -7,6 +7,7 @@
  * Layer: the calls.  A call's functions run on its worker's thread; rsl__calls_* on any.
  */
 #include "call.h"
+#include "vtime.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -283,6 +284,9 @@ static double ms_since(int64_t from, int64_t now) {
 void rsl__call_finish(rsl__call *c, int64_t now) {
     rsl_result *r = c->res;
     c->phase = RSL_PH_DONE;
+    if (c->cs->vt) {
+        rsl__vt_disarm(c->cs->vt, &c->vt_slot); /* nothing may point at a freed call */
+    }
     r->elapsed_ms = ms_since(c->start, now);
     r->outcome = c->ans.outcome;
     r->status = c->ans.status;

@@ -36,6 +36,8 @@ typedef struct rsl__calls {
     const rsl__env *env;              /* the clock and the log */
     const rsl__tracer *tracer;        /* NULL: tracing off */
     struct rsl__hoststeps *hoststeps; /* host steps by name (step_host.h) */
+    /* Virtual time (vtime.h): the call timers on it instead of libuv's; NULL: real time. */
+    struct rsl__vtime *vt;
     /* rsl_options.io_model: answers the I/O steps (step_model.c); NULL: the network. */
     void (*io_model)(void *ud, const rsl_io_attempt *a, rsl_io_answer *ans);
     void *io_model_ud;
@@ -67,7 +69,13 @@ enum rsl__phase {
     RSL_PH_DONE,
 };
 
-enum { RSL_TIMER_NONE, RSL_TIMER_STEP_TIMEOUT, RSL_TIMER_BACKOFF, RSL_TIMER_DELAY };
+enum {
+    RSL_TIMER_NONE,
+    RSL_TIMER_STEP_TIMEOUT,
+    RSL_TIMER_BACKOFF,
+    RSL_TIMER_DELAY,
+    RSL_TIMER_ANSWER, /* virtual time: a modelled answer, already in c->ans, arrives */
+};
 
 struct rsl__call {
     rsl__msg msg;                     /* RSL_MSG_CALL */
@@ -102,6 +110,7 @@ struct rsl__call {
     void *wait;                       /* what the attempt waits on (its kind's), or NULL */
     uv_timer_t timer;
     int timer_inited, timer_purpose;  /* RSL_TIMER_* */
+    size_t vt_slot;                   /* its timer's place on virtual time (0: none) */
     int canceled;
     int in_attempt;                   /* inside its kind's start (a host step answering
                                          from inside its function) */

@@ -19,6 +19,7 @@
 #include "clock.h"
 #include "lua_api.h"
 #include "retry.h"
+#include "vtime.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -73,6 +74,11 @@ static void release_guards(rsl__call *c, const rsl__step *s, int64_t now, int ve
 static void on_timer(uv_timer_t *t);
 
 void rsl__chain_timer(rsl__call *c, int purpose, int64_t ns) {
+    rsl__vtime *vt = c->cs->vt;
+    if (vt && rsl__vt_arm(vt, c, &c->vt_slot, rsl__vt_now(vt) + (ns > 0 ? ns : 0)) == 0) {
+        c->timer_purpose = purpose;
+        return;
+    } /* else out of memory: a libuv timer, in real time, rather than none */
     if (!c->timer_inited) {
         uv_timer_init(c->w->loop, &c->timer);
         c->timer.data = c;
@@ -88,6 +94,9 @@ void rsl__chain_timer(rsl__call *c, int purpose, int64_t ns) {
 }
 
 static void timer_stop(rsl__call *c) {
+    if (c->cs->vt) {
+        rsl__vt_disarm(c->cs->vt, &c->vt_slot);
+    }
     if (c->timer_inited) {
         uv_timer_stop(&c->timer);
     }
@@ -287,6 +296,11 @@ static void on_timer(uv_timer_t *t) {
     rsl__call *c = t->data;
     int purpose = c->timer_purpose;
     c->timer_purpose = RSL_TIMER_NONE;
+    rsl__chain_vt_fire(c, purpose);
+}
+
+void rsl__chain_vt_fire(rsl__call *c, int purpose) {
+    c->timer_purpose = RSL_TIMER_NONE;
     if (c->phase != RSL_PH_WAIT) {
         return;
     }
@@ -303,6 +317,9 @@ static void on_timer(uv_timer_t *t) {
         break;
     case RSL_TIMER_BACKOFF:
         c->phase = RSL_PH_ATTEMPT;
+        break;
+    case RSL_TIMER_ANSWER:
+        c->phase = RSL_PH_ATTEMPTED;
         break;
     case RSL_TIMER_DELAY:
         /* The injected delay is over: the attempt proper, guards still held. */

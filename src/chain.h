@@ -21,6 +21,9 @@ void rsl__call_cancel(rsl__call *c);
 /* The answer of a waiting attempt is in c->ans: the attempt is over (a canceled call
  * completes as canceled). */
 void rsl__chain_answered(rsl__call *c);
+/* A timer of c's is due (libuv's, or virtual time's: rsl_vt_advance pops it): its
+ * purpose (RSL_TIMER_*) goes on with the call.  The call's worker thread. */
+void rsl__chain_vt_fire(struct rsl__call *c, int purpose);
 /* Arms the call's timer: the step's timeout (RSL_TIMER_STEP_TIMEOUT) in ns from now. */
 void rsl__chain_timer(rsl__call *c, int purpose, int64_t ns);
 /* The time this attempt of s may take: the step's timeout (or a default for a step that

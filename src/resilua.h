@@ -175,6 +175,13 @@ typedef struct rsl_options {
      * chains run, the upstreams are what the test says.  NULL: the network. */
     void (*io_model)(void *ud, const struct rsl_io_attempt *a, struct rsl_io_answer *ans);
     void *io_model_ud;
+    /* Virtual time, with `loop` only (one thread): the runtime's clock is its own (`clock`
+     * is ignored), starts at 1000 s and moves only with rsl_vt_advance.  The call timers
+     * run on it: retries' backoff, fault delays, and an io_model answer's latency (the
+     * model then leaves the clock alone: the answer arrives when rsl_vt_advance reaches
+     * it).  For simulations: hours of traffic through the real guards and policies as
+     * fast as the CPU goes, the same every run.  0: real time. */
+    int virtual_time;
 } rsl_options;
 
 /* Fills `o` with defaults. Any thread. */
@@ -194,6 +201,14 @@ void rsl_options_init(rsl_options *o);
  * copied.  The model runs on worker threads: with more than one worker, it must be
  * thread-safe.
  */
+/* Virtual time (rsl_options.virtual_time): the clock now; the time of the next timer
+ * (INT64_MAX when none); rsl_vt_advance moves the clock to `to`, running every timer due
+ * on the way in time order, each with the clock at its own time, and returns how many ran
+ * (RSL_EINVAL: no virtual time, or `to` before now).  The loop's thread. */
+int64_t rsl_vt_now(rsl_runtime *rt);
+int64_t rsl_vt_next(rsl_runtime *rt);
+int rsl_vt_advance(rsl_runtime *rt, int64_t to);
+
 typedef struct rsl_io_attempt {
     const char *policy;
     const char *step;

@@ -144,6 +144,8 @@ static void sighup_join(rsl_runtime *rt);
 static void call_freed(void *ud, int64_t left);
 static const rsl__worker_ops worker_ops;
 
+static int64_t vt_clock(void *ud);
+
 int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) {
     if (err && errlen) {
         err[0] = 0;
@@ -170,6 +172,22 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
     }
     if (rt->o.loop) {
         rt->o.workers = 1;
+    }
+    /* Options from before virtual time end at io_model_ud. */
+    if (o->size <= offsetof(rsl_options, virtual_time)) {
+        rt->o.virtual_time = 0;
+    }
+    if (rt->o.virtual_time) {
+        if (!rt->o.loop) {
+            if (err && errlen) {
+                snprintf(err, errlen, "rsl_open: virtual_time needs an attached loop");
+            }
+            free(rt);
+            return RSL_EINVAL;
+        }
+        rsl__vt_init(&rt->vt, 1000 * RSL_NS_PER_S);
+        rt->o.clock = vt_clock;
+        rt->o.clock_ud = &rt->vt;
     }
     rt->dir = strdup(o->policy_dir);
     rt->o.policy_dir = rt->dir;
@@ -209,6 +227,7 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
     rsl__calls_init(&rt->calls);
     rt->calls.env = &rt->env;
     rt->calls.hoststeps = &rt->steps;
+    rt->calls.vt = rt->o.virtual_time ? &rt->vt : NULL;
     /* Options from before I/O models end at on_span_ud. */
     if (o->size > offsetof(rsl_options, io_model) && o->io_model &&
         rsl__model_table(rt->model_table, rt->model_ops, RSL_MAX_STEP_KINDS) == 0) {
@@ -297,6 +316,36 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
 }
 
 /* Frees what a stopped runtime holds. */
+static int64_t vt_clock(void *ud) {
+    return rsl__vt_now(ud);
+}
+
+int64_t rsl_vt_now(rsl_runtime *rt) {
+    return rt && rt->calls.vt ? rsl__vt_now(&rt->vt) : 0;
+}
+
+int64_t rsl_vt_next(rsl_runtime *rt) {
+    return rt && rt->calls.vt ? rsl__vt_next(&rt->vt) : INT64_MAX;
+}
+
+int rsl_vt_advance(rsl_runtime *rt, int64_t to) {
+    if (!rt || !rt->calls.vt || to < rsl__vt_now(&rt->vt)) {
+        return RSL_EINVAL;
+    }
+    int n = 0;
+    int64_t at;
+    rsl__call *c;
+    while ((c = rsl__vt_pop(&rt->vt, to, &at))) {
+        if (at > rsl__vt_now(&rt->vt)) {
+            atomic_store_explicit(&rt->vt.now, at, memory_order_relaxed);
+        }
+        rsl__chain_vt_fire(c, c->timer_purpose);
+        n++;
+    }
+    atomic_store_explicit(&rt->vt.now, to, memory_order_relaxed);
+    return n;
+}
+
 static void rt_free(rsl_runtime *rt) {
     free(rt->workers);
     rsl__genr_unref(rt->cur);
@@ -305,6 +354,9 @@ static void rt_free(rsl_runtime *rt) {
     rsl__metrics_free(&rt->metrics);
     rsl__caches_free(&rt->caches);
     rsl__hoststeps_close(&rt->steps);
+    if (rt->calls.vt) {
+        rsl__vt_close(&rt->vt);
+    }
     rsl__gauges_close(&rt->gauges);
     json_decref(rt->last_reload);
     rsl__calls_close(&rt->calls);

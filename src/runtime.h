@@ -24,6 +24,7 @@
 #include "metrics.h"
 #include "policy.h"
 #include "steps.h"
+#include "vtime.h"
 #include "redis.h"
 #include "req.h"
 #include "resilua.h"
@@ -71,6 +72,7 @@ struct rsl_runtime {
     rsl__gauges gauges;
     int tracing;               /* tracer is set up: spans are made */
     rsl__tracer tracer;        /* o's trace options, resolved (span.h) */
+    rsl__vtime vt;             /* rsl_options.virtual_time: the clock and its timers */
     /* With an I/O model: the step table the loader gets (steps.h). */
     const rsl__step_ops *model_table[RSL_MAX_STEP_KINDS];
     rsl__step_ops model_ops[RSL_MAX_STEP_KINDS];

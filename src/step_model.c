@@ -16,6 +16,32 @@
 #include <stdio.h>
 #include <string.h>
 
+/* The model's answer into c->ans. */
+static void fill(rsl__call *c, const rsl_io_attempt *a, const rsl_io_answer *ans) {
+    if (ans->latency_ns >= a->limit_ns) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_TIMEOUT, "step timed out after %.1f ms",
+                         (double)a->limit_ns / 1e6);
+        return;
+    }
+    if (ans->outcome != RSL_OUTCOME_OK) {
+        rsl__answer_fail(&c->ans, ans->outcome, "%s",
+                         ans->error ? ans->error : rsl_outcome_name(ans->outcome));
+        c->ans.status = ans->status != 200 ? ans->status : 0;
+        return;
+    }
+    c->ans.status = ans->status;
+    c->ans.outcome = rsl__status_outcome(ans->status);
+    if (ans->body_len && rsl__buf_append(&c->ans.body, ans->body, ans->body_len) < 0) {
+        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "out of memory");
+        return;
+    }
+    if (c->ans.outcome != RSL_OUTCOME_OK) {
+        char msg[32];
+        snprintf(msg, sizeof(msg), "status %d", ans->status);
+        c->ans.error = strdup(msg);
+    }
+}
+
 static int model_start(rsl__call *c, const rsl__step *s, int64_t now) {
     const rsl__calls *cs = c->cs;
     rsl_io_attempt a = {
@@ -29,27 +55,12 @@ static int model_start(rsl__call *c, const rsl__step *s, int64_t now) {
     };
     rsl_io_answer ans = {.outcome = RSL_OUTCOME_OK, .status = 200};
     cs->io_model(cs->io_model_ud, &a, &ans);
-    if (ans.latency_ns >= a.limit_ns) {
-        rsl__answer_fail(&c->ans, RSL_OUTCOME_TIMEOUT, "step timed out after %.1f ms",
-                         (double)a.limit_ns / 1e6);
-        return 1;
-    }
-    if (ans.outcome != RSL_OUTCOME_OK) {
-        rsl__answer_fail(&c->ans, ans.outcome, "%s",
-                         ans.error ? ans.error : rsl_outcome_name(ans.outcome));
-        c->ans.status = ans.status != 200 ? ans.status : 0;
-        return 1;
-    }
-    c->ans.status = ans.status;
-    c->ans.outcome = rsl__status_outcome(ans.status);
-    if (ans.body_len && rsl__buf_append(&c->ans.body, ans.body, ans.body_len) < 0) {
-        rsl__answer_fail(&c->ans, RSL_OUTCOME_ERROR, "out of memory");
-        return 1;
-    }
-    if (c->ans.outcome != RSL_OUTCOME_OK) {
-        char msg[32];
-        snprintf(msg, sizeof(msg), "status %d", ans.status);
-        c->ans.error = strdup(msg);
+    fill(c, &a, &ans);
+    int64_t wait = ans.latency_ns < a.limit_ns ? ans.latency_ns : a.limit_ns;
+    if (cs->vt && wait > 0) {
+        /* Virtual time: the answer is ready, and arrives after its latency. */
+        rsl__chain_timer(c, RSL_TIMER_ANSWER, wait);
+        return 0;
     }
     return 1;
 }
