@@ -15,6 +15,7 @@
  * thread takes with sigwait, then drains it and exits 0; events (breaker transitions,
  * reloads, log lines) go to stderr as one JSON object per line.
  */
+#include "cli/cli.h"
 #include "resilua.h"
 
 #include <errno.h>
@@ -39,8 +40,6 @@
  * minute is far above any sane policy deadline. */
 #define CALL_WAIT_NS (60LL * 1000000000LL)
 
-/* `resilua test` (cli/policy_test.c). */
-int rsl_cli_test(int argc, char **argv);
 
 static const char *prog = "resilua";
 static volatile sig_atomic_t stop_requested;
@@ -69,6 +68,10 @@ static const char usage_text[] =
     "  test [-p DIR] TESTS_DIR    run the policy tests TESTS_DIR/test_*.lua on a virtual\n"
     "                             clock, the I/O steps answered as each test says; TAP\n"
     "                             output (exit 1 when an expectation fails)\n"
+    "  simulate [-p DIR] SCENARIO.lua [--json FILE] [--seed N]\n"
+    "                             run a scenario's traffic through the policies on\n"
+    "                             virtual time, its upstreams modelled: one line per\n"
+    "                             simulated second (served-by per tier, breakers)\n"
     "  version                    print the version\n"
     "\n"
     "options:\n"
@@ -897,6 +900,9 @@ int main(int argc, char **argv) {
     }
     if (strcmp(cmd, "test") == 0) {
         return rsl_cli_test(argc, argv);
+    }
+    if (strcmp(cmd, "simulate") == 0) {
+        return rsl_cli_simulate(argc, argv);
     }
     if (strcmp(cmd, "serve") == 0) {
         return cmd_serve(argc - 2, argv + 2);

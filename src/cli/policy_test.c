@@ -21,6 +21,7 @@
  *
  * Layer: the CLI, a client of resilua.h only (and jansson for rsl_state_json).
  */
+#include "cli.h"
 #include "resilua.h"
 
 #include <dirent.h>
@@ -32,8 +33,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-int rsl_cli_test(int argc, char **argv);
 
 #define NS_PER_MS 1000000LL
 #define START_NS (1000LL * 1000 * NS_PER_MS) /* 1000 s: far from 0 */
@@ -120,25 +119,6 @@ static runner *runner_of(lua_State *L) {
     return lua_touserdata(L, lua_upvalueindex(1));
 }
 
-/* "300ms" -> ns; -1 when it is not a duration. */
-static int64_t duration_ns(const char *s) {
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || v < 0) {
-        return -1;
-    }
-    static const struct {
-        const char *u;
-        double ns;
-    } units[] = {{"us", 1e3}, {"ms", 1e6}, {"s", 1e9}, {"m", 60e9}, {"h", 3600e9}};
-    for (size_t i = 0; i < sizeof(units) / sizeof(units[0]); i++) {
-        if (strcmp(end, units[i].u) == 0) {
-            return (int64_t)(v * units[i].ns);
-        }
-    }
-    return -1;
-}
-
 /* [-0, +0] The upstream spec at the top of the stack, for `step`, into u; raises a Lua
  * error naming what is wrong. */
 static void read_upstream(lua_State *L, const char *step, upstream *u) {
@@ -202,7 +182,7 @@ static void read_upstream(lua_State *L, const char *step, upstream *u) {
     lua_getfield(L, -1, "latency");
     if (!lua_isnil(L, -1)) {
         const char *l = luaL_checkstring(L, -1);
-        if ((u->latency_ns = duration_ns(l)) < 0) {
+        if ((u->latency_ns = rsl_cli_duration(l)) < 0) {
             luaL_error(L, "upstream of %s: latency \"%s\" is not a duration such as 300ms",
                        step[0] ? step : "every step", l);
         }
@@ -291,7 +271,7 @@ static int l_call(lua_State *L) {
 static int l_after(lua_State *L) {
     runner *r = runner_of(L);
     const char *d = luaL_checkstring(L, 1);
-    int64_t ns = duration_ns(d);
+    int64_t ns = rsl_cli_duration(d);
     if (ns < 0) {
         return luaL_error(L, "after: \"%s\" is not a duration such as 5s", d);
     }
@@ -379,32 +359,11 @@ static const char prelude[] =
     "function after(d) __after(d) end\n"
     "function state(name) return __state(name) end\n";
 
-/* Runs one test file in a state of its own: base, string, table and math only. */
+/* Runs one test file in a state of its own (rsl_cli_lua_state). */
 static int run_file(runner *r, const char *path) {
-    lua_State *L = luaL_newstate();
+    lua_State *L = rsl_cli_lua_state();
     if (!L) {
         return -1;
-    }
-    static const luaL_Reg libs[] = {{"", luaopen_base},
-                                    {LUA_TABLIBNAME, luaopen_table},
-                                    {LUA_STRLIBNAME, luaopen_string},
-                                    {LUA_MATHLIBNAME, luaopen_math},
-                                    {LUA_DBLIBNAME, luaopen_debug}};
-    for (size_t i = 0; i < sizeof(libs) / sizeof(libs[0]); i++) {
-        lua_pushcfunction(L, libs[i].func);
-        lua_pushstring(L, libs[i].name);
-        lua_call(L, 1, 0);
-    }
-    /* Only getinfo of the debug library, for the prelude; nothing that reads files. */
-    lua_getglobal(L, "debug");
-    lua_getfield(L, -1, "getinfo");
-    lua_pushnil(L);
-    lua_setglobal(L, "debug");
-    static const char *const gone[] = {"dofile", "loadfile", "load", "loadstring", "require",
-                                       "module", "collectgarbage", "getfenv", "setfenv"};
-    for (size_t i = 0; i < sizeof(gone) / sizeof(gone[0]); i++) {
-        lua_pushnil(L);
-        lua_setglobal(L, gone[i]);
     }
     int rc = luaL_loadbuffer(L, prelude, sizeof(prelude) - 1, "=resilua test");
     if (rc == 0) {
@@ -413,7 +372,7 @@ static int run_file(runner *r, const char *path) {
             lua_pushlightuserdata(L, r);
             lua_pushcclosure(L, prim[i], 1);
         }
-        lua_pushvalue(L, -6); /* getinfo */
+        lua_pushvalue(L, -6); /* getinfo, left by rsl_cli_lua_state */
         rc = lua_pcall(L, 5, 0, 0);
     }
     if (rc == 0) {
