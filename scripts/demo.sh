@@ -114,4 +114,16 @@ say "A business error is never masked by a fallback" \
 cmd call catalog.product id=abc tier=vip
 "$R" call catalog.product id=abc tier=vip | compact vip || true
 
+say "4. The same policy through a 30-minute outage, simulated in well under a second" \
+    "resilua simulate runs the real policy and guards on virtual time, the upstream" \
+    "modelled by policies/scenarios/storefront_30min.lua: healthy, 503s, refused, healthy."
+svg=$root/build/demo-outage.svg
+cmd "simulate policies/scenarios/storefront_30min.lua --svg build/demo-outage.svg"
+"$R" simulate -p "$root/policies" "$root/policies/scenarios/storefront_30min.lua" --svg "$svg" \
+  >"$tmp/sim.out"
+grep -- ' -> ' "$tmp/sim.out" | head -3 | sed 's/^/  /'
+echo "  ..."
+tail -1 "$tmp/sim.out" | sed 's/^/  /'
+echo "  timeline: $svg (open it in a browser)"
+
 say "Done." "Policies: policies/*.lua.  Tests: bash scripts/test.sh.  More: README.md."

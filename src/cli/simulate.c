@@ -38,7 +38,7 @@
 
 #define NS_PER_S 1000000000LL
 #define MAX_PHASES 64
-#define MAX_VALUES 32
+#define MAX_VALUES 4096
 #define MAX_ATTRS 8
 #define MAX_COLS 16
 
@@ -47,8 +47,8 @@
 typedef struct attr {
     char *name;
     int n;
-    char *value[MAX_VALUES];
-    double share[MAX_VALUES]; /* cumulative, ending at 1 */
+    char **value;
+    double *share; /* cumulative, ending at 1 */
 } attr;
 
 typedef struct traffic {
@@ -136,6 +136,22 @@ static void read_attrs(lua_State *L, int idx, traffic *t) {
         }
         attr *a = &t->attrs[t->nattrs++];
         a->name = strdup(lua_tostring(L, -2));
+        int cap = lua_istable(L, -1) ? (int)lua_objlen(L, -1) : 1;
+        if (lua_istable(L, -1) && cap == 0) { /* shares: count them */
+            lua_pushnil(L);
+            while (lua_next(L, -2)) {
+                cap++;
+                lua_pop(L, 1);
+            }
+        }
+        if (cap > MAX_VALUES) {
+            luaL_error(L, "attrs.%s: at most %d values", a->name, MAX_VALUES);
+        }
+        a->value = calloc((size_t)(cap ? cap : 1), sizeof(char *));
+        a->share = calloc((size_t)(cap ? cap : 1), sizeof(double));
+        if (!a->value || !a->share) {
+            luaL_error(L, "out of memory");
+        }
         if (lua_type(L, -1) == LUA_TSTRING || lua_type(L, -1) == LUA_TNUMBER) {
             a->n = 1;
             a->value[0] = strdup(lua_tostring(L, -1));
@@ -159,8 +175,8 @@ static void read_attrs(lua_State *L, int idx, traffic *t) {
                     lua_pop(L, 1);
                 }
             } else { /* shares, in name order so that a run never depends on hashing */
-                char *names[MAX_VALUES];
-                double sh[MAX_VALUES], total = 0;
+                char **names = a->value; /* sorted in place, then kept */
+                double *sh = a->share, total = 0;
                 int n = 0;
                 lua_pushnil(L);
                 while (lua_next(L, vt)) {
@@ -170,6 +186,7 @@ static void read_attrs(lua_State *L, int idx, traffic *t) {
                                    a->name);
                     }
                     names[n++] = strdup(lua_tostring(L, -2));
+                    a->n = n; /* freed with the scenario, even if a later one is bad */
                     lua_pop(L, 1);
                 }
                 qsort(names, (size_t)n, sizeof(names[0]), cmp_key);
@@ -185,7 +202,6 @@ static void read_attrs(lua_State *L, int idx, traffic *t) {
                 double acc = 0;
                 for (int i = 0; i < n; i++) {
                     acc += sh[i] / total;
-                    a->value[i] = names[i];
                     a->share[i] = i + 1 == n ? 1 : acc;
                 }
                 a->n = n;
@@ -318,6 +334,8 @@ static void scenario_free(scenario *s) {
             for (int k = 0; k < s->tr[i].attrs[j].n; k++) {
                 free(s->tr[i].attrs[j].value[k]);
             }
+            free(s->tr[i].attrs[j].value);
+            free(s->tr[i].attrs[j].share);
         }
     }
     for (int i = 0; i < s->nup; i++) {
@@ -383,6 +401,7 @@ typedef struct sim {
     int json_rows;
     json_t *guards; /* the names of the policy's guards (an object used as a set) */
     json_t *transitions; /* [{"t": seconds, "guard", "from", "to", "reason"}, ...] */
+    json_t *rows;        /* the per-second rows, for the SVG */
 } sim;
 
 static double rand01(sim *m) {
@@ -616,6 +635,7 @@ static void report(sim *m, long sec) {
         printf(" | rejected %ld", m->rejected);
     }
     printf("\n");
+    json_array_append(m->rows, row);
     if (m->json) {
         char *js = json_dumps(row, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(6));
         fprintf(m->json, "%s%s", m->json_rows++ ? ",\n" : "{\"seconds\": [\n", js ? js : "{}");
@@ -624,6 +644,208 @@ static void report(sim *m, long sec) {
     json_decref(row);
     json_decref(doc);
     m->calls = m->rejected = 0;
+}
+
+/* ---- the SVG timeline -----------------------------------------------------------------------
+ * One self-contained file: per tier a panel of stacked served-by areas (calls per second),
+ * per breaker a band colored by its state each second, one panel with each breaker's error
+ * rate (0..100%) and p90 (scaled to the run's highest), and a mark at each transition. */
+
+#define SVG_W 960
+#define SVG_LEFT 150
+#define SVG_RIGHT 20
+
+static const char *const svg_palette[] = {"#4e79a7", "#f28e2b", "#59a14f", "#b07aa1",
+                                          "#76b7b2", "#edc948", "#ff9da7", "#9c755f"};
+
+static const char *state_color(const char *st) {
+    return !st                            ? "#cccccc"
+           : strcmp(st, "closed") == 0    ? "#59a14f"
+           : strcmp(st, "open") == 0      ? "#e15759"
+           : strcmp(st, "half_open") == 0 ? "#edc948"
+                                          : "#9d9d9d";
+}
+
+/* A step's color: by its place among every tier's steps in name order, so that a step
+ * has the same color in every panel. */
+static const char *step_color(const sim *m, const char *step) {
+    int rank = 0;
+    const char *seen[MAX_COLS * MAX_COLS];
+    int nseen = 0;
+    for (int i = 0; i < m->ncols; i++) {
+        for (int j = 0; j < m->cols[i].n; j++) {
+            const char *x = m->cols[i].step[j];
+            int dup = 0;
+            for (int k = 0; k < nseen && !dup; k++) {
+                dup = strcmp(seen[k], x) == 0;
+            }
+            if (!dup && nseen < MAX_COLS * MAX_COLS) {
+                seen[nseen++] = x;
+                rank += strcmp(x, step) < 0;
+            }
+        }
+    }
+    return svg_palette[rank % (int)(sizeof(svg_palette) / sizeof(svg_palette[0]))];
+}
+
+static void svg_write(sim *m, const char *path) {
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "resilua simulate: cannot write %s\n", path);
+        return;
+    }
+    size_t n = json_array_size(m->rows);
+    double pw = SVG_W - SVG_LEFT - SVG_RIGHT, dx = n ? pw / (double)n : pw;
+    const char *gname;
+    json_t *gv;
+    int nbreakers = 0;
+    json_t *first = json_array_get(m->rows, 0);
+    json_object_foreach(json_object_get(first, "guards"), gname, gv) {
+        nbreakers += json_object_get(gv, "state") != NULL;
+    }
+    int panel = 110, band = 18, gap = 26, y = 40;
+    int height = y + m->ncols * (panel + gap) + nbreakers * (band + 6) + gap + panel + 30;
+    fprintf(f,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+            "viewBox=\"0 0 %d %d\" font-family=\"sans-serif\" font-size=\"11\">\n"
+            "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
+            "<text x=\"%d\" y=\"22\" font-size=\"14\" font-weight=\"bold\">%s: %zu s, "
+            "%ld calls, %.1f%% ok</text>\n",
+            SVG_W, height, SVG_W, height, SVG_LEFT, m->s->policy, n, m->total,
+            m->total ? 100.0 * (double)m->total_ok / (double)m->total : 0);
+    /* Stacked served-by areas, one panel per tier. */
+    for (int ci = 0; ci < m->ncols; ci++) {
+        col *c = &m->cols[ci];
+        double maxsum = 1;
+        for (size_t i = 0; i < n; i++) {
+            json_t *o = json_object_get(json_object_get(json_array_get(m->rows, i), "served_by"),
+                                        c->tier);
+            double sum = 0;
+            const char *k;
+            json_t *v;
+            json_object_foreach(o, k, v) {
+                sum += (double)json_integer_value(v);
+            }
+            maxsum = sum > maxsum ? sum : maxsum;
+        }
+        fprintf(f, "<text x=\"10\" y=\"%d\" font-weight=\"bold\">%s</text>\n", y + 14,
+                c->tier);
+        fprintf(f, "<text x=\"10\" y=\"%d\" fill=\"#666\">calls/s by step (max %.0f)</text>\n",
+                y + 28, maxsum);
+        double *base = calloc(n ? n : 1, sizeof(double));
+        for (int sj = 0; base && sj < c->n; sj++) {
+            fprintf(f, "<path fill=\"%s\" fill-opacity=\"0.85\" d=\"", step_color(m, c->step[sj]));
+            double *top = calloc(n ? n : 1, sizeof(double));
+            for (size_t i = 0; top && i < n; i++) {
+                json_t *o = json_object_get(
+                    json_object_get(json_array_get(m->rows, i), "served_by"), c->tier);
+                top[i] = base[i] + (double)json_integer_value(json_object_get(o, c->step[sj]));
+                fprintf(f, "%s%.1f %.1f", i ? " L" : "M", SVG_LEFT + dx * (double)i,
+                        y + panel - top[i] / maxsum * panel);
+                fprintf(f, " L%.1f %.1f", SVG_LEFT + dx * (double)(i + 1),
+                        y + panel - top[i] / maxsum * panel);
+            }
+            for (size_t i = n; top && i > 0; i--) {
+                fprintf(f, " L%.1f %.1f L%.1f %.1f", SVG_LEFT + dx * (double)i,
+                        y + panel - base[i - 1] / maxsum * panel, SVG_LEFT + dx * (double)(i - 1),
+                        y + panel - base[i - 1] / maxsum * panel);
+            }
+            fprintf(f, " Z\"/>\n");
+            fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"10\" height=\"10\" fill=\"%s\"/>"
+                       "<text x=\"%d\" y=\"%d\">%s</text>\n",
+                    10, y + 36 + 14 * sj, step_color(m, c->step[sj]), 24, y + 45 + 14 * sj,
+                    c->step[sj]);
+            if (top) {
+                memcpy(base, top, n * sizeof(double));
+            }
+            free(top);
+        }
+        free(base);
+        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%.0f\" height=\"%d\" fill=\"none\" "
+                   "stroke=\"#999\"/>\n",
+                SVG_LEFT, y, pw, panel);
+        y += panel + gap;
+    }
+    /* A band per breaker: its state each second. */
+    int bands_y = y;
+    json_object_foreach(json_object_get(first, "guards"), gname, gv) {
+        if (!json_object_get(gv, "state")) {
+            continue;
+        }
+        fprintf(f, "<text x=\"10\" y=\"%d\">%s</text>\n", y + 13, gname);
+        for (size_t i = 0; i < n; i++) {
+            json_t *g = json_object_get(json_object_get(json_array_get(m->rows, i), "guards"), gname);
+            fprintf(f, "<rect x=\"%.1f\" y=\"%d\" width=\"%.2f\" height=\"%d\" fill=\"%s\"/>\n",
+                    SVG_LEFT + dx * (double)i, y, dx + 0.3, band,
+                    state_color(json_string_value(json_object_get(g, "state"))));
+        }
+        y += band + 6;
+    }
+    fprintf(f, "<text x=\"%d\" y=\"%d\" fill=\"#666\">state: <tspan fill=\"#59a14f\">closed</tspan> "
+               "<tspan fill=\"#e15759\">open</tspan> <tspan fill=\"#edc948\">half_open</tspan>"
+               "</text>\n",
+            SVG_LEFT, y + 10);
+    y += gap;
+    /* Error rate and p90 lines. */
+    double maxp90 = 1;
+    for (size_t i = 0; i < n; i++) {
+        json_object_foreach(json_object_get(json_array_get(m->rows, i), "guards"), gname, gv) {
+            double p = json_number_value(json_object_get(gv, "p90_ms"));
+            maxp90 = p > maxp90 ? p : maxp90;
+        }
+    }
+    fprintf(f, "<text x=\"10\" y=\"%d\" font-weight=\"bold\">breakers</text>\n"
+               "<text x=\"10\" y=\"%d\" fill=\"#e15759\">error rate (0..100%%)</text>\n"
+               "<text x=\"10\" y=\"%d\" fill=\"#4e79a7\">p90 (0..%.0f ms)</text>\n",
+            y + 14, y + 28, y + 42, maxp90);
+    json_object_foreach(json_object_get(first, "guards"), gname, gv) {
+        if (!json_object_get(gv, "state")) {
+            continue;
+        }
+        for (int line = 0; line < 2; line++) {
+            fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"",
+                    line ? "#4e79a7" : "#e15759");
+            for (size_t i = 0; i < n; i++) {
+                json_t *g =
+                    json_object_get(json_object_get(json_array_get(m->rows, i), "guards"), gname);
+                double v = line ? json_number_value(json_object_get(g, "p90_ms")) / maxp90
+                                : json_number_value(json_object_get(g, "failure_rate")) / 100;
+                fprintf(f, "%.1f,%.1f ", SVG_LEFT + dx * ((double)i + 0.5),
+                        y + panel - v * panel);
+            }
+            fprintf(f, "\"/>\n");
+        }
+    }
+    fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%.0f\" height=\"%d\" fill=\"none\" "
+               "stroke=\"#999\"/>\n",
+            SVG_LEFT, y, pw, panel);
+    int bottom = y + panel;
+    /* Transition marks across everything, and the time axis. */
+    size_t ti;
+    json_t *tr;
+    json_array_foreach(m->transitions, ti, tr) {
+        double t = json_number_value(json_object_get(tr, "t"));
+        const char *to = json_string_value(json_object_get(tr, "to"));
+        const char *from = json_string_value(json_object_get(tr, "from"));
+        /* Across everything: a breaker that opens from closed, or closes.  The probes in
+         * between (open <-> half_open) are ticks on the bands only. */
+        int major = strcmp(to, "closed") == 0 || strcmp(from, "closed") == 0;
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"%s\" "
+                   "stroke-width=\"1\" stroke-dasharray=\"3,3\"><title>%.3f s %s: %s -> %s</title>"
+                   "</line>\n",
+                SVG_LEFT + dx * t, major ? 40 : bands_y - 4, SVG_LEFT + dx * t,
+                major ? bottom : bands_y + nbreakers * (band + 6) - 2,
+                major ? "#333333" : state_color(to), t,
+                json_string_value(json_object_get(tr, "guard")),
+                json_string_value(json_object_get(tr, "from")), to);
+    }
+    long step = n > 600 ? 120 : n > 120 ? 30 : 10;
+    for (long t = 0; t <= (long)n; t += step) {
+        fprintf(f, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%lds</text>\n",
+                SVG_LEFT + dx * (double)t, bottom + 16, t);
+    }
+    fprintf(f, "</svg>\n");
+    fclose(f);
 }
 
 /* A breaker changed state: a line at its virtual time, and a mark in the JSON. */
@@ -648,18 +870,21 @@ static void quiet_log(void *ud, rsl_log_level level, const char *msg) {
 
 static int usage(void) {
     fprintf(stderr,
-            "usage: resilua simulate [-p DIR] SCENARIO.lua [--json FILE] [--seed N]\n");
+            "usage: resilua simulate [-p DIR] SCENARIO.lua [--svg FILE] [--json FILE] "
+            "[--seed N]\n");
     return 2;
 }
 
 int rsl_cli_simulate(int argc, char **argv) {
-    const char *dir = "policies", *path = NULL, *json_path = NULL;
+    const char *dir = "policies", *path = NULL, *json_path = NULL, *svg_path = NULL;
     long long seed = -1;
     for (int i = 2; i < argc; i++) {
         if ((strcmp(argv[i], "-p") == 0 || strcmp(argv[i], "--policies") == 0) && i + 1 < argc) {
             dir = argv[++i];
         } else if (strcmp(argv[i], "--json") == 0 && i + 1 < argc) {
             json_path = argv[++i];
+        } else if (strcmp(argv[i], "--svg") == 0 && i + 1 < argc) {
+            svg_path = argv[++i];
         } else if (strcmp(argv[i], "--seed") == 0 && i + 1 < argc) {
             char *end;
             seed = strtoll(argv[++i], &end, 10);
@@ -712,12 +937,14 @@ int rsl_cli_simulate(int argc, char **argv) {
     o.otlp_endpoint = "";
     m->guards = json_object();
     m->transitions = json_array();
+    m->rows = json_array();
     int rc = rsl_open(&m->rt, &o, err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "resilua simulate: %s: %s\n%s\n", dir, rsl_strerror(rc), err);
         uv_loop_close(&loop);
         json_decref(m->guards);
         json_decref(m->transitions);
+    json_decref(m->rows);
         scenario_free(s);
         free(s);
         free(m);
@@ -754,6 +981,7 @@ int rsl_cli_simulate(int argc, char **argv) {
         uv_loop_close(&loop);
         json_decref(m->guards);
         json_decref(m->transitions);
+    json_decref(m->rows);
         if (m->json) {
             fclose(m->json);
         }
@@ -792,8 +1020,10 @@ int rsl_cli_simulate(int argc, char **argv) {
     }
     /* Calls still in flight at the end complete as the clock runs on, uncounted in a line. */
     rsl_vt_advance(m->rt, end + 3600 * NS_PER_S);
-    printf("simulated %s: %ld calls in %lds, %ld ok (%.1f%%)\n", path, m->total, sec,
-           m->total_ok, m->total ? 100.0 * (double)m->total_ok / (double)m->total : 0);
+    printf("simulated %s: %ld calls in %lds, %ld ok (%.1f%%), %zu breaker transitions\n", path,
+           m->total, sec, m->total_ok,
+           m->total ? 100.0 * (double)m->total_ok / (double)m->total : 0,
+           json_array_size(m->transitions));
     if (m->json) {
         /* {"seconds": [...one row per second...], "transitions": [...]} */
         char *tj = json_dumps(m->transitions, JSON_COMPACT | JSON_REAL_PRECISION(9));
@@ -802,11 +1032,15 @@ int rsl_cli_simulate(int argc, char **argv) {
         free(tj);
         fclose(m->json);
     }
+    if (svg_path) {
+        svg_write(m, svg_path);
+    }
     rsl_close(m->rt);
     uv_run(&loop, UV_RUN_DEFAULT);
     uv_loop_close(&loop);
     json_decref(m->guards);
     json_decref(m->transitions);
+    json_decref(m->rows);
     for (int i = 0; i < m->ncols; i++) {
         free(m->cols[i].tier);
         for (int j = 0; j < m->cols[i].n; j++) {

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `resilua simulate` as a policy author runs it: every shipped scenario runs; the
+# `resilua simulate` as a policy author runs it: every shipped scenario runs; the demo's
+# 30-minute outage draws an SVG timeline; the
 # storefront outage opens the breaker in the 503s, keeps VIPs on the cache and free users
 # on the static page while it lasts, and closes it once the upstream heals; the same seed
 # gives the same output byte for byte (text and --json), another seed another one; broken
@@ -51,6 +52,27 @@ healthy = served(rows[:15], "vip")
 assert healthy.get("primary", 0) == sum(healthy.values()), healthy
 print("transitions", len(tr), "first", tr[0], "last", tr[-1])
 print("vip in the outage", vip, "free", free)
+PY
+ok
+
+t "the demo's 30-minute outage: an SVG timeline with the bands, areas, lines and marks"
+run simulate -p "$RSL_SOURCE_DIR/policies" "$SCN/storefront_30min.lua" --svg "$TMP/t.svg"
+expect_rc 0
+expect_out "simulated $SCN/storefront_30min.lua: "
+python3 - "$TMP/t.svg" <<'PY' || fail "the SVG: $(head -c 600 "$TMP/t.svg")"
+import sys, xml.dom.minidom
+d = xml.dom.minidom.parse(sys.argv[1])
+svg = d.documentElement
+assert svg.tagName == "svg" and svg.getAttribute("xmlns") == "http://www.w3.org/2000/svg"
+rects = [r.getAttribute("fill") for r in svg.getElementsByTagName("rect")]
+assert rects.count("#59a14f") > 100 and rects.count("#e15759") > 100, "state bands"
+assert len(svg.getElementsByTagName("path")) >= 5, "served-by areas (free 2, vip 3)"
+assert len(svg.getElementsByTagName("polyline")) == 2, "error rate and p90"
+marks = [l for l in svg.getElementsByTagName("line") if l.getAttribute("stroke") == "#333333"]
+assert len(marks) == 2, "the opening and the closing"
+texts = " ".join(t.firstChild.data for t in svg.getElementsByTagName("text") if t.firstChild)
+for w in ("free", "vip", "products-api", "primary", "cache", "stub"):
+    assert w in texts, w
 PY
 ok
 
