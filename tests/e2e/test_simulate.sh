@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
-# `resilua simulate` as a policy author runs it: every shipped scenario runs; the demo's
-# 30-minute outage draws an SVG timeline; the
+# `resilua simulate` as a policy author runs it: every shipped scenario runs; the
 # storefront outage opens the breaker in the 503s, keeps VIPs on the cache and free users
-# on the static page while it lasts, and closes it once the upstream heals; the same seed
-# gives the same output byte for byte (text and --json), another seed another one; broken
-# scenarios get file:line errors.
+# on the static page while it lasts, and closes it once the upstream heals; the demo's
+# 30-minute outage draws an SVG timeline; the same seed gives the same output byte for
+# byte (text and --json), another seed another one; broken scenarios get file:line errors.
 source "$(dirname "$0")/lib.sh"
 SCN=$RSL_SOURCE_DIR/policies/scenarios
 
