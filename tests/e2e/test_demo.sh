@@ -2,8 +2,10 @@
 # The demo's parts, as scripts/demo.sh runs them but on ephemeral ports: the shipped
 # policies/storefront.lua served by `resilua serve` in front of examples/flaky (its
 # 127.0.0.1:9000 rewritten to the port the upstream got), VIP kept on the cache and free
-# users on the stub while the upstream fails, the breaker opening and closing again, and
-# scripts/demo_traffic.py driving a short run without a single error.
+# users on the stub while the upstream fails, the breaker opening and closing again,
+# scripts/demo_traffic.py driving a short run without a single error, and the demo's 20 s
+# run next to its replay by `resilua simulate` (policies/scenarios/demo_outage.lua): the
+# same breaker transitions, the same served-by shares within 5 points.
 source "$(dirname "$0")/lib.sh"
 set -e
 FLAKY=${RSL_BINARY_DIR:?}/example_flaky
@@ -131,6 +133,68 @@ set -e
 grep -q ' 0 errors' "$TMP/out" || { cat "$TMP/out" >&2; fail "errors in the run"; }
 grep -q 'VIP customers got real data' "$TMP/out" || fail "no summary"
 [ "$(grep -c '^ *[0-9]*s ' "$TMP/out")" = 8 ] || { cat "$TMP/out" >&2; fail "expected 8 rows"; }
+ok
+
+t "the demo's 20 s outage, live and replayed by resilua simulate: the same transitions, shares within 5 points"
+# The live run as scripts/demo.sh makes it (20 s: healthy, 503s from 5 s, refused from
+# 11 s, healthy from 15 s), then policies/scenarios/demo_outage.lua at the rate the live
+# run reached.  The breaker's transitions are compared as a sequence, the served-by shares
+# per tier within 5 points.  Nothing races a period: both runs are whole before anything
+# is compared, and an open period is 1-4 s against phases of 4-6 s.
+skip=$(wc -l <"$TMP/serve.err")
+set +e
+python3 "$RSL_SOURCE_DIR/scripts/demo_traffic.py" "$SC" "$UP" "$TMP/serve.err" 20 >"$TMP/live.out" 2>"$TMP/err"
+rc=$?
+set -e
+[ "$rc" = 0 ] || { cat "$TMP/live.out" >&2; fail "demo_traffic.py exited $rc"; }
+tail -n +"$((skip + 1))" "$TMP/serve.err" >"$TMP/live.events"
+calls=$(sed -n 's/^Summary: \([0-9]*\) calls in 20 s.*/\1/p' "$TMP/live.out")
+[ -n "$calls" ] || { cat "$TMP/live.out" >&2; fail "no summary"; }
+sed "s/rate = 250/rate = $((calls / 20))/" "$RSL_SOURCE_DIR/policies/scenarios/demo_outage.lua" >"$TMP/replay.lua"
+"$RESILUA" simulate -p "$P" "$TMP/replay.lua" --json "$TMP/replay.json" >"$TMP/replay.out" 2>"$TMP/err" ||
+  fail "simulate: $(cat "$TMP/err")"
+python3 - "$TMP/live.out" "$TMP/live.events" "$TMP/replay.json" <<'PY' >"$TMP/cmp.out" 2>&1 || { cat "$TMP/cmp.out" >&2; fail "live and replay differ"; }
+import json, re, sys
+live_out, live_ev, replay = sys.argv[1:]
+def seq_of(pairs):
+    return ["%s->%s" % p for p in pairs]
+live = []
+for l in open(live_ev):
+    try:
+        e = json.loads(l)
+    except ValueError:
+        continue
+    if e.get("event") == "transition" and e.get("guard") == "products-api":
+        live.append((e["from"], e["to"]))
+doc = json.load(open(replay))
+sim = [(t["from"], t["to"]) for t in doc["transitions"] if t["guard"] == "products-api"]
+print("live  ", " ".join(seq_of(live)))
+print("replay", " ".join(seq_of(sim)))
+assert seq_of(live) == seq_of(sim), "the transitions differ"
+shares = {}
+for l in open(live_out):
+    m = re.match(r"\s+(VIP|FREE)\s+(\d+) calls: (.*)", l)
+    if m:
+        tier, n = m.group(1).lower(), int(m.group(2))
+        for part in m.group(3).split(", "):
+            by, v = part.split()[:2]
+            shares[(tier, by)] = [100.0 * int(v) / n, None]
+tot = {}
+for row in doc["seconds"]:
+    for tier, d in row["served_by"].items():
+        for by, v in d.items():
+            tot[(tier, by)] = tot.get((tier, by), 0) + v
+for (tier, by), v in tot.items():
+    n = sum(x for (t, _), x in tot.items() if t == tier)
+    shares.setdefault((tier, by), [0.0, None])[1] = 100.0 * v / n
+worst = 0
+for (tier, by), (a, b) in sorted(shares.items()):
+    b = b or 0.0
+    print("%-4s %-7s live %5.1f%%  replay %5.1f%%" % (tier, by, a, b))
+    worst = max(worst, abs(a - b))
+assert worst <= 5, "a share differs by %.1f points" % worst
+PY
+cat "$TMP/cmp.out"
 ok
 
 t "SIGTERM: both sidecars exit 0 with no sanitizer report"
