@@ -121,7 +121,7 @@ svg=$root/build/demo-outage.svg
 cmd "simulate policies/scenarios/storefront_30min.lua --svg build/demo-outage.svg"
 "$R" simulate -p "$root/policies" "$root/policies/scenarios/storefront_30min.lua" --svg "$svg" \
   >"$tmp/sim.out"
-grep -- ' -> ' "$tmp/sim.out" | head -3 | sed 's/^/  /'
+awk '/ -> / && n++ < 3 { print "  " $0 }' "$tmp/sim.out" # the first transitions
 echo "  ..."
 tail -1 "$tmp/sim.out" | sed 's/^/  /'
 echo "  timeline: $svg (open it in a browser)"
