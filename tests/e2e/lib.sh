@@ -13,11 +13,17 @@
 #   expect_json 'PYEXPR' [what]            PYEXPR is true over R (the stdout JSON lines)
 #   ok                       the check passed
 #   policy DIR FILE <<'EOF'  writes a policy file
+#   start NAME CMD...        runs a server in the background until the script exits
+#   $FLAKY                   the built examples/flaky
 set -u
 : "${RESILUA:?RESILUA must name the built resilua binary (ctest sets it)}"
 RSL_SOURCE_DIR=${RSL_SOURCE_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
 TMP=$(mktemp -d /tmp/rsl-e2e-XXXXXX)
-trap 'rm -rf "$TMP"' EXIT
+# The servers start() ran are killed on exit, before the temp dir goes.
+pids=()
+trap 'for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$TMP"' EXIT
+# examples/flaky, the upstream of the tests that start one
+FLAKY=${RSL_BINARY_DIR:-$RSL_SOURCE_DIR/build}/example_flaky
 passed=0
 current="(setup)"
 rc=0

@@ -8,12 +8,9 @@
 source "$(dirname "$0")/lib.sh"
 set -e
 command -v curl >/dev/null || { echo "curl is required (scripts/setup.sh installs it)"; exit 1; }
-FLAKY=${RSL_BINARY_DIR:?}/example_flaky
 P=$TMP/policies
 mkdir -p "$P"
 
-pids=()
-trap 'for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$TMP"' EXIT
 
 start flaky "$FLAKY" --listen 127.0.0.1:0 --quiet
 UP=$port

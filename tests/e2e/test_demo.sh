@@ -8,12 +8,9 @@
 # same breaker transitions, the same served-by shares within 5 points.
 source "$(dirname "$0")/lib.sh"
 set -e
-FLAKY=${RSL_BINARY_DIR:?}/example_flaky
 P=$TMP/policies
 mkdir -p "$P"
 
-pids=()
-trap 'for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$TMP"' EXIT
 
 # call PORT PATH: $code, $TMP/body, $TMP/hdr.txt
 call() {

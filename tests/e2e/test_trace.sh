@@ -10,12 +10,9 @@
 # load with no line lost or torn.
 source "$(dirname "$0")/lib.sh"
 set -e
-FLAKY=${RSL_BINARY_DIR:?}/example_flaky
 P=$TMP/policies
 mkdir -p "$P"
 
-pids=()
-trap 'for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; wait 2>/dev/null; rm -rf "$TMP"' EXIT
 
 # py ARGS <<'PY': python3 with the ports in its environment
 py() {
