@@ -437,6 +437,23 @@ local function bulkhead(ctx, name, c)
                    max = integer(ctx, c.max, "max", nil, 1) }
 end
 
+-- Client-side throttling (Google SRE): refuses locally with probability
+-- (requests - k * accepts) / (requests + 1), at most max_p, over `window` (throttle.h).
+local function throttle(ctx, name, c)
+  claim_guard(ctx, "throttle", name)
+  check_fields(ctx, c, set { "k", "window", "min_requests", "max_p" }, "")
+  guards[name] = {
+    kind = "throttle", name = name, file = ctx.file, line = ctx.line,
+    k = number(ctx, c.k, "k", 2, 1, nil, false, true),
+    window_ns = duration(ctx, c.window, "window", 120 * NS_S, true, WEEK, "168h"),
+    min_requests = integer(ctx, c.min_requests, "min_requests", 20, 0),
+    max_p = number(ctx, c.max_p, "max_p", 0.9, 0, 1),
+  }
+  if guards[name].window_ns < 24 * 1000000 then
+    fail(ctx, "window must be at least 24ms, got %s", show(c.window))
+  end
+end
+
 -- ---- steps ------------------------------------------------------------------------------
 
 local function step_token(kind, conf)
@@ -1037,6 +1054,7 @@ local r = {}
 r.breaker = named("breaker", breaker)
 r.limiter = named("limiter", limiter)
 r.bulkhead = named("bulkhead", bulkhead)
+r.throttle = named("throttle", throttle)
 r.policy = named("policy", policy)
 r.expose = expose
 for kind in pairs(STEP_FIELDS) do

@@ -30,6 +30,8 @@ const char *rsl__guard_kind_name(rsl__guard_kind k) {
         return "limiter";
     case RSL_GUARD_BULKHEAD:
         return "bulkhead";
+    case RSL_GUARD_THROTTLE:
+        return "throttle";
     }
     return "unknown";
 }
@@ -65,6 +67,17 @@ int rsl__guard_acquire(rsl__guard *g, int64_t now, rsl__permit *permit, const ch
         }
         *why = "is full";
         return rsl__bulkhead_acquire(g->u.bulkhead);
+    case RSL_GUARD_THROTTLE:
+        permit->counted = 0; /* no verdict owed unless the upstream is asked */
+        if ((o = overridden(g, why)) >= 0) {
+            return o;
+        }
+        *why = "refused it locally (client-side throttling)";
+        if (!rsl__throttle_allow(g->u.throttle, now, &permit->start, &permit->cycle)) {
+            return 0;
+        }
+        permit->counted = 1;
+        return 1;
     case RSL_GUARD_BREAKER:
         if (rsl__breaker_allow(g->u.breaker, now, permit)) {
             return 1;
@@ -89,6 +102,13 @@ void rsl__guard_release(rsl__guard *g, rsl__permit *permit, int verdict, int64_t
                         rsl_outcome outcome, int64_t latency_ns) {
     if (g->kind == RSL_GUARD_BULKHEAD) {
         rsl__bulkhead_release(g->u.bulkhead);
+    } else if (g->kind == RSL_GUARD_THROTTLE) {
+        /* An accept: the upstream served it (a 4xx is its answer too).  An overload sign
+         * (a 5xx, a timeout, a refused connection) or no verdict is none. */
+        if (verdict && permit->counted &&
+            (outcome == RSL_OUTCOME_OK || outcome == RSL_OUTCOME_4XX)) {
+            rsl__throttle_accept(g->u.throttle, permit->start, permit->cycle);
+        }
     } else if (g->kind == RSL_GUARD_BREAKER) {
         if (verdict) {
             rsl__breaker_record(g->u.breaker, permit, now, outcome, latency_ns);
@@ -197,6 +217,18 @@ rsl__guard *rsl__guard_new_bulkhead(const char *name, int64_t max) {
     return g;
 }
 
+rsl__guard *rsl__guard_new_throttle(const char *name, const rsl__throttle_conf *c) {
+    rsl__throttle *t = rsl__throttle_new(name, c);
+    rsl__guard *g = wrap(RSL_GUARD_THROTTLE, t);
+    if (!g) {
+        rsl__throttle_free(t);
+        return NULL;
+    }
+    g->u.throttle = t;
+    g->name = rsl__throttle_name(t);
+    return g;
+}
+
 void rsl__guard_ref(rsl__guard *g) {
     atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
 }
@@ -218,6 +250,9 @@ void rsl__guard_unref(rsl__guard *g) {
         break;
     case RSL_GUARD_BULKHEAD:
         rsl__bulkhead_free(g->u.bulkhead);
+        break;
+    case RSL_GUARD_THROTTLE:
+        rsl__throttle_free(g->u.throttle);
         break;
     }
     free(g);

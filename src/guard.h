@@ -18,14 +18,17 @@
 #include "breaker.h"
 #include "bulkhead.h"
 #include "limiter.h"
+#include "throttle.h"
 
 typedef enum rsl__guard_kind {
     RSL_GUARD_BREAKER,
     RSL_GUARD_LIMITER,
     RSL_GUARD_BULKHEAD,
+    RSL_GUARD_THROTTLE,
 } rsl__guard_kind;
 
-const char *rsl__guard_kind_name(rsl__guard_kind k); /* "breaker", "limiter", "bulkhead" */
+/* "breaker", "limiter", "bulkhead", "throttle" */
+const char *rsl__guard_kind_name(rsl__guard_kind k);
 
 typedef struct rsl__guard {
     rsl__guard_kind kind;
@@ -34,6 +37,7 @@ typedef struct rsl__guard {
         rsl__breaker *breaker;
         rsl__limiter *limiter;
         rsl__bulkhead *bulkhead;
+        rsl__throttle *throttle;
     } u;
     _Atomic int refs;
     /* An admin override of a limiter or bulkhead (a breaker keeps its own in its state):
@@ -44,8 +48,8 @@ typedef struct rsl__guard {
 /* One attempt through g at `now`: 1 when it may go on (a breaker's permit in *permit, a
  * bulkhead's slot taken), else 0 with why it refused ("is open", "is empty", ...). */
 int rsl__guard_acquire(rsl__guard *g, int64_t now, rsl__permit *permit, const char **why);
-/* 1 when an acquired g must be given back (breakers and bulkheads; a limiter's token is
- * spent). */
+/* 1 when an acquired g must be given back (breakers, bulkheads, throttles; a limiter's
+ * token is spent). */
 static inline int rsl__guard_holds(const rsl__guard *g) {
     return g->kind != RSL_GUARD_LIMITER;
 }
@@ -64,6 +68,7 @@ const char *rsl__override_name(rsl_override a); /* "auto", "force_open", ... */
 rsl__guard *rsl__guard_new_breaker(const char *name, const rsl__breaker_conf *c);
 rsl__guard *rsl__guard_new_limiter(const char *name, const rsl__limiter_conf *c);
 rsl__guard *rsl__guard_new_bulkhead(const char *name, int64_t max);
+rsl__guard *rsl__guard_new_throttle(const char *name, const rsl__throttle_conf *c);
 void rsl__guard_ref(rsl__guard *g);
 void rsl__guard_unref(rsl__guard *g); /* frees on the last reference; NULL is a no-op */
 

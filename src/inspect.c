@@ -77,6 +77,16 @@ static json_t *guard_state(rsl__guard *g, int64_t now) {
         json_object_set_new(o, "rejections",
                             json_integer((json_int_t)rsl__bulkhead_rejections(g->u.bulkhead)));
         break;
+    case RSL_GUARD_THROTTLE: {
+        int64_t req, acc;
+        rsl__throttle_counts(g->u.throttle, now, &req, &acc);
+        json_object_set_new(o, "requests", json_integer(req));
+        json_object_set_new(o, "accepts", json_integer(acc));
+        json_object_set_new(o, "p", json_real(rsl__throttle_p(g->u.throttle, now)));
+        json_object_set_new(o, "rejections",
+                            json_integer((json_int_t)rsl__throttle_rejections(g->u.throttle)));
+        break;
+    }
     }
     return o;
 }
@@ -191,9 +201,10 @@ char *rsl_metrics_text(rsl_runtime *rt) {
     rc |= HELP(&b, "resilua_guard_rejections_total", "counter", "Calls a guard said no to.");
     for (size_t i = 0; i < ng; i++) {
         rsl__guard *g = rsl__guards_at(rt->guards, i);
-        uint64_t v = g->kind == RSL_GUARD_BREAKER   ? rsl__breaker_rejections(g->u.breaker)
-                     : g->kind == RSL_GUARD_LIMITER ? rsl__limiter_rejections(g->u.limiter)
-                                                    : rsl__bulkhead_rejections(g->u.bulkhead);
+        uint64_t v = g->kind == RSL_GUARD_BREAKER    ? rsl__breaker_rejections(g->u.breaker)
+                     : g->kind == RSL_GUARD_LIMITER  ? rsl__limiter_rejections(g->u.limiter)
+                     : g->kind == RSL_GUARD_THROTTLE ? rsl__throttle_rejections(g->u.throttle)
+                                                     : rsl__bulkhead_rejections(g->u.bulkhead);
         rc |= metric_guard(&b, "resilua_guard_rejections_total", "guard", g->name, NULL, NULL,
                            NULL, NULL, v);
     }

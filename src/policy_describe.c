@@ -57,6 +57,15 @@ static json_t *guard_json(const rsl__guard *g) {
     case RSL_GUARD_BULKHEAD:
         json_object_set_new(o, "max", json_integer(rsl__bulkhead_max(g->u.bulkhead)));
         break;
+    case RSL_GUARD_THROTTLE: {
+        rsl__throttle_conf c;
+        rsl__throttle_conf_get(g->u.throttle, &c);
+        json_object_set_new(o, "k", json_real(c.k));
+        json_object_set_new(o, "window_ms", ms(c.window_ns));
+        json_object_set_new(o, "min_requests", json_integer(c.min_requests));
+        json_object_set_new(o, "max_p", json_real(c.max_p));
+        break;
+    }
     }
     return o;
 }

@@ -62,6 +62,12 @@ void rsl__read_guard(lua_State *L, loader *ld, gdecl *d) {
         d->l.rate = rsl__decl_num(L, "rate");
         d->l.per_ns = (int64_t)rsl__decl_num(L, "per_ns");
         d->l.burst = rsl__decl_num(L, "burst");
+    } else if (rsl__decl_is(L, "kind", "throttle")) {
+        d->kind = RSL_GUARD_THROTTLE;
+        d->t.k = rsl__decl_num(L, "k");
+        d->t.window_ns = (int64_t)rsl__decl_num(L, "window_ns");
+        d->t.min_requests = (int64_t)rsl__decl_num(L, "min_requests");
+        d->t.max_p = rsl__decl_num(L, "max_p");
     } else {
         d->kind = RSL_GUARD_BULKHEAD;
         d->max = (int64_t)rsl__decl_num(L, "max");
@@ -76,6 +82,8 @@ static rsl__guard *guard_new(const gdecl *d) {
         return rsl__guard_new_limiter(d->name, &d->l);
     case RSL_GUARD_BULKHEAD:
         return rsl__guard_new_bulkhead(d->name, d->max);
+    case RSL_GUARD_THROTTLE:
+        return rsl__guard_new_throttle(d->name, &d->t);
     }
     return NULL;
 }
@@ -145,6 +153,17 @@ static int reconfigure(const loader *ld, const gdecl *d, rsl__guard *g) {
             return 0;
         }
         return rsl__bulkhead_configure(g->u.bulkhead, d->max) < 0 ? RSL_EINVAL : 1;
+    case RSL_GUARD_THROTTLE: {
+        rsl__throttle_conf cur;
+        rsl__throttle_conf_get(g->u.throttle, &cur);
+        if (cur.k == d->t.k && cur.window_ns == d->t.window_ns / RSL_THROTTLE_BUCKETS *
+                                                    RSL_THROTTLE_BUCKETS &&
+            cur.min_requests == d->t.min_requests && cur.max_p == d->t.max_p) {
+            return 0;
+        }
+        int reset = cur.window_ns != d->t.window_ns / RSL_THROTTLE_BUCKETS * RSL_THROTTLE_BUCKETS;
+        return rsl__throttle_configure(g->u.throttle, &d->t) < 0 ? RSL_EINVAL : reset ? 2 : 1;
+    }
     }
     return RSL_EINVAL;
 }

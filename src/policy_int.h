@@ -30,6 +30,7 @@ typedef struct gdecl {
     int line;
     rsl__breaker_conf b;
     rsl__limiter_conf l;
+    rsl__throttle_conf t;
     int64_t max;
     int plan;
 } gdecl;

@@ -8,7 +8,7 @@
  *                           just N ops of one benchmark, nothing printed, for
  *                           `valgrind --tool=callgrind` instruction counts (run it with
  *                           N and with 0 and divide the difference by N).  NAME: breaker,
- *                           breaker2, limiter, bulkhead, clock, atomic.
+ *                           breaker2, limiter, bulkhead, throttle, clock, atomic.
  *
  * The breaker loops read `now` from CLOCK_MONOTONIC_COARSE once per 64 ops, as a worker
  * reading its clock once per loop turn would; the read is inside the timed loop.
@@ -17,6 +17,7 @@
 #include "bulkhead.h"
 #include "clock.h"
 #include "limiter.h"
+#include "throttle.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -97,6 +98,25 @@ static void loop_bulkhead(rsl__bulkhead *b, long n) {
     keep(admitted);
 }
 
+/* allow + accept on a healthy upstream: every attempt goes on, so this times the
+ * counting (the window sum and two atomic adds), not the random draw. */
+static void loop_throttle(rsl__throttle *t, long n) {
+    int64_t now = rsl__clock_coarse();
+    uint64_t admitted = 0;
+    for (long i = 0; i < n; i++) {
+        if ((i & 63) == 0) {
+            now = rsl__clock_coarse();
+        }
+        uint32_t tag;
+        uint8_t slot;
+        if (rsl__throttle_allow(t, now, &tag, &slot)) {
+            rsl__throttle_accept(t, tag, slot);
+            admitted++;
+        }
+    }
+    keep(admitted);
+}
+
 static void loop_clock(long n) {
     uint64_t s = 0;
     for (long i = 0; i < n; i++) {
@@ -152,6 +172,12 @@ static rsl__breaker *new_joint(void) {
     return b;
 }
 
+static rsl__throttle *new_throttle(void) {
+    rsl__throttle_conf c;
+    rsl__throttle_conf_default(&c); /* k 2, 2 min, min_requests 20, max_p 0.9 */
+    return rsl__throttle_new("bench", &c);
+}
+
 static rsl__limiter *new_limiter(void) {
     /* 1e9/s with a big burst: every call admitted, so this times the CAS path */
     rsl__limiter_conf c = {1e9, RSL_NS_PER_S, 1e9};
@@ -160,13 +186,23 @@ static rsl__limiter *new_limiter(void) {
 
 /* ---- timing ---- */
 
-typedef enum { B_BREAKER, B_JOINT, B_LIMITER, B_BULKHEAD, B_CLOCK, B_COARSE, B_ATOMIC } bench_id;
+typedef enum {
+    B_BREAKER,
+    B_JOINT,
+    B_LIMITER,
+    B_BULKHEAD,
+    B_THROTTLE,
+    B_CLOCK,
+    B_COARSE,
+    B_ATOMIC
+} bench_id;
 
 typedef struct {
     rsl__breaker *b;
     rsl__limiter *l;
     rsl__bulkhead *h;
     rsl__breaker *j;
+    rsl__throttle *t;
 } guards;
 
 static void run_once(bench_id id, guards *g, long n) {
@@ -182,6 +218,9 @@ static void run_once(bench_id id, guards *g, long n) {
         break;
     case B_BULKHEAD:
         loop_bulkhead(g->h, n);
+        break;
+    case B_THROTTLE:
+        loop_throttle(g->t, n);
         break;
     case B_CLOCK:
         loop_clock(n);
@@ -301,7 +340,8 @@ static void print_figure(const char *what, double ns, double clock_ns, const cha
 }
 
 static int ops_mode(const char *name, long n) {
-    guards g = {new_breaker(1), new_limiter(), rsl__bulkhead_new("bench", 64), NULL};
+    guards g = {new_breaker(1), new_limiter(), rsl__bulkhead_new("bench", 64), NULL,
+                new_throttle()};
     if (strcmp(name, "breaker") == 0) {
         loop_breaker(g.b, n);
     } else if (strcmp(name, "breaker2") == 0) {
@@ -312,6 +352,8 @@ static int ops_mode(const char *name, long n) {
         loop_limiter(g.l, n);
     } else if (strcmp(name, "bulkhead") == 0) {
         loop_bulkhead(g.h, n);
+    } else if (strcmp(name, "throttle") == 0) {
+        loop_throttle(g.t, n);
     } else if (strcmp(name, "clock") == 0) {
         loop_clock(n);
     } else if (strcmp(name, "atomic") == 0) {
@@ -323,6 +365,7 @@ static int ops_mode(const char *name, long n) {
     rsl__breaker_free(g.b);
     rsl__limiter_free(g.l);
     rsl__bulkhead_free(g.h);
+    rsl__throttle_free(g.t);
     return 0;
 }
 
@@ -339,7 +382,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: bench_guards [--smoke | --ops NAME N]\n");
         return 2;
     }
-    guards g = {new_breaker(1), new_limiter(), rsl__bulkhead_new("bench", 64), new_joint()};
+    guards g = {new_breaker(1), new_limiter(), rsl__bulkhead_new("bench", 64), new_joint(),
+                new_throttle()};
     rsl__breaker *b2 = new_breaker(2);
 
     double clk = time_one(B_CLOCK, &g);
@@ -350,6 +394,7 @@ int main(int argc, char **argv) {
     double joint = time_one(B_JOINT, &g);
     double lim = time_one(B_LIMITER, &g);
     double bh = time_one(B_BULKHEAD, &g);
+    double thr = time_one(B_THROTTLE, &g);
 
     printf("bench_guards: median of %d runs x %ld ops; breaker `now` from the coarse clock "
            "once per 64 ops\n",
@@ -363,6 +408,8 @@ int main(int argc, char **argv) {
     printf("%-40s %7.2f x the plain breaker   target <= 2x\n", "joint-trip breaker", joint / br);
     print_figure("limiter allow", lim, clk, NULL);
     print_figure("bulkhead acquire+release", bh, clk, NULL);
+    print_figure("throttle allow+accept", thr, clk, NULL);
+    printf("%-40s %7.2f x the plain breaker   target <= 2x\n", "throttle", thr / br);
     memory(1, nbreakers);
     memory(2, nbreakers);
 
@@ -374,6 +421,7 @@ int main(int argc, char **argv) {
     rsl__breaker_free(b2);
     rsl__limiter_free(g.l);
     rsl__bulkhead_free(g.h);
+    rsl__throttle_free(g.t);
     if (!ok) {
         fprintf(stderr, "bench_guards: a success-only breaker left the closed state\n");
         return 1;
