@@ -454,6 +454,35 @@ local function throttle(ctx, name, c)
   end
 end
 
+-- An adaptive concurrency limit (adaptive.h): Gradient2 on a windowed-minimum baseline.
+local function adaptive(ctx, name, c)
+  claim_guard(ctx, "adaptive", name)
+  check_fields(ctx, c, set { "algorithm", "min", "max", "initial", "tolerance", "smoothing",
+                              "backoff", "queue", "window", "min_samples" }, "")
+  enum(ctx, c.algorithm, "algorithm", "gradient", { "gradient" })
+  local g = {
+    kind = "adaptive", name = name, file = ctx.file, line = ctx.line,
+    min = integer(ctx, c.min, "min", 4, 1),
+    tolerance = number(ctx, c.tolerance, "tolerance", 1.5, 1),
+    smoothing = number(ctx, c.smoothing, "smoothing", 0.2, 0, 1, false, true),
+    backoff = number(ctx, c.backoff, "backoff", 0.9, 0, 1, false, true),
+    queue = number(ctx, c.queue, "queue", 4, 0),
+    window_ns = duration(ctx, c.window, "window", NS_S, true, WEEK, "168h"),
+    min_samples = integer(ctx, c.min_samples, "min_samples", 10, 1),
+  }
+  g.max = integer(ctx, c.max, "max", g.min > 500 and g.min or 500, g.min)
+  local initial = 20
+  initial = initial < g.min and g.min or initial > g.max and g.max or initial
+  g.initial = integer(ctx, c.initial, "initial", initial, g.min, g.max)
+  if g.backoff >= 1 then
+    fail(ctx, "backoff must be below 1, got %s", show(c.backoff))
+  end
+  if g.window_ns < 1000000 then
+    fail(ctx, "window must be at least 1ms, got %s", show(c.window))
+  end
+  guards[name] = g
+end
+
 -- ---- steps ------------------------------------------------------------------------------
 
 local function step_token(kind, conf)
@@ -1055,6 +1084,7 @@ r.breaker = named("breaker", breaker)
 r.limiter = named("limiter", limiter)
 r.bulkhead = named("bulkhead", bulkhead)
 r.throttle = named("throttle", throttle)
+r.adaptive = named("adaptive", adaptive)
 r.policy = named("policy", policy)
 r.expose = expose
 for kind in pairs(STEP_FIELDS) do

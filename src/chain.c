@@ -43,7 +43,7 @@ static int acquire_guards(rsl__call *c, const rsl__step *s, int64_t now) {
             }
             for (int j = 0; j < i; j++) {
                 if (c->held & (1u << j)) {
-                    rsl__guard_release(s->guards[j], &c->permits[j], 0, now, RSL_OUTCOME_OK, 0);
+                    rsl__guard_release(s->guards[j], &c->permits[j], 0, now, RSL_OUTCOME_OK, 0, 0);
                 }
             }
             c->held = 0;
@@ -63,7 +63,7 @@ static void release_guards(rsl__call *c, const rsl__step *s, int64_t now, int ve
     for (int i = 0; i < s->nguards && c->held; i++) {
         if (c->held & (1u << i)) {
             rsl__guard_release(s->guards[i], &c->permits[i], verdict, now, c->ans.outcome,
-                               now - c->attempt_start);
+                               c->ans.status, now - c->attempt_start);
             c->held &= ~(1u << i);
         }
     }

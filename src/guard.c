@@ -32,6 +32,8 @@ const char *rsl__guard_kind_name(rsl__guard_kind k) {
         return "bulkhead";
     case RSL_GUARD_THROTTLE:
         return "throttle";
+    case RSL_GUARD_ADAPTIVE:
+        return "adaptive";
     }
     return "unknown";
 }
@@ -48,6 +50,8 @@ static int overridden(rsl__guard *g, const char **why) {
     }
     if (g->kind == RSL_GUARD_BULKHEAD) {
         rsl__bulkhead_enter(g->u.bulkhead); /* counted, so that its release balances */
+    } else if (g->kind == RSL_GUARD_ADAPTIVE) {
+        rsl__adaptive_enter(g->u.adaptive);
     }
     return 1;
 }
@@ -67,6 +71,12 @@ int rsl__guard_acquire(rsl__guard *g, int64_t now, rsl__permit *permit, const ch
         }
         *why = "is full";
         return rsl__bulkhead_acquire(g->u.bulkhead);
+    case RSL_GUARD_ADAPTIVE:
+        if ((o = overridden(g, why)) >= 0) {
+            return o;
+        }
+        *why = "is at its limit";
+        return rsl__adaptive_acquire(g->u.adaptive);
     case RSL_GUARD_THROTTLE:
         permit->counted = 0; /* no verdict owed unless the upstream is asked */
         if ((o = overridden(g, why)) >= 0) {
@@ -99,9 +109,19 @@ int rsl__guard_acquire(rsl__guard *g, int64_t now, rsl__permit *permit, const ch
 }
 
 void rsl__guard_release(rsl__guard *g, rsl__permit *permit, int verdict, int64_t now,
-                        rsl_outcome outcome, int64_t latency_ns) {
+                        rsl_outcome outcome, int status, int64_t latency_ns) {
     if (g->kind == RSL_GUARD_BULKHEAD) {
         rsl__bulkhead_release(g->u.bulkhead);
+    } else if (g->kind == RSL_GUARD_ADAPTIVE) {
+        if (!verdict || outcome == RSL_OUTCOME_CANCELED) {
+            rsl__adaptive_leave(g->u.adaptive);
+        } else {
+            /* A drop: the upstream saying "too much" (a timeout, a refused connection, a
+             * 429 or a 503).  Any other answer is a latency sample. */
+            int drop = outcome == RSL_OUTCOME_TIMEOUT || outcome == RSL_OUTCOME_CONNECT ||
+                       status == 429 || status == 503;
+            rsl__adaptive_release(g->u.adaptive, now, latency_ns, drop);
+        }
     } else if (g->kind == RSL_GUARD_THROTTLE) {
         /* An accept: the upstream served it (a 4xx is its answer too).  An overload sign
          * (a 5xx, a timeout, a refused connection) or no verdict is none. */
@@ -155,6 +175,8 @@ void rsl__guard_override(rsl__guard *g, rsl_override a, int64_t now) {
                           memory_order_relaxed);
     if (a == RSL_OVERRIDE_RESET && g->kind == RSL_GUARD_LIMITER) {
         rsl__limiter_reset(g->u.limiter);
+    } else if (a == RSL_OVERRIDE_RESET && g->kind == RSL_GUARD_ADAPTIVE) {
+        rsl__adaptive_reset(g->u.adaptive);
     }
 }
 
@@ -229,6 +251,18 @@ rsl__guard *rsl__guard_new_throttle(const char *name, const rsl__throttle_conf *
     return g;
 }
 
+rsl__guard *rsl__guard_new_adaptive(const char *name, const rsl__adaptive_conf *c) {
+    rsl__adaptive *a = rsl__adaptive_new(name, c);
+    rsl__guard *g = wrap(RSL_GUARD_ADAPTIVE, a);
+    if (!g) {
+        rsl__adaptive_free(a);
+        return NULL;
+    }
+    g->u.adaptive = a;
+    g->name = rsl__adaptive_name(a);
+    return g;
+}
+
 void rsl__guard_ref(rsl__guard *g) {
     atomic_fetch_add_explicit(&g->refs, 1, memory_order_relaxed);
 }
@@ -253,6 +287,9 @@ void rsl__guard_unref(rsl__guard *g) {
         break;
     case RSL_GUARD_THROTTLE:
         rsl__throttle_free(g->u.throttle);
+        break;
+    case RSL_GUARD_ADAPTIVE:
+        rsl__adaptive_free(g->u.adaptive);
         break;
     }
     free(g);

@@ -15,6 +15,7 @@
 #ifndef RSL_GUARD_H
 #define RSL_GUARD_H
 
+#include "adaptive.h"
 #include "breaker.h"
 #include "bulkhead.h"
 #include "limiter.h"
@@ -25,9 +26,10 @@ typedef enum rsl__guard_kind {
     RSL_GUARD_LIMITER,
     RSL_GUARD_BULKHEAD,
     RSL_GUARD_THROTTLE,
+    RSL_GUARD_ADAPTIVE,
 } rsl__guard_kind;
 
-/* "breaker", "limiter", "bulkhead", "throttle" */
+/* "breaker", "limiter", "bulkhead", "throttle", "adaptive" */
 const char *rsl__guard_kind_name(rsl__guard_kind k);
 
 typedef struct rsl__guard {
@@ -38,9 +40,10 @@ typedef struct rsl__guard {
         rsl__limiter *limiter;
         rsl__bulkhead *bulkhead;
         rsl__throttle *throttle;
+        rsl__adaptive *adaptive;
     } u;
     _Atomic int refs;
-    /* An admin override of a limiter or bulkhead (a breaker keeps its own in its state):
+    /* An admin override of a limiter, bulkhead, throttle or adaptive limit (a breaker keeps its own in its state):
      * RSL_OVERRIDE_AUTO, _FORCE_OPEN or _DISABLE. */
     _Atomic int override;
 } rsl__guard;
@@ -48,15 +51,16 @@ typedef struct rsl__guard {
 /* One attempt through g at `now`: 1 when it may go on (a breaker's permit in *permit, a
  * bulkhead's slot taken), else 0 with why it refused ("is open", "is empty", ...). */
 int rsl__guard_acquire(rsl__guard *g, int64_t now, rsl__permit *permit, const char **why);
-/* 1 when an acquired g must be given back (breakers, bulkheads, throttles; a limiter's
+/* 1 when an acquired g must be given back (all but limiters: a limiter's
  * token is spent). */
 static inline int rsl__guard_holds(const rsl__guard *g) {
     return g->kind != RSL_GUARD_LIMITER;
 }
-/* Gives an acquired g back: with the attempt's verdict (its outcome and latency, recorded
- * by a breaker), or without one (canceled, or a later guard refused: nothing recorded). */
+/* Gives an acquired g back: with the attempt's verdict (its outcome, HTTP status (0 for
+ * none) and latency, recorded by a breaker, a throttle, an adaptive limit), or without one
+ * (canceled, or a later guard refused: nothing recorded). */
 void rsl__guard_release(rsl__guard *g, rsl__permit *permit, int verdict, int64_t now,
-                        rsl_outcome outcome, int64_t latency_ns);
+                        rsl_outcome outcome, int status, int64_t latency_ns);
 
 /* Applies an admin override at `now` (rsl_guard_override's meanings). */
 void rsl__guard_override(rsl__guard *g, rsl_override a, int64_t now);
@@ -69,6 +73,7 @@ rsl__guard *rsl__guard_new_breaker(const char *name, const rsl__breaker_conf *c)
 rsl__guard *rsl__guard_new_limiter(const char *name, const rsl__limiter_conf *c);
 rsl__guard *rsl__guard_new_bulkhead(const char *name, int64_t max);
 rsl__guard *rsl__guard_new_throttle(const char *name, const rsl__throttle_conf *c);
+rsl__guard *rsl__guard_new_adaptive(const char *name, const rsl__adaptive_conf *c);
 void rsl__guard_ref(rsl__guard *g);
 void rsl__guard_unref(rsl__guard *g); /* frees on the last reference; NULL is a no-op */
 

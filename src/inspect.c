@@ -87,6 +87,19 @@ static json_t *guard_state(rsl__guard *g, int64_t now) {
                             json_integer((json_int_t)rsl__throttle_rejections(g->u.throttle)));
         break;
     }
+    case RSL_GUARD_ADAPTIVE: {
+        rsl__adaptive_stats st;
+        rsl__adaptive_stats_get(g->u.adaptive, &st);
+        json_object_set_new(o, "limit", json_integer(rsl__adaptive_limit(g->u.adaptive)));
+        json_object_set_new(o, "inflight", json_integer(rsl__adaptive_inflight(g->u.adaptive)));
+        json_object_set_new(o, "estimate", json_real(st.est));
+        json_object_set_new(o, "baseline_ms", json_real((double)st.baseline_ns / 1e6));
+        json_object_set_new(o, "rtt_ms", json_real((double)st.rtt_ns / 1e6));
+        json_object_set_new(o, "windows", json_integer((json_int_t)st.windows));
+        json_object_set_new(o, "drops", json_integer((json_int_t)st.drops));
+        json_object_set_new(o, "rejections", json_integer((json_int_t)st.rejections));
+        break;
+    }
     }
     return o;
 }
@@ -201,9 +214,14 @@ char *rsl_metrics_text(rsl_runtime *rt) {
     rc |= HELP(&b, "resilua_guard_rejections_total", "counter", "Calls a guard said no to.");
     for (size_t i = 0; i < ng; i++) {
         rsl__guard *g = rsl__guards_at(rt->guards, i);
+        rsl__adaptive_stats st = {0};
+        if (g->kind == RSL_GUARD_ADAPTIVE) {
+            rsl__adaptive_stats_get(g->u.adaptive, &st);
+        }
         uint64_t v = g->kind == RSL_GUARD_BREAKER    ? rsl__breaker_rejections(g->u.breaker)
                      : g->kind == RSL_GUARD_LIMITER  ? rsl__limiter_rejections(g->u.limiter)
                      : g->kind == RSL_GUARD_THROTTLE ? rsl__throttle_rejections(g->u.throttle)
+                     : g->kind == RSL_GUARD_ADAPTIVE ? st.rejections
                                                      : rsl__bulkhead_rejections(g->u.bulkhead);
         rc |= metric_guard(&b, "resilua_guard_rejections_total", "guard", g->name, NULL, NULL,
                            NULL, NULL, v);
@@ -214,6 +232,25 @@ char *rsl_metrics_text(rsl_runtime *rt) {
         if (g->kind == RSL_GUARD_BULKHEAD) {
             int64_t v = rsl__bulkhead_inflight(g->u.bulkhead);
             rc |= metric_guard(&b, "resilua_bulkhead_inflight", "bulkhead", g->name, NULL, NULL,
+                               NULL, NULL, v > 0 ? (uint64_t)v : 0);
+        }
+    }
+    rc |= HELP(&b, "resilua_adaptive_limit", "gauge",
+               "An adaptive guard's concurrency limit now.");
+    for (size_t i = 0; i < ng; i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        if (g->kind == RSL_GUARD_ADAPTIVE) {
+            int64_t v = rsl__adaptive_limit(g->u.adaptive);
+            rc |= metric_guard(&b, "resilua_adaptive_limit", "guard", g->name, NULL, NULL, NULL,
+                               NULL, v > 0 ? (uint64_t)v : 0);
+        }
+    }
+    rc |= HELP(&b, "resilua_adaptive_inflight", "gauge", "Calls inside an adaptive guard now.");
+    for (size_t i = 0; i < ng; i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        if (g->kind == RSL_GUARD_ADAPTIVE) {
+            int64_t v = rsl__adaptive_inflight(g->u.adaptive);
+            rc |= metric_guard(&b, "resilua_adaptive_inflight", "guard", g->name, NULL, NULL,
                                NULL, NULL, v > 0 ? (uint64_t)v : 0);
         }
     }

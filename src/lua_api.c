@@ -60,6 +60,7 @@ static rsl__lapi *api(lua_State *L) {
 #define BREAKER (1u << RSL_GUARD_BREAKER)
 #define LIMITER (1u << RSL_GUARD_LIMITER)
 #define BULKHEAD (1u << RSL_GUARD_BULKHEAD)
+#define ADAPTIVE (1u << RSL_GUARD_ADAPTIVE)
 
 /* sig.state(name) -> "closed" | "open" | ... ; the names are upvalues 3.. (no interning
  * per call). */
@@ -102,10 +103,18 @@ static int sig_latency(lua_State *L) {
 }
 
 static int sig_inflight(lua_State *L) {
-    rsl__guard *g = arg_guard(L, BULKHEAD | BREAKER, "inflight");
-    lua_pushnumber(L, g->kind == RSL_GUARD_BULKHEAD
-                          ? (lua_Number)rsl__bulkhead_inflight(g->u.bulkhead)
-                          : (lua_Number)rsl__breaker_probes_inflight(g->u.breaker));
+    rsl__guard *g = arg_guard(L, BULKHEAD | BREAKER | ADAPTIVE, "inflight");
+    lua_pushnumber(L, g->kind == RSL_GUARD_BULKHEAD   ? (lua_Number)rsl__bulkhead_inflight(g->u.bulkhead)
+                      : g->kind == RSL_GUARD_ADAPTIVE ? (lua_Number)rsl__adaptive_inflight(g->u.adaptive)
+                                                      : (lua_Number)rsl__breaker_probes_inflight(g->u.breaker));
+    return 1;
+}
+
+/* sig.limit(name): an adaptive guard's concurrency limit, or a bulkhead's max. */
+static int sig_limit(lua_State *L) {
+    rsl__guard *g = arg_guard(L, BULKHEAD | ADAPTIVE, "limit");
+    lua_pushnumber(L, g->kind == RSL_GUARD_ADAPTIVE ? (lua_Number)rsl__adaptive_limit(g->u.adaptive)
+                                                    : (lua_Number)rsl__bulkhead_max(g->u.bulkhead));
     return 1;
 }
 
@@ -162,6 +171,7 @@ static const luaL_Reg sig_fns[] = {
     {"calls", sig_calls},       {"inflight", sig_inflight},
     {"load", sig_load},         {"tokens", sig_tokens},
     {"gauge", sig_gauge},       {"now", sig_now},
+    {"limit", sig_limit},
     {NULL, NULL},
 };
 
@@ -186,7 +196,7 @@ rsl__lapi *rsl__lapi_new(const rsl__lapi_conf *conf, rsl__gen *gen, int state) {
     }
     int guards = lua_gettop(L);
 
-    lua_createtable(L, 0, 10); /* sig */
+    lua_createtable(L, 0, 11); /* sig */
     for (const luaL_Reg *f = sig_fns; f->name; f++) {
         lua_pushlightuserdata(L, a);
         lua_pushvalue(L, guards);
@@ -212,7 +222,7 @@ rsl__lapi *rsl__lapi_new(const rsl__lapi_conf *conf, rsl__gen *gen, int state) {
         return NULL;
     }
     for (int i = 0; i < np; i++) {
-        lua_createtable(L, 0, 10);
+        lua_createtable(L, 0, 11);
         lua_pushnil(L);
         while (lua_next(L, fns)) {
             lua_pushvalue(L, -2);

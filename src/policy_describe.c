@@ -66,6 +66,21 @@ static json_t *guard_json(const rsl__guard *g) {
         json_object_set_new(o, "max_p", json_real(c.max_p));
         break;
     }
+    case RSL_GUARD_ADAPTIVE: {
+        rsl__adaptive_conf c;
+        rsl__adaptive_conf_get(g->u.adaptive, &c);
+        json_object_set_new(o, "algorithm", json_string("gradient"));
+        json_object_set_new(o, "min", json_integer(c.min));
+        json_object_set_new(o, "max", json_integer(c.max));
+        json_object_set_new(o, "initial", json_integer(c.initial));
+        json_object_set_new(o, "tolerance", json_real(c.tolerance));
+        json_object_set_new(o, "smoothing", json_real(c.smoothing));
+        json_object_set_new(o, "backoff", json_real(c.backoff));
+        json_object_set_new(o, "queue", json_real(c.queue));
+        json_object_set_new(o, "window_ms", ms(c.window_ns));
+        json_object_set_new(o, "min_samples", json_integer(c.min_samples));
+        break;
+    }
     }
     return o;
 }

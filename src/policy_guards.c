@@ -68,6 +68,17 @@ void rsl__read_guard(lua_State *L, loader *ld, gdecl *d) {
         d->t.window_ns = (int64_t)rsl__decl_num(L, "window_ns");
         d->t.min_requests = (int64_t)rsl__decl_num(L, "min_requests");
         d->t.max_p = rsl__decl_num(L, "max_p");
+    } else if (rsl__decl_is(L, "kind", "adaptive")) {
+        d->kind = RSL_GUARD_ADAPTIVE;
+        d->a.min = (int64_t)rsl__decl_num(L, "min");
+        d->a.max = (int64_t)rsl__decl_num(L, "max");
+        d->a.initial = (int64_t)rsl__decl_num(L, "initial");
+        d->a.tolerance = rsl__decl_num(L, "tolerance");
+        d->a.smoothing = rsl__decl_num(L, "smoothing");
+        d->a.backoff = rsl__decl_num(L, "backoff");
+        d->a.queue = rsl__decl_num(L, "queue");
+        d->a.window_ns = (int64_t)rsl__decl_num(L, "window_ns");
+        d->a.min_samples = (int64_t)rsl__decl_num(L, "min_samples");
     } else {
         d->kind = RSL_GUARD_BULKHEAD;
         d->max = (int64_t)rsl__decl_num(L, "max");
@@ -84,6 +95,8 @@ static rsl__guard *guard_new(const gdecl *d) {
         return rsl__guard_new_bulkhead(d->name, d->max);
     case RSL_GUARD_THROTTLE:
         return rsl__guard_new_throttle(d->name, &d->t);
+    case RSL_GUARD_ADAPTIVE:
+        return rsl__guard_new_adaptive(d->name, &d->a);
     }
     return NULL;
 }
@@ -163,6 +176,16 @@ static int reconfigure(const loader *ld, const gdecl *d, rsl__guard *g) {
         }
         int reset = cur.window_ns != d->t.window_ns / RSL_THROTTLE_BUCKETS * RSL_THROTTLE_BUCKETS;
         return rsl__throttle_configure(g->u.throttle, &d->t) < 0 ? RSL_EINVAL : reset ? 2 : 1;
+    }
+    case RSL_GUARD_ADAPTIVE: {
+        /* The learned limit is kept (clamped to a new [min, max]); `initial` is where a new
+         * guard starts, so changing it alone changes nothing live. */
+        rsl__adaptive_conf cur;
+        rsl__adaptive_conf_get(g->u.adaptive, &cur);
+        if (memcmp(&cur, &d->a, sizeof(cur)) == 0) {
+            return 0;
+        }
+        return rsl__adaptive_configure(g->u.adaptive, &d->a) < 0 ? RSL_EINVAL : 1;
     }
     }
     return RSL_EINVAL;

@@ -31,6 +31,7 @@ typedef struct gdecl {
     rsl__breaker_conf b;
     rsl__limiter_conf l;
     rsl__throttle_conf t;
+    rsl__adaptive_conf a;
     int64_t max;
     int plan;
 } gdecl;

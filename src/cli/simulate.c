@@ -628,6 +628,10 @@ static void report(sim *m, long sec) {
             double tok = json_number_value(json_object_get(g, "tokens"));
             printf(" | %s tokens %.0f", name, tok);
             json_object_set_new(guards, name, json_pack("{s:f}", "tokens", tok));
+        } else if (kind && strcmp(kind, "adaptive") == 0) {
+            json_int_t lim = json_integer_value(json_object_get(g, "limit"));
+            printf(" | %s limit %lld", name, (long long)lim);
+            json_object_set_new(guards, name, json_pack("{s:I}", "limit", lim));
         }
     }
     json_object_set_new(row, "guards", guards);

@@ -8,7 +8,7 @@
  *                           just N ops of one benchmark, nothing printed, for
  *                           `valgrind --tool=callgrind` instruction counts (run it with
  *                           N and with 0 and divide the difference by N).  NAME: breaker,
- *                           breaker2, limiter, bulkhead, throttle, clock, atomic.
+ *                           breaker2, limiter, bulkhead, throttle, adaptive, clock, atomic.
  *
  * The breaker loops read `now` from CLOCK_MONOTONIC_COARSE once per 64 ops, as a worker
  * reading its clock once per loop turn would; the read is inside the timed loop.
@@ -18,6 +18,7 @@
 #include "clock.h"
 #include "limiter.h"
 #include "throttle.h"
+#include "adaptive.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -117,6 +118,23 @@ static void loop_throttle(rsl__throttle *t, long n) {
     keep(admitted);
 }
 
+/* acquire + release with a sample: admission's CAS, the window's sums, and a window closed
+ * (the trylock and the update) once per second of the coarse clock. */
+static void loop_adaptive(rsl__adaptive *a, long n) {
+    int64_t now = rsl__clock_coarse();
+    uint64_t admitted = 0;
+    for (long i = 0; i < n; i++) {
+        if ((i & 63) == 0) {
+            now = rsl__clock_coarse();
+        }
+        if (rsl__adaptive_acquire(a)) {
+            rsl__adaptive_release(a, now, 2 * RSL_NS_PER_MS, 0);
+            admitted++;
+        }
+    }
+    keep(admitted);
+}
+
 static void loop_clock(long n) {
     uint64_t s = 0;
     for (long i = 0; i < n; i++) {
@@ -178,6 +196,12 @@ static rsl__throttle *new_throttle(void) {
     return rsl__throttle_new("bench", &c);
 }
 
+static rsl__adaptive *new_adaptive(void) {
+    rsl__adaptive_conf c;
+    rsl__adaptive_conf_default(&c); /* gradient, 4..500 from 20, 1 s windows */
+    return rsl__adaptive_new("bench", &c);
+}
+
 static rsl__limiter *new_limiter(void) {
     /* 1e9/s with a big burst: every call admitted, so this times the CAS path */
     rsl__limiter_conf c = {1e9, RSL_NS_PER_S, 1e9};
@@ -192,6 +216,7 @@ typedef enum {
     B_LIMITER,
     B_BULKHEAD,
     B_THROTTLE,
+    B_ADAPTIVE,
     B_CLOCK,
     B_COARSE,
     B_ATOMIC
@@ -203,6 +228,7 @@ typedef struct {
     rsl__bulkhead *h;
     rsl__breaker *j;
     rsl__throttle *t;
+    rsl__adaptive *a;
 } guards;
 
 static void run_once(bench_id id, guards *g, long n) {
@@ -221,6 +247,9 @@ static void run_once(bench_id id, guards *g, long n) {
         break;
     case B_THROTTLE:
         loop_throttle(g->t, n);
+        break;
+    case B_ADAPTIVE:
+        loop_adaptive(g->a, n);
         break;
     case B_CLOCK:
         loop_clock(n);
@@ -341,7 +370,7 @@ static void print_figure(const char *what, double ns, double clock_ns, const cha
 
 static int ops_mode(const char *name, long n) {
     guards g = {new_breaker(1), new_limiter(), rsl__bulkhead_new("bench", 64), NULL,
-                new_throttle()};
+                new_throttle(), new_adaptive()};
     if (strcmp(name, "breaker") == 0) {
         loop_breaker(g.b, n);
     } else if (strcmp(name, "breaker2") == 0) {
@@ -354,6 +383,8 @@ static int ops_mode(const char *name, long n) {
         loop_bulkhead(g.h, n);
     } else if (strcmp(name, "throttle") == 0) {
         loop_throttle(g.t, n);
+    } else if (strcmp(name, "adaptive") == 0) {
+        loop_adaptive(g.a, n);
     } else if (strcmp(name, "clock") == 0) {
         loop_clock(n);
     } else if (strcmp(name, "atomic") == 0) {
@@ -366,6 +397,7 @@ static int ops_mode(const char *name, long n) {
     rsl__limiter_free(g.l);
     rsl__bulkhead_free(g.h);
     rsl__throttle_free(g.t);
+    rsl__adaptive_free(g.a);
     return 0;
 }
 
@@ -383,7 +415,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     guards g = {new_breaker(1), new_limiter(), rsl__bulkhead_new("bench", 64), new_joint(),
-                new_throttle()};
+                new_throttle(), new_adaptive()};
     rsl__breaker *b2 = new_breaker(2);
 
     double clk = time_one(B_CLOCK, &g);
@@ -395,6 +427,7 @@ int main(int argc, char **argv) {
     double lim = time_one(B_LIMITER, &g);
     double bh = time_one(B_BULKHEAD, &g);
     double thr = time_one(B_THROTTLE, &g);
+    double ad = time_one(B_ADAPTIVE, &g);
 
     printf("bench_guards: median of %d runs x %ld ops; breaker `now` from the coarse clock "
            "once per 64 ops\n",
@@ -410,6 +443,8 @@ int main(int argc, char **argv) {
     print_figure("bulkhead acquire+release", bh, clk, NULL);
     print_figure("throttle allow+accept", thr, clk, NULL);
     printf("%-40s %7.2f x the plain breaker   target <= 2x\n", "throttle", thr / br);
+    print_figure("adaptive acquire+release", ad, clk, NULL);
+    printf("%-40s %7.2f x the plain breaker   target <= 2x\n", "adaptive", ad / br);
     memory(1, nbreakers);
     memory(2, nbreakers);
 
@@ -422,6 +457,7 @@ int main(int argc, char **argv) {
     rsl__limiter_free(g.l);
     rsl__bulkhead_free(g.h);
     rsl__throttle_free(g.t);
+    rsl__adaptive_free(g.a);
     if (!ok) {
         fprintf(stderr, "bench_guards: a success-only breaker left the closed state\n");
         return 1;
