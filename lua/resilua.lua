@@ -405,7 +405,42 @@ local function breaker(ctx, name, c)
   guards[name] = d
 end
 
-local LIMITER = set { "rate", "per", "burst", "scope" }
+local LOWEST_PRIORITY = 7 -- RSL_PRIORITY_LOWEST (guard.h)
+
+-- `reserve = { [0] = 0.3, [1] = 0.1 }` (or `reserve = 0.3`, for priority 0): the share of a
+-- bulkhead, adaptive limit or limiter kept for each priority and those above it.  Read by
+-- policy_guards.c as d.usable_0 .. d.usable_7, per mille: what a call of that priority may fill,
+-- 1 - the reserves of the priorities above it (priority 0 may fill everything).
+local function reserve(ctx, d, v)
+  if v == nil then
+    return
+  end
+  if type(v) == "number" then
+    v = { [0] = v }
+  elseif type(v) ~= "table" then
+    fail(ctx, "reserve must be a table like { [0] = 0.3 } (priority = share), got %s", show(v))
+  end
+  local share, total = {}, 0
+  for p, x in pairs(v) do
+    if type(p) ~= "number" or p ~= floor(p) or p < 0 or p >= LOWEST_PRIORITY then
+      fail(ctx, "reserve: keys are priorities 0..%d (a share for the lowest, %d, keeps " ..
+           "nothing from anyone), got %s", LOWEST_PRIORITY - 1, LOWEST_PRIORITY, show(p))
+    end
+    share[p] = number(ctx, x, fmt("reserve[%d]", p), nil, 0, 1, false, true)
+    total = total + share[p]
+  end
+  if total >= 1 then
+    fail(ctx, "reserve: the shares must add up to less than 1, got %s", show(total))
+  end
+  local kept = 0
+  d.usable_0 = 1000
+  for p = 1, LOWEST_PRIORITY do
+    kept = kept + (share[p - 1] or 0)
+    d["usable_" .. p] = 1000 - floor(kept * 1000 + 0.5)
+  end
+end
+
+local LIMITER = set { "rate", "per", "burst", "scope", "reserve" }
 local MAX_TAU_NS = 2 ^ 60 -- limiter.c: burst * per / rate must fit int64 ns with room
 
 local function limiter(ctx, name, c)
@@ -424,17 +459,20 @@ local function limiter(ctx, name, c)
   if d.burst * d.per_ns / d.rate > MAX_TAU_NS then
     fail(ctx, "burst * per / rate must be at most 36 years")
   end
+  reserve(ctx, d, c.reserve)
   guards[name] = d
 end
 
 local function bulkhead(ctx, name, c)
   claim_guard(ctx, "bulkhead", name)
-  check_fields(ctx, c, set { "max" }, "")
+  check_fields(ctx, c, set { "max", "reserve" }, "")
   if c.max == nil then
     fail(ctx, "max is required")
   end
-  guards[name] = { kind = "bulkhead", name = name, file = ctx.file, line = ctx.line,
-                   max = integer(ctx, c.max, "max", nil, 1) }
+  local d = { kind = "bulkhead", name = name, file = ctx.file, line = ctx.line,
+              max = integer(ctx, c.max, "max", nil, 1) }
+  reserve(ctx, d, c.reserve)
+  guards[name] = d
 end
 
 -- Client-side throttling (Google SRE): refuses locally with probability
@@ -458,7 +496,7 @@ end
 local function adaptive(ctx, name, c)
   claim_guard(ctx, "adaptive", name)
   check_fields(ctx, c, set { "algorithm", "min", "max", "initial", "tolerance", "smoothing",
-                              "backoff", "queue", "window", "min_samples" }, "")
+                              "backoff", "queue", "window", "min_samples", "reserve" }, "")
   enum(ctx, c.algorithm, "algorithm", "gradient", { "gradient" })
   local g = {
     kind = "adaptive", name = name, file = ctx.file, line = ctx.line,
@@ -480,6 +518,7 @@ local function adaptive(ctx, name, c)
   if g.window_ns < 1000000 then
     fail(ctx, "window must be at least 1ms, got %s", show(c.window))
   end
+  reserve(ctx, g, c.reserve)
   guards[name] = g
 end
 
@@ -717,7 +756,7 @@ end
 
 -- ---- policies ---------------------------------------------------------------------------
 
-local POLICY = set { "steps", "chain", "fallback_on", "deadline", "route" }
+local POLICY = set { "steps", "chain", "fallback_on", "deadline", "route", "priority" }
 local FALLBACK_DEFAULT = {}
 for _, o in ipairs(OUTCOMES) do
   if o ~= "ok" and o ~= "4xx" and o ~= "canceled" then
@@ -804,6 +843,31 @@ local function policy(ctx, name, c)
     fail(ctx, "route must be a function(req, sig), got %s", show(c.route))
   end
   p.route = c.route
+  -- `priority` (0 highest .. 7, a number or function(req)) rides on the route: the route
+  -- (or the chain) is the first value, the priority a second one, which the C side reads
+  -- (lua_api.c); a route's own { chain = ..., priority = N } wins.
+  local pr = c.priority
+  if pr ~= nil then
+    local pf = pr
+    if type(pr) == "number" then
+      integer(ctx, pr, "priority", nil, 0, LOWEST_PRIORITY)
+      pf = function() return pr end
+    elseif type(pr) ~= "function" then
+      fail(ctx, "priority must be an integer 0..%d or a function(req), got %s",
+           LOWEST_PRIORITY, show(pr))
+    end
+    local route, chain = c.route, p.chain
+    p.route = function(req, sig)
+      local r = chain
+      if route then
+        r = route(req, sig)
+        if type(r) == "table" and r.priority ~= nil then
+          return r
+        end
+      end
+      return r, pf(req)
+    end
+  end
   p.ctx = ctx
   p.index = index
   policies[name] = p

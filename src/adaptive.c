@@ -151,12 +151,17 @@ static void note_peak(rsl__adaptive *a, int64_t n) {
 }
 
 int rsl__adaptive_acquire(rsl__adaptive *a) {
+    return rsl__adaptive_acquire_upto(a, 1000);
+}
+
+int rsl__adaptive_acquire_upto(rsl__adaptive *a, int usable) {
     int64_t lim = atomic_load_explicit(&a->limit, memory_order_relaxed);
+    int64_t cap = usable >= 1000 ? lim : lim * usable / 1000;
     int64_t cur = atomic_load_explicit(&a->inflight, memory_order_relaxed);
     do {
-        if (cur >= lim) {
+        if (cur >= cap) {
             atomic_fetch_add_explicit(&a->rejections, 1, memory_order_relaxed);
-            return 0;
+            return cur >= lim ? 0 : -1;
         }
     } while (!atomic_compare_exchange_weak_explicit(&a->inflight, &cur, cur + 1,
                                                     memory_order_relaxed, memory_order_relaxed));

@@ -65,6 +65,10 @@ void rsl__adaptive_reset(rsl__adaptive *a);
 
 /* 1: admitted (release it exactly once); 0: at the limit (counted as a rejection). */
 int rsl__adaptive_acquire(rsl__adaptive *a);
+/* The same for a caller that may fill only `usable` per mille of the limit (1000: all of
+ * it; the rest is kept for higher priorities): -1 when there is room, but not within that
+ * share (counted as a rejection too). */
+int rsl__adaptive_acquire_upto(rsl__adaptive *a, int usable);
 /* Admitted whatever the limit (a disabled guard still counts what is inside). */
 void rsl__adaptive_enter(rsl__adaptive *a);
 /* An admitted call ended at `now` after latency_ns: a drop (1) or a sample (0). */

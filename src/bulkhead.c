@@ -62,12 +62,17 @@ int64_t rsl__bulkhead_max(const rsl__bulkhead *b) {
 }
 
 int rsl__bulkhead_acquire(rsl__bulkhead *b) {
+    return rsl__bulkhead_acquire_upto(b, 1000);
+}
+
+int rsl__bulkhead_acquire_upto(rsl__bulkhead *b, int usable) {
     int64_t max = atomic_load_explicit(&b->max, memory_order_relaxed);
+    int64_t cap = usable >= 1000 ? max : max * usable / 1000;
     int64_t n = atomic_load_explicit(&b->inflight, memory_order_relaxed);
     for (;;) {
-        if (n >= max) {
+        if (n >= cap) {
             atomic_fetch_add_explicit(&b->rejections, 1, memory_order_relaxed);
-            return 0;
+            return n >= max ? 0 : -1;
         }
         if (atomic_compare_exchange_weak_explicit(&b->inflight, &n, n + 1, memory_order_acquire,
                                                   memory_order_relaxed)) {

@@ -19,6 +19,10 @@ int rsl__bulkhead_configure(rsl__bulkhead *b, int64_t max);
 int64_t rsl__bulkhead_max(const rsl__bulkhead *b);
 /* 1: a slot is taken, release it exactly once; 0: full (counted as a rejection). */
 int rsl__bulkhead_acquire(rsl__bulkhead *b);
+/* The same for a caller that may fill only `usable` per mille of max (1000: all of it; the
+ * rest is kept for higher priorities): -1 when the bulkhead has room but not within that
+ * share (counted as a rejection too). */
+int rsl__bulkhead_acquire_upto(rsl__bulkhead *b, int usable);
 void rsl__bulkhead_release(rsl__bulkhead *b);
 /* Takes a slot whatever the count (a disabled bulkhead still counts what is inside). */
 void rsl__bulkhead_enter(rsl__bulkhead *b);

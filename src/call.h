@@ -96,6 +96,7 @@ struct rsl__call {
     rsl_result *res;
     int path[RSL_MAX_PATH];
     int npath, pos;
+    int priority;                     /* 0..RSL_PRIORITY_LOWEST, from the route (0: none) */
     enum rsl__phase phase;
     int64_t start, deadline;          /* ns; deadline 0: none */
     /* the current step */

@@ -32,12 +32,22 @@ static double ms_since(int64_t from, int64_t now) {
 
 /* ---- guards --------------------------------------------------------------------------- */
 
+/* A shed call (a reserve, the load controller, a deadline it cannot meet) is `rejected`
+ * like any refusal, and tells the client to come back: a 429 with Retry-After, the answer
+ * the sidecar sends when no later step serves it. */
+static void shed_answer(rsl__call *c) {
+    static const rsl__header retry_after = {(char *)"Retry-After", (char *)"1"};
+    c->ans.status = 429;
+    rsl__answer_copy_headers(&c->ans, &retry_after, 1);
+}
+
 static int acquire_guards(rsl__call *c, const rsl__step *s, int64_t now) {
     c->held = 0;
     for (int i = 0; i < s->nguards; i++) {
         rsl__guard *g = s->guards[i];
         const char *why = "";
-        if (!rsl__guard_acquire(g, now, &c->permits[i], &why)) {
+        int rc = rsl__guard_acquire(g, now, c->priority, &c->permits[i], &why);
+        if (rc <= 0) {
             if (c->tr) {
                 rsl__trace_refused(c, g);
             }
@@ -49,6 +59,9 @@ static int acquire_guards(rsl__call *c, const rsl__step *s, int64_t now) {
             c->held = 0;
             rsl__answer_fail(&c->ans, RSL_OUTCOME_REJECTED, "%s \"%s\" %s",
                              rsl__guard_kind_name(g->kind), g->name, why);
+            if (rc < 0) {
+                shed_answer(c);
+            }
             return 0;
         }
         if (rsl__guard_holds(g)) {
@@ -374,8 +387,8 @@ void rsl__call_start(rsl__call *c) {
     if (c->p->route_refs) {
         char err[512];
         rsl__lcall lc = {c->id, c->start, c->req, c->p, c->pidx};
-        if (rsl__lapi_route(c->G->api[c->w->index], &lc, c->path, &c->npath, err,
-                            sizeof(err)) < 0) {
+        if (rsl__lapi_route(c->G->api[c->w->index], &lc, c->path, &c->npath, &c->priority,
+                            err, sizeof(err)) < 0) {
             rsl__log(c->cs->env, RSL_LOG_WARN,
                      "%s:%d: policy \"%s\": route failed, taking chain: %s", c->p->file,
                      c->p->line, c->p->name, err);

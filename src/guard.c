@@ -56,27 +56,44 @@ static int overridden(rsl__guard *g, const char **why) {
     return 1;
 }
 
-int rsl__guard_acquire(rsl__guard *g, int64_t now, rsl__permit *permit, const char **why) {
-    int o;
+/* A refusal for the reserve: counted per priority, with its reason. */
+static int shed(rsl__guard *g, int priority, const char **why) {
+    atomic_fetch_add_explicit(&g->shed[priority], 1, memory_order_relaxed);
+    *why = "keeps the rest for higher priorities (shed)";
+    return -1;
+}
+
+int rsl__guard_acquire(rsl__guard *g, int64_t now, int priority, rsl__permit *permit,
+                       const char **why) {
+    int o, u;
+    if (priority < 0 || priority > RSL_PRIORITY_LOWEST) {
+        priority = priority < 0 ? 0 : RSL_PRIORITY_LOWEST;
+    }
     switch (g->kind) {
     case RSL_GUARD_LIMITER:
         if ((o = overridden(g, why)) >= 0) {
             return o;
         }
         *why = "is empty";
-        return rsl__limiter_allow(g->u.limiter, now);
+        u = atomic_load_explicit(&g->usable[priority], memory_order_relaxed);
+        o = rsl__limiter_allow_upto(g->u.limiter, now, u);
+        return o < 0 ? shed(g, priority, why) : o;
     case RSL_GUARD_BULKHEAD:
         if ((o = overridden(g, why)) >= 0) {
             return o;
         }
         *why = "is full";
-        return rsl__bulkhead_acquire(g->u.bulkhead);
+        u = atomic_load_explicit(&g->usable[priority], memory_order_relaxed);
+        o = rsl__bulkhead_acquire_upto(g->u.bulkhead, u);
+        return o < 0 ? shed(g, priority, why) : o;
     case RSL_GUARD_ADAPTIVE:
         if ((o = overridden(g, why)) >= 0) {
             return o;
         }
         *why = "is at its limit";
-        return rsl__adaptive_acquire(g->u.adaptive);
+        u = atomic_load_explicit(&g->usable[priority], memory_order_relaxed);
+        o = rsl__adaptive_acquire_upto(g->u.adaptive, u);
+        return o < 0 ? shed(g, priority, why) : o;
     case RSL_GUARD_THROTTLE:
         permit->counted = 0; /* no verdict owed unless the upstream is asked */
         if ((o = overridden(g, why)) >= 0) {
@@ -200,7 +217,39 @@ static rsl__guard *wrap(rsl__guard_kind kind, void *obj) {
     }
     g->kind = kind;
     atomic_init(&g->refs, 1);
+    for (int i = 0; i < RSL_PRIORITIES; i++) {
+        atomic_init(&g->usable[i], 1000);
+    }
     return g;
+}
+
+int rsl__guard_reserve_set(rsl__guard *g, const int *usable) {
+    int changed = 0;
+    for (int i = 0; i < RSL_PRIORITIES; i++) {
+        int u = usable ? usable[i] : 1000;
+        u = u < 0 ? 0 : u > 1000 ? 1000 : u;
+        if (atomic_exchange_explicit(&g->usable[i], u, memory_order_relaxed) != u) {
+            changed = 1;
+        }
+    }
+    return changed;
+}
+
+int rsl__guard_usable(const rsl__guard *g, int p) {
+    return atomic_load_explicit(&g->usable[p], memory_order_relaxed);
+}
+
+uint64_t rsl__guard_shed(const rsl__guard *g, int p) {
+    return atomic_load_explicit(&g->shed[p], memory_order_relaxed);
+}
+
+int rsl__guard_has_reserve(const rsl__guard *g) {
+    for (int i = 0; i < RSL_PRIORITIES; i++) {
+        if (atomic_load_explicit(&g->usable[i], memory_order_relaxed) < 1000) {
+            return 1;
+        }
+    }
+    return 0;
 }
 
 rsl__guard *rsl__guard_new_breaker(const char *name, const rsl__breaker_conf *c) {

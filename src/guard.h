@@ -21,6 +21,11 @@
 #include "limiter.h"
 #include "throttle.h"
 
+/* Call priorities: 0 is the highest, RSL_PRIORITY_LOWEST the lowest; a call given none is
+ * 0.  A policy gives them from its route or its `priority` (lua/resilua.lua). */
+#define RSL_PRIORITY_LOWEST 7
+#define RSL_PRIORITIES (RSL_PRIORITY_LOWEST + 1)
+
 typedef enum rsl__guard_kind {
     RSL_GUARD_BREAKER,
     RSL_GUARD_LIMITER,
@@ -46,11 +51,27 @@ typedef struct rsl__guard {
     /* An admin override of a limiter, bulkhead, throttle or adaptive limit (a breaker keeps its own in its state):
      * RSL_OVERRIDE_AUTO, _FORCE_OPEN or _DISABLE. */
     _Atomic int override;
+    /* A bulkhead's, adaptive limit's or limiter's reserve: how much of its capacity a call
+     * of each priority may fill, per mille (1000: all; `reserve` keeps the rest for the
+     * priorities above), and the calls each priority had refused for it (shed). */
+    _Atomic int usable[RSL_PRIORITIES];
+    _Atomic uint64_t shed[RSL_PRIORITIES];
 } rsl__guard;
 
-/* One attempt through g at `now`: 1 when it may go on (a breaker's permit in *permit, a
- * bulkhead's slot taken), else 0 with why it refused ("is open", "is empty", ...). */
-int rsl__guard_acquire(rsl__guard *g, int64_t now, rsl__permit *permit, const char **why);
+/* One attempt of a call of `priority` through g at `now`: 1 when it may go on (a breaker's
+ * permit in *permit, a bulkhead's slot taken), else 0 with why it refused ("is open", "is
+ * empty", ...), or -1 when it is shed: g had room, but only in the share its reserve keeps
+ * for higher priorities. */
+int rsl__guard_acquire(rsl__guard *g, int64_t now, int priority, rsl__permit *permit,
+                       const char **why);
+/* Sets the per-mille share each priority may fill (usable[0..RSL_PRIORITIES), each in
+ * 0..1000; NULL: all of it for every priority).  1 when that changed anything. */
+int rsl__guard_reserve_set(rsl__guard *g, const int *usable);
+/* 1 when g keeps a reserve (some priority may not fill all of it). */
+int rsl__guard_has_reserve(const rsl__guard *g);
+/* Per mille of g a call of priority p may fill; the calls of p shed for the reserve. */
+int rsl__guard_usable(const rsl__guard *g, int p);
+uint64_t rsl__guard_shed(const rsl__guard *g, int p);
 /* 1 when an acquired g must be given back (all but limiters: a limiter's
  * token is spent). */
 static inline int rsl__guard_holds(const rsl__guard *g) {

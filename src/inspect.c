@@ -26,7 +26,7 @@ char *rsl_describe_json(rsl_runtime *rt) {
         return NULL;
     }
     json_t *j = rsl__gen_describe(G->g);
-    char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(9)) : NULL;
     json_decref(j);
     rsl__genr_unref(G);
     return s;
@@ -100,6 +100,17 @@ static json_t *guard_state(rsl__guard *g, int64_t now) {
         json_object_set_new(o, "rejections", json_integer((json_int_t)st.rejections));
         break;
     }
+    }
+    if (rsl__guard_has_reserve(g)) {
+        /* Per priority: the share it may fill, and the calls shed for the reserve. */
+        json_t *usable = json_array(), *shed = json_array();
+        for (int p = 0; p < RSL_PRIORITIES; p++) {
+            json_array_append_new(
+                usable, json_real(rsl__guard_usable(g, p) / 1e3));
+            json_array_append_new(shed, json_integer((json_int_t)rsl__guard_shed(g, p)));
+        }
+        json_object_set_new(o, "usable", usable);
+        json_object_set_new(o, "shed", shed);
     }
     return o;
 }
@@ -225,6 +236,20 @@ char *rsl_metrics_text(rsl_runtime *rt) {
                                                      : rsl__bulkhead_rejections(g->u.bulkhead);
         rc |= metric_guard(&b, "resilua_guard_rejections_total", "guard", g->name, NULL, NULL,
                            NULL, NULL, v);
+    }
+    rc |= HELP(&b, "resilua_guard_shed_total", "counter",
+               "Calls a guard's reserve refused, by priority (those it keeps room from).");
+    for (size_t i = 0; i < ng; i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        for (int p = 1; p < RSL_PRIORITIES && rsl__guard_has_reserve(g); p++) {
+            if (rsl__guard_usable(g, p) < 1000) {
+                char prio[4];
+                snprintf(prio, sizeof(prio), "%d", p);
+                rc |= metric_guard(&b, "resilua_guard_shed_total", "guard", g->name, "priority",
+                                   prio, NULL, NULL,
+                                   rsl__guard_shed(g, p));
+            }
+        }
     }
     rc |= HELP(&b, "resilua_bulkhead_inflight", "gauge", "Calls inside a bulkhead now.");
     for (size_t i = 0; i < ng; i++) {

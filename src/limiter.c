@@ -141,14 +141,19 @@ void rsl__limiter_conf_get(const rsl__limiter *l, rsl__limiter_conf *c) {
 }
 
 int rsl__limiter_allow(rsl__limiter *l, int64_t now) {
+    return rsl__limiter_allow_upto(l, now, 1000);
+}
+
+int rsl__limiter_allow_upto(rsl__limiter *l, int64_t now, int usable) {
     int64_t t = atomic_load_explicit(&l->t_ns, memory_order_relaxed);
     int64_t tau = atomic_load_explicit(&l->tau_ns, memory_order_relaxed);
+    int64_t cap = usable >= 1000 ? tau : (int64_t)((double)tau * usable / 1000);
     int64_t tat = atomic_load_explicit(&l->tat, memory_order_acquire);
     for (;;) {
         int64_t ntat = (tat > now ? tat : now) + t;
-        if (ntat - now > tau) {
+        if (ntat - now > cap) {
             atomic_fetch_add_explicit(&l->rejections, 1, memory_order_relaxed);
-            return 0;
+            return ntat - now > tau ? 0 : -1;
         }
         if (atomic_compare_exchange_weak_explicit(&l->tat, &tat, ntat, memory_order_acq_rel,
                                                   memory_order_acquire)) {

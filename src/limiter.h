@@ -30,6 +30,11 @@ int rsl__limiter_configure(rsl__limiter *l, const rsl__limiter_conf *c, int64_t 
 void rsl__limiter_conf_get(const rsl__limiter *l, rsl__limiter_conf *c);
 /* 1: admitted; 0: rejected (counted). */
 int rsl__limiter_allow(rsl__limiter *l, int64_t now);
+/* The same for a caller that may spend only down to the last (1000 - usable) per mille of
+ * the burst (kept for higher priorities; usable 1000: all of it): admitted while
+ * max(tat, now) + T - now <= burst * T * usable / 1000.  -1 when a token is there but
+ * only within the kept share (counted as a rejection too). */
+int rsl__limiter_allow_upto(rsl__limiter *l, int64_t now, int usable);
 /* Full again: burst tokens (an admin reset). */
 void rsl__limiter_reset(rsl__limiter *l);
 /* Tokens available at `now` (fractional). */

@@ -292,8 +292,24 @@ static void take_error(lua_State *L, int rc, const char *what, int64_t limit, ch
     lua_pop(L, 1);
 }
 
-int rsl__lapi_route(rsl__lapi *a, const rsl__lcall *c, int *path, int *npath, char *err,
-                    size_t errlen) {
+/* [-0, +0] The priority at idx (a number or nil) into *priority; 0, or -1 with err. */
+static int read_priority(lua_State *L, int idx, int *priority, char *err, size_t errlen) {
+    if (lua_isnil(L, idx)) {
+        return 0;
+    }
+    lua_Number n = lua_type(L, idx) == LUA_TNUMBER ? lua_tonumber(L, idx) : -1;
+    if (n < 0 || n > RSL_PRIORITY_LOWEST || n != (int)n) {
+        snprintf(err, errlen, "route returned priority %s, expected an integer 0..%d",
+                 lua_type(L, idx) == LUA_TNUMBER ? lua_tostring(L, idx) : luaL_typename(L, idx),
+                 RSL_PRIORITY_LOWEST);
+        return -1;
+    }
+    *priority = (int)n;
+    return 0;
+}
+
+int rsl__lapi_route(rsl__lapi *a, const rsl__lcall *c, int *path, int *npath, int *priority,
+                    char *err, size_t errlen) {
     lua_State *L = a->L;
     int top = lua_gettop(L);
     a->now = c->start;
@@ -301,13 +317,35 @@ int rsl__lapi_route(rsl__lapi *a, const rsl__lcall *c, int *path, int *npath, ch
     push_req(a, c);
     lua_rawgeti(L, LUA_REGISTRYINDEX, a->sig_refs[c->pidx]);
     int64_t limit = a->conf.route_limit_ns;
-    int rc = rsl__sandbox_pcall(L, 2, 1, limit);
+    int rc = rsl__sandbox_pcall(L, 2, 2, limit);
     if (rc != 0) {
         take_error(L, rc, "route", limit, err, errlen);
         lua_settop(L, top);
         return -1;
     }
     int ret = -1;
+    int prio = *priority;
+    if (read_priority(L, -1, &prio, err, errlen) < 0) {
+        goto out;
+    }
+    lua_pop(L, 1);
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "chain");
+        if (lua_istable(L, -1)) { /* { chain = {...}, priority = N } */
+            lua_getfield(L, -2, "priority");
+            if (read_priority(L, -1, &prio, err, errlen) < 0) {
+                goto out;
+            }
+            lua_pop(L, 1);
+            lua_replace(L, -2);
+        } else if (!lua_isnil(L, -1)) {
+            snprintf(err, errlen, "route returned chain = %s, expected a list of step names",
+                     luaL_typename(L, -1));
+            goto out;
+        } else {
+            lua_pop(L, 1);
+        }
+    }
     if (!lua_istable(L, -1)) {
         snprintf(err, errlen, "route returned %s, expected a list of step names",
                  luaL_typename(L, -1));
@@ -337,6 +375,7 @@ int rsl__lapi_route(rsl__lapi *a, const rsl__lcall *c, int *path, int *npath, ch
         lua_pop(L, 1);
     }
     *npath = n;
+    *priority = prio;
     ret = 0;
 out:
     lua_settop(L, top);

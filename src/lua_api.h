@@ -33,9 +33,12 @@ typedef struct rsl__lcall {
 rsl__lapi *rsl__lapi_new(const rsl__lapi_conf *conf, rsl__gen *g, int state);
 void rsl__lapi_free(rsl__lapi *a);
 /* Runs the policy's route; fills path[0..*npath) (at most RSL_POLICY_MAX_CHAIN step
- * indices).  0, or -1 with a message in err. */
-int rsl__lapi_route(rsl__lapi *a, const rsl__lcall *lc, int *path, int *npath, char *err,
-                    size_t errlen);
+ * indices) and *priority (0..RSL_PRIORITY_LOWEST; left alone when the route gives none).
+ * A route returns a list of step names, or { chain = {...}, priority = N }; a second
+ * return value, when a number, is the priority too (the DSL's `priority` function).
+ * 0, or -1 with a message in err. */
+int rsl__lapi_route(rsl__lapi *a, const rsl__lcall *lc, int *path, int *npath, int *priority,
+                    char *err, size_t errlen);
 /* Runs Lua step s into ans; prev_step names the step that answered prev (NULL: none). */
 void rsl__lapi_step(rsl__lapi *a, const rsl__lcall *lc, const rsl__step *s,
                     const char *prev_step, const rsl__answer *prev, rsl__answer *ans);

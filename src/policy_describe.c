@@ -7,6 +7,7 @@
 #include "policy_int.h"
 
 #include <jansson.h>
+#include <stdio.h>
 #include <string.h>
 
 /* ---- describe ----------------------------------------------------------------------------- */
@@ -81,6 +82,19 @@ static json_t *guard_json(const rsl__guard *g) {
         json_object_set_new(o, "min_samples", json_integer(c.min_samples));
         break;
     }
+    }
+    if (rsl__guard_has_reserve(g)) { /* as declared: { "0": 0.3, ... } */
+        json_t *r = json_object();
+        for (int p = 0; p + 1 < RSL_PRIORITIES; p++) {
+            int kept = rsl__guard_usable(g, p) -
+                       rsl__guard_usable(g, p + 1);
+            if (kept > 0) {
+                char k[4];
+                snprintf(k, sizeof(k), "%d", p);
+                json_object_set_new(r, k, json_real(kept / 1e3));
+            }
+        }
+        json_object_set_new(o, "reserve", r);
     }
     return o;
 }

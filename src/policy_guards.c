@@ -83,6 +83,13 @@ void rsl__read_guard(lua_State *L, loader *ld, gdecl *d) {
         d->kind = RSL_GUARD_BULKHEAD;
         d->max = (int64_t)rsl__decl_num(L, "max");
     }
+    /* The DSL writes usable_0 (1000) .. usable_7 only for a guard with a reserve. */
+    int reserved = rsl__decl_num(L, "usable_0") > 0;
+    for (int p = 0; p < RSL_PRIORITIES; p++) {
+        char k[16];
+        snprintf(k, sizeof(k), "usable_%d", p);
+        d->usable[p] = reserved ? (int)rsl__decl_num(L, k) : 1000;
+    }
 }
 
 static rsl__guard *guard_new(const gdecl *d) {
@@ -114,6 +121,7 @@ int rsl__plan_guards(loader *ld, rsl__guards *reg) {
             return -1;
         }
         rsl__guard *old = rsl__guards_find(reg, d->name);
+        rsl__guard_reserve_set(fresh, d->usable); /* a fresh guard is nobody's yet */
         if (old && old->kind == d->kind) {
             rsl__guard_unref(fresh);
             rsl__guard_ref(old);
@@ -231,6 +239,9 @@ int rsl__apply_guards(loader *ld, rsl__guards *reg, rsl__load_report *rep) {
             break;
         case PLAN_SAME: {
             int r = reconfigure(ld, d, g->guards[i]);
+            if (r >= 0 && rsl__guard_reserve_set(g->guards[i], d->usable) && r == 0) {
+                r = 1; /* only its reserve changed */
+            }
             if (r < 0) { /* out of memory for a new window: the old settings stay */
                 rsl__lines_add(&ld->warnings,
                                "%s:%d: %s \"%s\": out of memory, kept its old settings", d->file,

@@ -33,6 +33,7 @@ typedef struct gdecl {
     rsl__throttle_conf t;
     rsl__adaptive_conf a;
     int64_t max;
+    int usable[RSL_PRIORITIES]; /* the reserve: per mille each priority may fill */
     int plan;
 } gdecl;
 

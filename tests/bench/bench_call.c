@@ -108,8 +108,8 @@ static void loop_route(long n, void *arg) {
     char err[256];
     rsl__lcall lc = {c->id, c->start, c->req, c->p, c->pidx};
     for (long i = 0; i < n; i++) {
-        if (rsl__lapi_route(c->G->api[c->w->index], &lc, c->path, &c->npath, err,
-                            sizeof(err)) < 0) {
+        if (rsl__lapi_route(c->G->api[c->w->index], &lc, c->path, &c->npath, &c->priority,
+                            err, sizeof(err)) < 0) {
             fprintf(stderr, "route failed: %s\n", err);
             exit(1);
         }
