@@ -41,6 +41,8 @@ typedef struct rsl__calls {
     /* rsl_options.io_model: answers the I/O steps (step_model.c); NULL: the network. */
     void (*io_model)(void *ud, const rsl_io_attempt *a, rsl_io_answer *ans);
     void *io_model_ud;
+    /* The load signal and the shedding controller (shed.h); NULL: none (virtual time). */
+    struct rsl__load *load;
     /* A call object was freed (any thread); left: calls made and not yet freed.  The last
      * call may free the runtime from here: nothing touches cs after it. */
     void (*freed)(void *ud, int64_t left);
@@ -97,6 +99,8 @@ struct rsl__call {
     int path[RSL_MAX_PATH];
     int npath, pos;
     int priority;                     /* 0..RSL_PRIORITY_LOWEST, from the route (0: none) */
+    int has_priority;                 /* the route gave one (a span attribute) */
+    int64_t posted;                   /* coarse clock when queued to a worker (0: not) */
     enum rsl__phase phase;
     int64_t start, deadline;          /* ns; deadline 0: none */
     /* the current step */

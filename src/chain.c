@@ -212,6 +212,28 @@ static int maybe_retry(rsl__call *c, const rsl__step *s, int64_t now) {
 
 /* ---- driving -------------------------------------------------------------------------- */
 
+/* A step whose recent median duration is more than the call has left of its deadline is
+ * shed before it starts (a later, quicker step may still answer).  The shed counts as a
+ * sample of what was left, so that a median learned in a slow spell cannot shed forever:
+ * each shed pulls it down until calls run again and measure. */
+static int shed_for_deadline(rsl__call *c, int64_t now) {
+    rsl__median *m = &c->G->medians[c->pidx][c->path[c->pos]];
+    int64_t p50 = rsl__median_get(m), left = c->deadline - now;
+    if (p50 <= 0 || left >= p50) {
+        return 0;
+    }
+    rsl__median_observe(m, left);
+    rsl__answer_fail(&c->ans, RSL_OUTCOME_REJECTED,
+                     "shed: %.1f ms left of the deadline, under the step's recent median of "
+                     "%.1f ms",
+                     (double)left / 1e6, (double)p50 / 1e6);
+    shed_answer(c);
+    if (c->cs->load) {
+        rsl__load_note_deadline_shed(c->cs->load);
+    }
+    return 1;
+}
+
 static void end_step(rsl__call *c, int64_t now) {
     rsl__entry *e = &c->res->path[c->res->npath++];
     e->step = c->p->steps[c->path[c->pos]].name;
@@ -221,6 +243,9 @@ static void end_step(rsl__call *c, int64_t now) {
     rsl__pview *v = c->p->stats;
     if (v) {
         rsl__stepstats_observe(v->steps[c->path[c->pos]], e->outcome, now - c->step_start);
+    }
+    if (c->tries > 0 && e->outcome != RSL_OUTCOME_CANCELED) {
+        rsl__median_observe(&c->G->medians[c->pidx][c->path[c->pos]], now - c->step_start);
     }
     if (c->ans.outcome != RSL_OUTCOME_OK) {
         e->error = c->ans.error ? strdup(c->ans.error) : strdup(rsl_outcome_name(e->outcome));
@@ -254,6 +279,10 @@ static void advance(rsl__call *c, int64_t now) {
             }
             if (c->deadline && now >= c->deadline && s->ops->waits) {
                 rsl__answer_fail(&c->ans, RSL_OUTCOME_TIMEOUT, "deadline passed before the step");
+                c->phase = RSL_PH_ATTEMPTED;
+                break;
+            }
+            if (c->deadline && s->ops->waits && shed_for_deadline(c, now)) {
                 c->phase = RSL_PH_ATTEMPTED;
                 break;
             }
@@ -387,6 +416,7 @@ void rsl__call_start(rsl__call *c) {
     if (c->p->route_refs) {
         char err[512];
         rsl__lcall lc = {c->id, c->start, c->req, c->p, c->pidx};
+        c->priority = -1; /* left alone by a route that gives none */
         if (rsl__lapi_route(c->G->api[c->w->index], &lc, c->path, &c->npath, &c->priority,
                             err, sizeof(err)) < 0) {
             rsl__log(c->cs->env, RSL_LOG_WARN,
@@ -399,12 +429,33 @@ void rsl__call_start(rsl__call *c) {
             }
             c->npath = 0;
         }
+        c->has_priority = c->priority >= 0;
+        c->priority = c->has_priority ? c->priority : 0;
     }
     if (c->npath == 0) {
         c->npath = c->p->nchain < RSL_MAX_PATH ? c->p->nchain : RSL_MAX_PATH;
         memcpy(c->path, c->p->chain, (size_t)c->npath * sizeof(int));
     }
     c->pos = 0;
+    int64_t now = c->p->route_refs ? rsl__call_now(c) : c->start;
+    rsl__load *load = c->cs->load;
+    if (load) {
+        if (c->posted) {
+            rsl__load_sojourn(load, c->w->index, rsl__clock_coarse() - c->posted);
+        }
+        if (rsl__load_shed(load, c->priority)) {
+            /* The whole call, before any step: the runtime itself is behind. */
+            rsl__answer_fail(&c->ans, RSL_OUTCOME_REJECTED,
+                             "shed under load (pressure %.2f, priority %d)",
+                             rsl__load_pressure(load), c->priority);
+            shed_answer(c);
+            c->step_start = now;
+            c->tries = 0;
+            end_step(c, now);
+            rsl__call_finish(c, now);
+            return;
+        }
+    }
     c->phase = RSL_PH_STEP;
-    advance(c, c->p->route_refs ? rsl__call_now(c) : c->start);
+    advance(c, now);
 }

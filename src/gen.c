@@ -32,6 +32,12 @@ void rsl__genr_unref(rsl__genr *G) {
         }
         free(G->budgets);
     }
+    if (G->medians) {
+        for (int i = 0; i < G->g->npolicies; i++) {
+            free(G->medians[i]);
+        }
+        free(G->medians);
+    }
     for (int i = 0; i < G->g->npolicies; i++) {
         rsl__pview_free(G->g->policies[i].stats);
         G->g->policies[i].stats = NULL;
@@ -98,7 +104,8 @@ rsl__genr *rsl__genr_new(const rsl__genr_conf *conf, rsl__gen *g) {
     atomic_fetch_add_explicit(&rsl__genr_live, 1, memory_order_relaxed);
     G->api = calloc((size_t)g->nstates, sizeof(*G->api));
     G->budgets = calloc((size_t)(g->npolicies ? g->npolicies : 1), sizeof(*G->budgets));
-    if (!G->api || !G->budgets) {
+    G->medians = calloc((size_t)(g->npolicies ? g->npolicies : 1), sizeof(*G->medians));
+    if (!G->api || !G->budgets || !G->medians) {
         goto fail;
     }
     for (int i = 0; i < g->nstates; i++) {
@@ -110,7 +117,8 @@ rsl__genr *rsl__genr_new(const rsl__genr_conf *conf, rsl__gen *g) {
     for (int i = 0; i < g->npolicies; i++) {
         rsl__policy *p = &g->policies[i];
         G->budgets[i] = calloc((size_t)(p->nsteps ? p->nsteps : 1), sizeof(rsl__budget));
-        if (!G->budgets[i]) {
+        G->medians[i] = calloc((size_t)(p->nsteps ? p->nsteps : 1), sizeof(rsl__median));
+        if (!G->budgets[i] || !G->medians[i]) {
             pthread_mutex_unlock(conf->lock);
             goto fail;
         }

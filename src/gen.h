@@ -19,6 +19,7 @@
 #include "metrics.h"
 #include "policy.h"
 #include "retry.h"
+#include "shed.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -48,6 +49,7 @@ typedef struct rsl__genr {
     rsl__gen *g;
     rsl__lapi **api;        /* per state */
     rsl__budget **budgets;  /* [policy][step] */
+    rsl__median **medians;  /* [policy][step]: the step's recent median duration */
     _Atomic int refs;
 } rsl__genr;
 

@@ -19,12 +19,8 @@
 #include "breaker.h"
 #include "bulkhead.h"
 #include "limiter.h"
+#include "shed.h"
 #include "throttle.h"
-
-/* Call priorities: 0 is the highest, RSL_PRIORITY_LOWEST the lowest; a call given none is
- * 0.  A policy gives them from its route or its `priority` (lua/resilua.lua). */
-#define RSL_PRIORITY_LOWEST 7
-#define RSL_PRIORITIES (RSL_PRIORITY_LOWEST + 1)
 
 typedef enum rsl__guard_kind {
     RSL_GUARD_BREAKER,

@@ -131,6 +131,15 @@ char *rsl_state_json(rsl_runtime *rt) {
     json_object_set_new(reloads, "ok", json_integer((json_int_t)rt->reloads_ok));
     json_object_set_new(reloads, "failed", json_integer((json_int_t)rt->reloads_failed));
     json_object_set_new(root, "reloads", reloads);
+    json_t *shed = json_array();
+    for (int p = 0; p < RSL_PRIORITIES; p++) {
+        json_array_append_new(shed, json_integer((json_int_t)rsl__load_shed_count(rt->load, p)));
+    }
+    json_object_set_new(
+        root, "load",
+        json_pack("{s:f,s:f,s:o,s:I}", "pressure", rsl__load_pressure(rt->load), "level",
+                  rsl__load_level(rt->load), "shed", shed, "deadline_shed",
+                  (json_int_t)rsl__load_deadline_sheds(rt->load)));
     pthread_mutex_unlock(&rt->lock);
     /* The registry lock, not rt->lock: walking every guard must not stall calls. */
     pthread_mutex_lock(&rt->reg_lock);
@@ -174,6 +183,33 @@ static int metric_guard(rsl__buf *b, const char *name, const char *label, const 
 #define HELP(b, name, type, text)                                                          \
     rsl__buf_append(b, "# HELP " name " " text "\n# TYPE " name " " type "\n",            \
                     strlen("# HELP " name " " text "\n# TYPE " name " " type "\n"))
+
+/* The load signal and what was shed on it (shed.h). */
+static int load_metrics(rsl__buf *b, const rsl__load *l) {
+    char t[320];
+    int n = snprintf(t, sizeof(t),
+                     "# HELP resilua_pressure The runtime's load signal, 0..1 (loop lag, queue "
+                     "wait).\n# TYPE resilua_pressure gauge\nresilua_pressure %.4f\n"
+                     "# HELP resilua_shed_level How many priorities the load controller "
+                     "sheds.\n# TYPE resilua_shed_level gauge\nresilua_shed_level %.4f\n",
+                     rsl__load_pressure(l), rsl__load_level(l));
+    int rc = rsl__buf_append(b, t, (size_t)n);
+    rc |= HELP(b, "resilua_shed_total", "counter",
+               "Calls shed before they started: under load (by priority), or for a deadline "
+               "below the step's recent median.");
+    for (int p = 0; p < RSL_PRIORITIES; p++) {
+        uint64_t v = rsl__load_shed_count(l, p);
+        if (v) {
+            n = snprintf(t, sizeof(t), "resilua_shed_total{reason=\"load\",priority=\"%d\"} %llu\n",
+                         p, (unsigned long long)v);
+            rc |= rsl__buf_append(b, t, (size_t)n);
+        }
+    }
+    n = snprintf(t, sizeof(t), "resilua_shed_total{reason=\"deadline\"} %llu\n",
+                 (unsigned long long)rsl__load_deadline_sheds(l));
+    rc |= rsl__buf_append(b, t, (size_t)n);
+    return rc;
+}
 
 char *rsl_metrics_text(rsl_runtime *rt) {
     if (!rt) {
@@ -306,6 +342,7 @@ char *rsl_metrics_text(rsl_runtime *rt) {
     }
     pthread_mutex_unlock(&rt->reg_lock);
     rc |= rsl__buf_append(&b, tail, (size_t)n);
+    rc |= load_metrics(&b, rt->load);
     if (rc) {
         rsl__buf_free(&b);
         return NULL;

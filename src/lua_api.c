@@ -160,6 +160,13 @@ static int sig_gauge(lua_State *L) {
     return 1;
 }
 
+/* sig.pressure() -> the runtime's load signal in 0..1 (shed.h). */
+static int sig_pressure(lua_State *L) {
+    const rsl__load *l = api(L)->conf.load;
+    lua_pushnumber(L, l ? rsl__load_pressure(l) : 0.0);
+    return 1;
+}
+
 static int sig_now(lua_State *L) {
     lua_pushnumber(L, (double)api(L)->now / 1e6);
     return 1;
@@ -171,7 +178,7 @@ static const luaL_Reg sig_fns[] = {
     {"calls", sig_calls},       {"inflight", sig_inflight},
     {"load", sig_load},         {"tokens", sig_tokens},
     {"gauge", sig_gauge},       {"now", sig_now},
-    {"limit", sig_limit},
+    {"limit", sig_limit},       {"pressure", sig_pressure},
     {NULL, NULL},
 };
 

@@ -19,6 +19,7 @@ typedef struct rsl__lapi_conf {
     rsl__gauges *gauges;       /* sig.gauge reads them */
     int64_t route_limit_ns;    /* rsl_options' limits on Lua */
     int64_t lua_step_limit_ns;
+    const struct rsl__load *load; /* sig.pressure reads it; NULL: 0 */
 } rsl__lapi_conf;
 
 /* What policy code sees of the call it runs for. */

@@ -59,7 +59,7 @@ static const char usage_text[] =
     "  serve [-p DIR] [--listen HOST:PORT] [--workers N] [--redis HOST:PORT]\n"
     "        [--max-body SIZE] [--request-timeout D] [--idle-timeout D] [--drain-timeout D]\n"
     "        [--access-log FILE|-] [--otlp-endpoint URL] [--trace-sample RATIO]\n"
-    "        [--trace-errors] [--service-name NAME]\n"
+    "        [--trace-errors] [--service-name NAME] [--shed-above P] [--max-shed F]\n"
     "                             the HTTP sidecar (default 127.0.0.1:8700; port 0: any\n"
     "                             free one; prints \"listening HOST:PORT\"): /call/POLICY,\n"
     "                             r.expose routes, /metrics, /state, /reload, /healthz;\n"
@@ -91,6 +91,11 @@ static const char usage_text[] =
     "  --trace-errors             also send every degraded or failed call's spans\n"
     "  --service-name NAME        service.name of the spans (default: OTEL_SERVICE_NAME,\n"
     "                             else resilua)\n"
+    "  --shed-above P             shed calls, lowest priority first (429), while the\n"
+    "                             load signal (sig.pressure(), 0..1) is above P (serve;\n"
+    "                             default: no shedding)\n"
+    "  --max-shed F               the most of priority 0 that shedding may refuse, 0..1\n"
+    "                             (default 0: none)\n"
     "  -h, --help                 this text\n"
     "\n"
     "exit status: 0 ok; 1 load errors (check) or a call whose outcome is not ok (call);\n"
@@ -728,7 +733,7 @@ static int cmd_serve(int argc, char **argv) {
     args a = {argc, argv, 0, 0};
     const char *dir = "policies", *redis = NULL, *v = NULL;
     const char *otlp = NULL, *service = NULL;
-    double sample = -1;
+    double sample = -1, shed_above = 0, max_shed = 0;
     int trace_errors = 0;
     long workers = 1;
     rsl_serve_options so;
@@ -783,6 +788,16 @@ static int cmd_serve(int argc, char **argv) {
                 usage_error("serve: --trace-sample wants a ratio 0..1 such as 0.1, got \"%s\"", v);
                 return EXIT_USAGE;
             }
+        } else if (r == 0 && ((r = opt_value(&a, NULL, "--shed-above", &v)) > 0 ||
+                              (r == 0 && (r = opt_value(&a, NULL, "--max-shed", &v)) > 0))) {
+            char *end = NULL;
+            errno = 0;
+            double x = strtod(v, &end);
+            if (end == v || *end || errno || !(x >= 0 && x <= 1)) {
+                usage_error("serve: %s wants a number 0..1 such as 0.7, got \"%s\"", s, v);
+                return EXIT_USAGE;
+            }
+            *(strncmp(s, "--max-shed", 10) == 0 ? &max_shed : &shed_above) = x;
         } else if (r == 0 && strcmp(s, "--trace-errors") == 0) {
             trace_errors = 1;
             a.i++;
@@ -826,6 +841,8 @@ static int cmd_serve(int argc, char **argv) {
     o.service_name = service;
     o.trace_sample = sample;
     o.trace_errors = trace_errors;
+    o.shed_above = shed_above;
+    o.max_shed = max_shed;
     rsl_runtime *rt = NULL;
     char err[16384] = "";
     int rc = rsl_open(&rt, &o, err, sizeof(err));

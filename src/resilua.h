@@ -182,6 +182,12 @@ typedef struct rsl_options {
      * it).  For simulations: hours of traffic through the real guards and policies as
      * fast as the CPU goes, the same every run.  0: real time. */
     int virtual_time;
+    /* Load shedding ("Priorities and reserves" in the README): while the runtime's
+     * pressure (its loops' lag and queue wait, 0..1) is above shed_above, calls are shed
+     * from the lowest priority up, a 429; priority 0 at most max_shed of the time (0..1).
+     * shed_above 0: no shedding (the default); sig.pressure() reads the pressure anyway. */
+    double shed_above;
+    double max_shed;
 } rsl_options;
 
 /* Fills `o` with defaults. Any thread. */

@@ -70,7 +70,8 @@ static rsl__genr *genr_new(struct rsl_runtime *rt, rsl__gen *g) {
     rsl__genr_conf conf = {
         .lapi = {.gauges = &rt->gauges,
                  .route_limit_ns = rt->o.route_limit_ns,
-                 .lua_step_limit_ns = rt->o.lua_step_limit_ns},
+                 .lua_step_limit_ns = rt->o.lua_step_limit_ns,
+                 .load = rt->load},
         .lock = &rt->lock,
         .caches = &rt->caches,
         .metrics = &rt->metrics,
@@ -242,7 +243,10 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
     pthread_mutex_init(&rt->reg_lock, NULL);
     rt->guards = rsl__guards_new();
     rt->wd = rsl__watchdog_new(0);
-    if (!rt->dir || !rt->guards || !rt->wd) {
+    rsl__load_conf lc = {rt->o.shed_above, rt->o.max_shed};
+    rt->load = rsl__load_new(rt->o.workers, &lc);
+    rt->calls.load = rt->o.virtual_time ? NULL : rt->load;
+    if (!rt->dir || !rt->guards || !rt->wd || !rt->load) {
         rsl_close(rt);
         return RSL_ENOMEM;
     }
@@ -296,6 +300,7 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
         .redis_port = rt->redis_port,
         .otlp = rt->tracing && rt->tracer.exporting ? &rt->tracer.otlp : NULL,
         .otlp_stats = rt->tracer.stats,
+        .load = rt->calls.load,
     };
     if (rt->o.loop) {
         if ((rc = rsl__worker_attach(&rt->workers[0], &wc, rt->o.loop)) < 0) {
@@ -360,6 +365,7 @@ static void rt_free(rsl_runtime *rt) {
     rsl__gauges_close(&rt->gauges);
     json_decref(rt->last_reload);
     rsl__calls_close(&rt->calls);
+    rsl__load_free(rt->load);
     rsl__tracer_close(&rt->tracer);
     pthread_mutex_destroy(&rt->reg_lock);
     pthread_mutex_destroy(&rt->reload_lock);
@@ -674,6 +680,7 @@ static int submit(struct rsl_runtime *rt, const char *policy, const rsl_req *req
         rsl__call_free(c);
         return RSL_ECLOSED;
     }
+    c->posted = rt->calls.load ? rsl__clock_coarse() : 0; /* its wait in the queue */
     rsl__worker_post(w, &c->msg);
     atomic_fetch_sub(&rt->senders, 1);
     return 0;

@@ -397,6 +397,9 @@ void rsl__trace_emit(rsl__call *c, const rsl_result *r, int64_t now) {
                      r->served_by >= 0 ? r->path[r->served_by].step : "none");
     at[na++] = BATTR("resilua.degraded", r->degraded);
     at[na++] = BATTR("resilua.route_failed", r->route_failed);
+    if (c->has_priority) {
+        at[na++] = IATTR("resilua.priority", c->priority);
+    }
     at[na++] = SATTR("resilua.path", path);
     at[na++] = IATTR("http.response.status_code", r->status);
     if (r->outcome != RSL_OUTCOME_OK) {

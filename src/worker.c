@@ -114,6 +114,10 @@ static void maybe_finish(rsl__worker *w) {
         rsl__redis_close(w->redis);
         w->redis = NULL;
     }
+    if (w->beating) {
+        uv_close((uv_handle_t *)&w->beat, NULL);
+        w->beating = 0;
+    }
     w->conf.ops->idle(w); /* calls freed from now on are not kept */
     uv_close((uv_handle_t *)&w->async, w->attached ? on_attached_closed : NULL);
 }
@@ -207,12 +211,29 @@ static void redis_log(void *ud, int level, const char *msg) {
              "worker %d: redis %s:%d: %s", w->index, w->conf.redis_host, w->conf.redis_port, msg);
 }
 
+/* The heartbeat: how late it fires is the loop's lag, the load signal's first half (the
+ * queue's sojourn, measured as calls start, is the other). */
+static void on_beat(uv_timer_t *t) {
+    rsl__worker *w = t->data;
+    int64_t now = rsl__clock_now();
+    rsl__load_beat(w->conf.load, w->index, now - w->beat_last - RSL_SHED_BEAT_NS);
+    w->beat_last = now;
+}
+
 /* On the loop's thread, before it serves calls: the Redis connection starts opening now,
- * so that the first call finds it up. */
+ * so that the first call finds it up; the heartbeat starts. */
 static void io_start(rsl__worker *w) {
     w->http = NULL;
     w->redis = NULL;
     w->otlp = NULL;
+    w->beating = 0;
+    if (w->conf.load && uv_timer_init(w->loop, &w->beat) == 0) {
+        w->beat.data = w;
+        w->beat_last = rsl__clock_now();
+        uv_timer_start(&w->beat, on_beat, RSL_SHED_BEAT_NS / 1000000, RSL_SHED_BEAT_NS / 1000000);
+        uv_unref((uv_handle_t *)&w->beat); /* it never keeps a loop running */
+        w->beating = 1;
+    }
     if (w->conf.redis_host) {
         w->redis = rsl__redis_new(w->loop, w->conf.redis_host, w->conf.redis_port, redis_log, w);
     }

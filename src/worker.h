@@ -15,6 +15,7 @@
 #include "http.h"
 #include "otlp.h"
 #include "redis.h"
+#include "shed.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -72,6 +73,7 @@ typedef struct rsl__worker_conf {
     int redis_port;
     const rsl__otlp_conf *otlp;   /* NULL: no span exporter */
     rsl__otlp_stats *otlp_stats;  /* one per worker, by index */
+    rsl__load *load;              /* the heartbeat reports the loop's lag; NULL: none */
 } rsl__worker_conf;
 
 struct rsl__worker {
@@ -90,6 +92,9 @@ struct rsl__worker {
     rsl__http *http;   /* made on first use; closed when the worker stops */
     rsl__redis *redis; /* made at start when there is Redis */
     rsl__otlp *otlp;   /* made on first use; flushed at STOP, closed when it stops */
+    uv_timer_t beat;   /* the heartbeat (conf.load): how late the loop runs; unref'd */
+    int beating;
+    int64_t beat_last;
     /* The calls' own per-worker lists (call.c): the worker never reads them. */
     struct rsl__call *calls; /* in flight */
     struct rsl__call *spare; /* finished calls' objects kept for reuse */

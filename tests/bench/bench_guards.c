@@ -8,17 +8,20 @@
  *                           just N ops of one benchmark, nothing printed, for
  *                           `valgrind --tool=callgrind` instruction counts (run it with
  *                           N and with 0 and divide the difference by N).  NAME: breaker,
- *                           breaker2, limiter, bulkhead, throttle, adaptive, clock, atomic.
+ *                           breaker2, limiter, bulkhead, throttle, adaptive, reserve, shed,
+ *                           clock, atomic.
  *
  * The breaker loops read `now` from CLOCK_MONOTONIC_COARSE once per 64 ops, as a worker
  * reading its clock once per loop turn would; the read is inside the timed loop.
  */
+#include "adaptive.h"
 #include "breaker.h"
 #include "bulkhead.h"
 #include "clock.h"
+#include "guard.h"
 #include "limiter.h"
+#include "shed.h"
 #include "throttle.h"
-#include "adaptive.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -135,6 +138,31 @@ static void loop_adaptive(rsl__adaptive *a, long n) {
     keep(admitted);
 }
 
+/* Through the guard interface (what a step's attempt runs): a bulkhead at priority 1, with
+ * no reserve and with `reserve = { [0] = 0.3 }` (one more relaxed load: its share). */
+static void loop_guard(rsl__guard *g, int prio, long n) {
+    uint64_t admitted = 0;
+    for (long i = 0; i < n; i++) {
+        rsl__permit p;
+        const char *why;
+        if (rsl__guard_acquire(g, 0, prio, &p, &why) == 1) {
+            rsl__guard_release(g, &p, 1, 0, RSL_OUTCOME_OK, 200, 0);
+            admitted++;
+        }
+    }
+    keep(admitted);
+}
+
+/* The load controller's check at each call's start, nothing being shed: the seen bit and
+ * the level, two relaxed loads. */
+static void loop_shed(rsl__load *l, long n) {
+    uint64_t shed = 0;
+    for (long i = 0; i < n; i++) {
+        shed += (uint64_t)rsl__load_shed(l, (int)(i & 1));
+    }
+    keep(shed);
+}
+
 static void loop_clock(long n) {
     uint64_t s = 0;
     for (long i = 0; i < n; i++) {
@@ -209,6 +237,9 @@ static rsl__limiter *new_limiter(void) {
 }
 
 /* ---- timing ---- */
+struct guards;
+static void new_extras(struct guards *g);
+static void free_extras(struct guards *g);
 
 typedef enum {
     B_BREAKER,
@@ -217,18 +248,23 @@ typedef enum {
     B_BULKHEAD,
     B_THROTTLE,
     B_ADAPTIVE,
+    B_GUARD,
+    B_GUARD_RESERVE,
+    B_SHED,
     B_CLOCK,
     B_COARSE,
     B_ATOMIC
 } bench_id;
 
-typedef struct {
+typedef struct guards {
     rsl__breaker *b;
     rsl__limiter *l;
     rsl__bulkhead *h;
     rsl__breaker *j;
     rsl__throttle *t;
     rsl__adaptive *a;
+    rsl__guard *g0, *gr;
+    rsl__load *ld;
 } guards;
 
 static void run_once(bench_id id, guards *g, long n) {
@@ -250,6 +286,15 @@ static void run_once(bench_id id, guards *g, long n) {
         break;
     case B_ADAPTIVE:
         loop_adaptive(g->a, n);
+        break;
+    case B_GUARD:
+        loop_guard(g->g0, 1, n);
+        break;
+    case B_GUARD_RESERVE:
+        loop_guard(g->gr, 1, n);
+        break;
+    case B_SHED:
+        loop_shed(g->ld, n);
         break;
     case B_CLOCK:
         loop_clock(n);
@@ -368,9 +413,29 @@ static void print_figure(const char *what, double ns, double clock_ns, const cha
            ns / clock_ns, target ? "   target " : "", target ? target : "");
 }
 
+static void new_extras(guards *g) {
+    static const int usable[RSL_PRIORITIES] = {1000, 700, 700, 700, 700, 700, 700, 700};
+    g->g0 = rsl__guard_new_bulkhead("bench-g", 64);
+    g->gr = rsl__guard_new_bulkhead("bench-r", 64);
+    g->ld = rsl__load_new(1, NULL);
+    if (!g->g0 || !g->gr || !g->ld) {
+        fprintf(stderr, "bench_guards: out of memory\n");
+        exit(1);
+    }
+    rsl__guard_reserve_set(g->gr, usable);
+}
+
+static void free_extras(guards *g) {
+    rsl__guard_unref(g->g0);
+    rsl__guard_unref(g->gr);
+    rsl__load_free(g->ld);
+}
+
 static int ops_mode(const char *name, long n) {
-    guards g = {new_breaker(1), new_limiter(), rsl__bulkhead_new("bench", 64), NULL,
-                new_throttle(), new_adaptive()};
+    guards g = {new_breaker(1), new_limiter(),  rsl__bulkhead_new("bench", 64),
+                NULL,           new_throttle(), new_adaptive(),
+                NULL,           NULL,           NULL};
+    new_extras(&g);
     if (strcmp(name, "breaker") == 0) {
         loop_breaker(g.b, n);
     } else if (strcmp(name, "breaker2") == 0) {
@@ -385,6 +450,10 @@ static int ops_mode(const char *name, long n) {
         loop_throttle(g.t, n);
     } else if (strcmp(name, "adaptive") == 0) {
         loop_adaptive(g.a, n);
+    } else if (strcmp(name, "reserve") == 0) {
+        loop_guard(g.gr, 1, n);
+    } else if (strcmp(name, "shed") == 0) {
+        loop_shed(g.ld, n);
     } else if (strcmp(name, "clock") == 0) {
         loop_clock(n);
     } else if (strcmp(name, "atomic") == 0) {
@@ -398,6 +467,7 @@ static int ops_mode(const char *name, long n) {
     rsl__bulkhead_free(g.h);
     rsl__throttle_free(g.t);
     rsl__adaptive_free(g.a);
+    free_extras(&g);
     return 0;
 }
 
@@ -414,8 +484,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: bench_guards [--smoke | --ops NAME N]\n");
         return 2;
     }
-    guards g = {new_breaker(1), new_limiter(), rsl__bulkhead_new("bench", 64), new_joint(),
-                new_throttle(), new_adaptive()};
+    guards g = {new_breaker(1), new_limiter(),  rsl__bulkhead_new("bench", 64),
+                new_joint(),    new_throttle(), new_adaptive(),
+                NULL,           NULL,           NULL};
+    new_extras(&g);
     rsl__breaker *b2 = new_breaker(2);
 
     double clk = time_one(B_CLOCK, &g);
@@ -428,6 +500,9 @@ int main(int argc, char **argv) {
     double bh = time_one(B_BULKHEAD, &g);
     double thr = time_one(B_THROTTLE, &g);
     double ad = time_one(B_ADAPTIVE, &g);
+    double gd = time_one(B_GUARD, &g);
+    double gres = time_one(B_GUARD_RESERVE, &g);
+    double shed = time_one(B_SHED, &g);
 
     printf("bench_guards: median of %d runs x %ld ops; breaker `now` from the coarse clock "
            "once per 64 ops\n",
@@ -445,6 +520,10 @@ int main(int argc, char **argv) {
     printf("%-40s %7.2f x the plain breaker   target <= 2x\n", "throttle", thr / br);
     print_figure("adaptive acquire+release", ad, clk, NULL);
     printf("%-40s %7.2f x the plain breaker   target <= 2x\n", "adaptive", ad / br);
+    print_figure("guard: bulkhead, priority 1", gd, clk, NULL);
+    print_figure("guard: bulkhead + reserve, priority 1", gres, clk, NULL);
+    printf("%-40s %+7.1f ns/op\n", "a reserve's added cost", gres - gd);
+    print_figure("load shedding check per call", shed, clk, NULL);
     memory(1, nbreakers);
     memory(2, nbreakers);
 
@@ -458,6 +537,7 @@ int main(int argc, char **argv) {
     rsl__bulkhead_free(g.h);
     rsl__throttle_free(g.t);
     rsl__adaptive_free(g.a);
+    free_extras(&g);
     if (!ok) {
         fprintf(stderr, "bench_guards: a success-only breaker left the closed state\n");
         return 1;
