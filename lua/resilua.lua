@@ -440,15 +440,13 @@ local function reserve(ctx, d, v)
   end
 end
 
-local LIMITER = set { "rate", "per", "burst", "scope", "reserve" }
+local LIMITER = set { "rate", "per", "burst", "scope", "reserve", "lease", "on_redis_down" }
 local MAX_TAU_NS = 2 ^ 60 -- limiter.c: burst * per / rate must fit int64 ns with room
 
 local function limiter(ctx, name, c)
   claim_guard(ctx, "limiter", name)
   check_fields(ctx, c, LIMITER, "")
-  if c.scope ~= nil then
-    fail(ctx, "scope is not available yet")
-  end
+  enum(ctx, c.scope, "scope", "local", { "local", "global" })
   if c.rate == nil then
     fail(ctx, "rate is required")
   end
@@ -460,6 +458,21 @@ local function limiter(ctx, name, c)
     fail(ctx, "burst * per / rate must be at most 36 years")
   end
   reserve(ctx, d, c.reserve)
+  -- scope = "global": the bucket in Redis, spent locally from leases (lease.h).
+  if c.scope == "global" then
+    if c.reserve ~= nil then
+      fail(ctx, "reserve is not available with scope = \"global\" yet")
+    end
+    d.global = 1
+    d.lease = integer(ctx, c.lease, "lease", math.min(50, max(1, floor(d.burst))), 1)
+    if d.lease > d.burst then
+      fail(ctx, "lease must be at most burst (%s), got %s", show(d.burst), show(c.lease))
+    end
+    local od = enum(ctx, c.on_redis_down, "on_redis_down", "local", { "local", "open", "closed" })
+    d.on_down = od == "open" and 1 or od == "closed" and 2 or 0 -- RSL_LEASE_* (lease.h)
+  elseif c.lease ~= nil or c.on_redis_down ~= nil then
+    fail(ctx, "lease and on_redis_down need scope = \"global\"")
+  end
   guards[name] = d
 end
 

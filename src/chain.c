@@ -47,6 +47,9 @@ static int acquire_guards(rsl__call *c, const rsl__step *s, int64_t now) {
         rsl__guard *g = s->guards[i];
         const char *why = "";
         int rc = rsl__guard_acquire(g, now, c->priority, &c->permits[i], &why);
+        if (g->kind == RSL_GUARD_LIMITER && rsl__guard_lease(g)) {
+            rsl__lease_tend(rsl__guard_lease(g), c->w->redis); /* its refill, on our loop */
+        }
         if (rc <= 0) {
             if (c->tr) {
                 rsl__trace_refused(c, g);

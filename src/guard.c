@@ -74,6 +74,9 @@ int rsl__guard_acquire(rsl__guard *g, int64_t now, int priority, rsl__permit *pe
         if ((o = overridden(g, why)) >= 0) {
             return o;
         }
+        if (rsl__guard_lease(g)) {
+            return rsl__lease_acquire(rsl__guard_lease(g), now, why);
+        }
         *why = "is empty";
         u = atomic_load_explicit(&g->usable[priority], memory_order_relaxed);
         o = rsl__limiter_allow_upto(g->u.limiter, now, u);

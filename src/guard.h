@@ -18,9 +18,12 @@
 #include "adaptive.h"
 #include "breaker.h"
 #include "bulkhead.h"
+#include "lease.h"
 #include "limiter.h"
 #include "shed.h"
 #include "throttle.h"
+
+#include <stdatomic.h>
 
 typedef enum rsl__guard_kind {
     RSL_GUARD_BREAKER,
@@ -52,7 +55,15 @@ typedef struct rsl__guard {
      * priorities above), and the calls each priority had refused for it (shed). */
     _Atomic int usable[RSL_PRIORITIES];
     _Atomic uint64_t shed[RSL_PRIORITIES];
+    /* A limiter with scope = "global": its lease (lease.h), which decides instead of the
+     * local limiter; NULL: local.  Owned by the runtime's lease registry. */
+    _Atomic(rsl__lease *) lease;
 } rsl__guard;
+
+/* The global limiter's lease, or NULL. */
+static inline rsl__lease *rsl__guard_lease(const rsl__guard *g) {
+    return atomic_load_explicit(&g->lease, memory_order_acquire);
+}
 
 /* One attempt of a call of `priority` through g at `now`: 1 when it may go on (a breaker's
  * permit in *permit, a bulkhead's slot taken), else 0 with why it refused ("is open", "is

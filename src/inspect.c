@@ -66,6 +66,19 @@ static json_t *guard_state(rsl__guard *g, int64_t now) {
         break;
     }
     case RSL_GUARD_LIMITER:
+        if (rsl__guard_lease(g)) { /* scope = "global" */
+            rsl__lease_stats ls;
+            rsl__lease_stats_get(rsl__guard_lease(g), &ls);
+            json_object_set_new(o, "scope", json_string("global"));
+            json_object_set_new(o, "mode", json_string(rsl__lease_mode_name(ls.mode)));
+            json_object_set_new(o, "pool", json_integer(ls.pool));
+            json_object_set_new(o, "instances", json_integer(ls.instances));
+            json_object_set_new(o, "refills", json_integer((json_int_t)ls.refills));
+            json_object_set_new(o, "granted", json_integer((json_int_t)ls.granted));
+            json_object_set_new(o, "redis_errors", json_integer((json_int_t)ls.errors));
+            json_object_set_new(o, "rejections", json_integer((json_int_t)ls.rejections));
+            break;
+        }
         json_object_set_new(o, "tokens", json_real(rsl__limiter_tokens(g->u.limiter, now)));
         json_object_set_new(o, "rejections",
                             json_integer((json_int_t)rsl__limiter_rejections(g->u.limiter)));
@@ -265,13 +278,42 @@ char *rsl_metrics_text(rsl_runtime *rt) {
         if (g->kind == RSL_GUARD_ADAPTIVE) {
             rsl__adaptive_stats_get(g->u.adaptive, &st);
         }
+        rsl__lease_stats ls = {0};
+        if (rsl__guard_lease(g)) {
+            rsl__lease_stats_get(rsl__guard_lease(g), &ls);
+        }
         uint64_t v = g->kind == RSL_GUARD_BREAKER    ? rsl__breaker_rejections(g->u.breaker)
+                     : rsl__guard_lease(g)           ? ls.rejections
                      : g->kind == RSL_GUARD_LIMITER  ? rsl__limiter_rejections(g->u.limiter)
                      : g->kind == RSL_GUARD_THROTTLE ? rsl__throttle_rejections(g->u.throttle)
                      : g->kind == RSL_GUARD_ADAPTIVE ? st.rejections
                                                      : rsl__bulkhead_rejections(g->u.bulkhead);
         rc |= metric_guard(&b, "resilua_guard_rejections_total", "guard", g->name, NULL, NULL,
                            NULL, NULL, v);
+    }
+    rc |= HELP(&b, "resilua_shared_mode", "gauge",
+               "1 for a shared guard's mode: starting, joined (Redis decides), down (local).");
+    for (size_t i = 0; i < ng; i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        if (rsl__guard_lease(g)) {
+            rsl__lease_stats ls;
+            rsl__lease_stats_get(rsl__guard_lease(g), &ls);
+            for (int m = RSL_LEASE_STARTING; m <= RSL_LEASE_DOWN; m++) {
+                rc |= metric_guard(&b, "resilua_shared_mode", "guard", g->name, "mode",
+                                   rsl__lease_mode_name(m), NULL, NULL, ls.mode == m);
+            }
+        }
+    }
+    rc |= HELP(&b, "resilua_redis_errors_total", "counter",
+               "A shared guard's Redis commands that failed, were refused or timed out.");
+    for (size_t i = 0; i < ng; i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        if (rsl__guard_lease(g)) {
+            rsl__lease_stats ls;
+            rsl__lease_stats_get(rsl__guard_lease(g), &ls);
+            rc |= metric_guard(&b, "resilua_redis_errors_total", "guard", g->name, NULL, NULL,
+                               NULL, NULL, ls.errors);
+        }
     }
     rc |= HELP(&b, "resilua_guard_shed_total", "counter",
                "Calls a guard's reserve refused, by priority (those it keeps room from).");

@@ -59,7 +59,8 @@ static const char usage_text[] =
     "  serve [-p DIR] [--listen HOST:PORT] [--workers N] [--redis HOST:PORT]\n"
     "        [--max-body SIZE] [--request-timeout D] [--idle-timeout D] [--drain-timeout D]\n"
     "        [--access-log FILE|-] [--otlp-endpoint URL] [--trace-sample RATIO]\n"
-    "        [--trace-errors] [--service-name NAME] [--shed-above P] [--max-shed F]\n"
+    "        [--trace-errors] [--service-name NAME] [--redis-prefix PREFIX]\n"
+    "        [--shed-above P] [--max-shed F]\n"
     "                             the HTTP sidecar (default 127.0.0.1:8700; port 0: any\n"
     "                             free one; prints \"listening HOST:PORT\"): /call/POLICY,\n"
     "                             r.expose routes, /metrics, /state, /reload, /healthz;\n"
@@ -81,6 +82,8 @@ static const char usage_text[] =
     "                             next: a number with a unit us, ms, s, m or h\n"
     "  --redis HOST:PORT          Redis for r.redis and r.redis_cache steps (without it\n"
     "                             they answer \"connect\" and the chain falls back)\n"
+    "  --redis-prefix PREFIX      the prefix of the keys shared guards keep in Redis\n"
+    "                             (serve; default resilua:)\n"
     "  --access-log FILE|-        one JSON line per answered request (serve)\n"
     "  --otlp-endpoint URL        send spans as OTLP/HTTP JSON, e.g.\n"
     "                             http://127.0.0.1:4318/v1/traces (serve; default:\n"
@@ -734,6 +737,7 @@ static int cmd_serve(int argc, char **argv) {
     const char *dir = "policies", *redis = NULL, *v = NULL;
     const char *otlp = NULL, *service = NULL;
     double sample = -1, shed_above = 0, max_shed = 0;
+    const char *redis_prefix = NULL;
     int trace_errors = 0;
     long workers = 1;
     rsl_serve_options so;
@@ -757,6 +761,8 @@ static int cmd_serve(int argc, char **argv) {
             so.listen = v;
         } else if (r == 0 && (r = opt_value(&a, NULL, "--redis", &v)) > 0) {
             redis = v;
+        } else if (r == 0 && (r = opt_value(&a, NULL, "--redis-prefix", &v)) > 0) {
+            redis_prefix = v;
         } else if (r == 0 && (r = opt_value(&a, NULL, "--workers", &v)) > 0) {
             if (parse_count(v, &workers) < 0 || workers > 256) {
                 usage_error("serve: --workers wants a whole number 1..256, got \"%s\"", v);
@@ -843,6 +849,7 @@ static int cmd_serve(int argc, char **argv) {
     o.trace_errors = trace_errors;
     o.shed_above = shed_above;
     o.max_shed = max_shed;
+    o.redis_prefix = redis_prefix;
     rsl_runtime *rt = NULL;
     char err[16384] = "";
     int rc = rsl_open(&rt, &o, err, sizeof(err));

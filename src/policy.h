@@ -149,6 +149,8 @@ typedef struct rsl__gen_opts {
                               registry on other threads take it too); NULL: none.  Reads
                               during the load take no lock: loads are serialized by the
                               caller, so nobody else writes the registry meanwhile. */
+    rsl__leases *leases;   /* global limiters' leases (the runtime's); NULL: every limiter
+                              is local (a load that only checks or describes) */
     const rsl__step_ops *const *step_ops; /* the step kinds (steps.c), NULL-terminated;
                               NULL: the kinds of rsl__step_kind only, without their ops
                               (a load that only checks or describes) */

@@ -53,6 +53,16 @@ static json_t *guard_json(const rsl__guard *g) {
         json_object_set_new(o, "rate", json_real(c.rate));
         json_object_set_new(o, "per_ms", ms(c.per_ns));
         json_object_set_new(o, "burst", json_real(c.burst));
+        if (rsl__guard_lease(g)) {
+            static const char *down[] = {"local", "open", "closed"};
+            rsl__lease_conf lc;
+            rsl__lease_conf_get(rsl__guard_lease(g), &lc);
+            json_object_set_new(o, "scope", json_string("global"));
+            json_object_set_new(o, "lease", json_integer(lc.lease));
+            json_object_set_new(
+                o, "on_redis_down",
+                json_string(down[lc.on_down >= 0 && lc.on_down <= 2 ? lc.on_down : 0]));
+        }
         break;
     }
     case RSL_GUARD_BULKHEAD:
@@ -86,8 +96,7 @@ static json_t *guard_json(const rsl__guard *g) {
     if (rsl__guard_has_reserve(g)) { /* as declared: { "0": 0.3, ... } */
         json_t *r = json_object();
         for (int p = 0; p + 1 < RSL_PRIORITIES; p++) {
-            int kept = rsl__guard_usable(g, p) -
-                       rsl__guard_usable(g, p + 1);
+            int kept = rsl__guard_usable(g, p) - rsl__guard_usable(g, p + 1);
             if (kept > 0) {
                 char k[4];
                 snprintf(k, sizeof(k), "%d", p);
@@ -125,9 +134,9 @@ static json_t *step_json(const rsl__step *s) {
     static const char *const jitters[] = {"none", "full", "equal", "decorrelated"};
     json_t *o = json_object();
     json_object_set_new(o, "name", json_string(s->name));
-    json_object_set_new(o, "kind", json_string(s->kind == RSL_STEP_OTHER && s->ops
-                                                   ? s->ops->name
-                                                   : step_kind_name(s->kind)));
+    json_object_set_new(
+        o, "kind",
+        json_string(s->kind == RSL_STEP_OTHER && s->ops ? s->ops->name : step_kind_name(s->kind)));
     json_object_set_new(o, "line", json_integer(s->line));
     json_t *gs = json_array();
     for (int i = 0; i < s->nguards; i++) {

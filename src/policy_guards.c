@@ -62,6 +62,12 @@ void rsl__read_guard(lua_State *L, loader *ld, gdecl *d) {
         d->l.rate = rsl__decl_num(L, "rate");
         d->l.per_ns = (int64_t)rsl__decl_num(L, "per_ns");
         d->l.burst = rsl__decl_num(L, "burst");
+        d->global = rsl__decl_num(L, "global") > 0;
+        if (d->global) {
+            d->lc = (rsl__lease_conf){d->l.rate, d->l.per_ns, d->l.burst,
+                                      (int64_t)rsl__decl_num(L, "lease"),
+                                      (int)rsl__decl_num(L, "on_down")};
+        }
     } else if (rsl__decl_is(L, "kind", "throttle")) {
         d->kind = RSL_GUARD_THROTTLE;
         d->t.k = rsl__decl_num(L, "k");
@@ -122,6 +128,16 @@ int rsl__plan_guards(loader *ld, rsl__guards *reg) {
         }
         rsl__guard *old = rsl__guards_find(reg, d->name);
         rsl__guard_reserve_set(fresh, d->usable); /* a fresh guard is nobody's yet */
+        if (d->global && ld->o->leases) {
+            d->lease = rsl__leases_get(ld->o->leases, d->name, &d->lc);
+            if (!d->lease) {
+                rsl__guard_unref(fresh);
+                rsl__lines_add(&ld->errs, "%s:%d: limiter \"%s\": out of memory for its lease",
+                               d->file, d->line, d->name);
+                return -1;
+            }
+            atomic_store(&fresh->lease, d->lease);
+        }
         if (old && old->kind == d->kind) {
             rsl__guard_unref(fresh);
             rsl__guard_ref(old);
@@ -229,9 +245,15 @@ int rsl__apply_guards(loader *ld, rsl__guards *reg, rsl__load_report *rep) {
         gdecl *d = &ld->decls[i];
         switch (d->plan) {
         case PLAN_ADD:
+            if (d->lease) { /* a lease kept from an earlier declaration of the name */
+                rsl__lease_configure(d->lease, &d->lc);
+            }
             rsl__lines_add(&added, "%s", d->name);
             break;
         case PLAN_REPLACE:
+            if (d->lease) {
+                rsl__lease_configure(d->lease, &d->lc);
+            }
             rsl__guards_remove(reg, d->name);
             rsl__guards_add(reg, g->guards[i]); /* cannot fail: a slot was just freed */
             rsl__lines_add(&changed, "%s", d->name);
@@ -241,6 +263,13 @@ int rsl__apply_guards(loader *ld, rsl__guards *reg, rsl__load_report *rep) {
             int r = reconfigure(ld, d, g->guards[i]);
             if (r >= 0 && rsl__guard_reserve_set(g->guards[i], d->usable) && r == 0) {
                 r = 1; /* only its reserve changed */
+            }
+            if (r >= 0 && d->kind == RSL_GUARD_LIMITER) { /* its scope, or its lease's settings */
+                rsl__guard *gg = g->guards[i];
+                int moved = rsl__guard_lease(gg) != d->lease;
+                int conf = d->lease && rsl__lease_configure(d->lease, &d->lc);
+                atomic_store(&gg->lease, d->lease);
+                r = r == 0 && (moved || conf) ? 1 : r;
             }
             if (r < 0) { /* out of memory for a new window: the old settings stay */
                 rsl__lines_add(&ld->warnings,

@@ -34,6 +34,9 @@ typedef struct gdecl {
     rsl__adaptive_conf a;
     int64_t max;
     int usable[RSL_PRIORITIES]; /* the reserve: per mille each priority may fill */
+    int global;                 /* a limiter with scope = "global" */
+    rsl__lease_conf lc;
+    rsl__lease *lease;          /* its lease (plan) */
     int plan;
 } gdecl;
 

@@ -188,6 +188,9 @@ typedef struct rsl_options {
      * shed_above 0: no shedding (the default); sig.pressure() reads the pressure anyway. */
     double shed_above;
     double max_shed;
+    /* The prefix of every key resilua keeps in Redis for shared guards (a global limiter's
+     * bucket: PREFIX{NAME}:tb); NULL: "resilua:". */
+    const char *redis_prefix;
 } rsl_options;
 
 /* Fills `o` with defaults. Any thread. */

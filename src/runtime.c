@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 void rsl_free(void *p) {
     free(p);
@@ -101,6 +102,7 @@ static rsl__gen_opts gen_opts(struct rsl_runtime *rt) {
         .clock_ud = rt->o.clock_ud,
         .stripes = rt->o.workers < RSL_WINDOW_MAX_STRIPES ? rt->o.workers : RSL_WINDOW_MAX_STRIPES,
         .registry_lock = &rt->reg_lock,
+        .leases = rt->leases,
         .step_ops = rt->calls.io_model ? rt->model_table : rsl__step_ops_table,
     };
     return go;
@@ -246,7 +248,15 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
     rsl__load_conf lc = {rt->o.shed_above, rt->o.max_shed};
     rt->load = rsl__load_new(rt->o.workers, &lc);
     rt->calls.load = rt->o.virtual_time ? NULL : rt->load;
-    if (!rt->dir || !rt->guards || !rt->wd || !rt->load) {
+    /* This instance in the fleet's view (a global limiter's Redis heartbeat): host, pid
+     * and a random part, so that a restarted process is a new instance. */
+    char host[64] = "host", inst[128];
+    gethostname(host, sizeof(host) - 1);
+    host[sizeof(host) - 1] = 0;
+    snprintf(inst, sizeof(inst), "%s:%d:%08llx", host, (int)getpid(),
+             (unsigned long long)(rsl__rand64() & 0xffffffffu));
+    rt->leases = rsl__leases_new(rt->o.redis_prefix, inst, &rt->env);
+    if (!rt->dir || !rt->guards || !rt->wd || !rt->load || !rt->leases) {
         rsl_close(rt);
         return RSL_ENOMEM;
     }
@@ -366,6 +376,7 @@ static void rt_free(rsl_runtime *rt) {
     json_decref(rt->last_reload);
     rsl__calls_close(&rt->calls);
     rsl__load_free(rt->load);
+    rsl__leases_free(rt->leases);
     rsl__tracer_close(&rt->tracer);
     pthread_mutex_destroy(&rt->reg_lock);
     pthread_mutex_destroy(&rt->reload_lock);

@@ -152,13 +152,23 @@ static void handle(rsl__worker *w, rsl__msg *m) {
  * An attached worker never spins: the host's loop is not ours to hold. */
 #define SPIN_NS (50 * RSL_NS_PER_US)
 
+/* Messages handled in one turn of the loop at most: then the loop polls its I/O (the
+ * answers of upstreams and Redis) before the next batch.  Without a bound, host threads
+ * that post as fast as the worker answers keep it in here, and replies wait unread. */
+#define DRAIN_BATCH 64
+
 static void drain(uv_async_t *h) {
     rsl__worker *w = h->data;
     int64_t spin_until = 0;
-    for (;;) {
+    for (int n = 0;;) {
+        if (n == DRAIN_BATCH) {
+            uv_async_send(&w->async); /* the rest after this turn's I/O */
+            break;
+        }
         rsl__msg *m = rsl__queue_pop(&w->q);
         if (m) {
             handle(w, m);
+            n++;
             spin_until = 0;
             continue;
         }

@@ -151,7 +151,8 @@ TEST(limiter_and_bulkhead_errors) {
         {"r.limiter 'l' { rate = 5, burst = 0.5 }", "burst must be >= 1, got 0.5"},
         {"r.limiter 'l' { rate = 5, per = '1' }",
          "per must be a duration like \"150ms\", got \"1\""},
-        {"r.limiter 'l' { rate = 5, scope = 'global' }", "scope is not available yet"},
+        {"r.limiter 'l' { rate = 5, scope = 'fleet' }",
+         "scope must be one of \"local\", \"global\", got \"fleet\""},
         {"r.limiter 'l' { rate = 5, brust = 5 }", "unknown field \"brust\""},
     };
     RUN_CASES(limiter, "limiter \"l\": ");

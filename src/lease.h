@@ -1,0 +1,88 @@
+/*
+ * lease -- a global rate limit shared by every instance through Redis: the token bucket
+ * lives in Redis (one atomic script: refill at rate, take up to `lease` tokens), and each
+ * instance spends the tokens it leased from a local atomic pool, so a decision never waits
+ * for Redis and decisions per second are not capped by its round-trips.
+ *
+ * Layer: the guards' level, above redis (the I/O) and limiter (the local fallback).
+ *
+ * Modes: STARTING (no reply yet: the pool holds a credit of one lease, spent as leased
+ * tokens are), JOINED (the pool decides: a call takes a token or is refused), DOWN (Redis
+ * refused, failed or did not answer within RSL_LEASE_TIMEOUT_NS: on_redis_down decides,
+ * "local" at rate / instances with the instance count learned from Redis, "open" lets all
+ * through, "closed" refuses all).  A reply, whenever it comes, deposits its tokens and
+ * joins; while down, a probe goes out every RSL_LEASE_PROBE_NS.  Refills ask for a quarter
+ * lease each, up to RSL_LEASE_MAX_ASKS at once, whenever the pool and the refills out add up
+ * to less than a lease: an instance spends up to about one lease per Redis round trip.
+ *
+ * Accuracy: Redis grants at most rate x T + burst tokens over T; an instance admits only
+ * what it was granted plus its first credit, so while Redis is up the fleet admits at most
+ * rate x T + burst + instances x lease.  Tokens leased and not spent (at most a lease each)
+ * expire with the instance.
+ *
+ * Threads: acquire and tend on any worker (the pool and the flags are atomics); a refill
+ * is sent on the calling worker's Redis connection and answered on its loop.  Leases are
+ * owned by the runtime's registry (rsl__leases) and live until it is freed, after the
+ * workers stopped: a reply in flight never outlives its lease, and a reload that drops a
+ * global limiter and declares it again finds the same lease (and its pool).
+ */
+#ifndef RSL_LEASE_H
+#define RSL_LEASE_H
+
+#include "env.h"
+#include "limiter.h"
+#include "redis.h"
+
+#include <stdint.h>
+
+#define RSL_LEASE_TIMEOUT_NS (250 * 1000000LL)
+#define RSL_LEASE_PROBE_NS   (500 * 1000000LL)
+/* Refills out at once, each for a quarter lease. */
+#define RSL_LEASE_MAX_ASKS 4
+/* An instance counts as alive while it asked within this long. */
+#define RSL_LEASE_ALIVE_MS 10000
+
+enum { RSL_LEASE_LOCAL, RSL_LEASE_OPEN, RSL_LEASE_CLOSED };    /* on_redis_down */
+enum { RSL_LEASE_STARTING, RSL_LEASE_JOINED, RSL_LEASE_DOWN }; /* modes */
+
+typedef struct rsl__lease_conf {
+    double rate;
+    int64_t per_ns;
+    double burst;
+    int64_t lease; /* tokens per refill, >= 1 */
+    int on_down;   /* RSL_LEASE_LOCAL, _OPEN, _CLOSED */
+} rsl__lease_conf;
+
+typedef struct rsl__lease rsl__lease;
+typedef struct rsl__leases rsl__leases;
+
+/* prefix: the keys' prefix ("resilua:" when NULL); instance: this process's id; env: the
+ * log for changes of mode (borrowed, outlives the registry). */
+rsl__leases *rsl__leases_new(const char *prefix, const char *instance, const rsl__env *env);
+void rsl__leases_free(rsl__leases *ls);
+/* The lease of `name`, found (unchanged) or made with c.  NULL when out of memory or on a
+ * bad conf.  The loader's thread. */
+rsl__lease *rsl__leases_get(rsl__leases *ls, const char *name, const rsl__lease_conf *c);
+/* New settings in place (the pool and the mode stay): 1 when they changed anything. */
+int rsl__lease_configure(rsl__lease *l, const rsl__lease_conf *c);
+void rsl__lease_conf_get(const rsl__lease *l, rsl__lease_conf *c);
+
+/* One decision at `now`: 1 admitted, 0 refused with why. */
+int rsl__lease_acquire(rsl__lease *l, int64_t now, const char **why);
+/* After a decision, on the caller's worker: asks Redis for a lease when the pool runs low
+ * (one refill in flight at a time), notices a refill that timed out, probes while down.
+ * r NULL: no Redis (the guard goes down).  With the pool and the refills out at a whole
+ * lease and tokens left, it reads four atomics and returns. */
+void rsl__lease_tend(rsl__lease *l, rsl__redis *r);
+
+const char *rsl__lease_mode_name(int mode); /* "starting", "joined", "down" */
+/* The Redis script of a refill (its text), for benchmarks that compare against it. */
+const char *rsl__lease_script(void);
+typedef struct rsl__lease_stats {
+    int mode;
+    int64_t pool, instances;
+    uint64_t refills, granted, errors, rejections;
+} rsl__lease_stats;
+void rsl__lease_stats_get(const rsl__lease *l, rsl__lease_stats *s);
+
+#endif
