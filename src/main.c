@@ -59,8 +59,8 @@ static const char usage_text[] =
     "  serve [-p DIR] [--listen HOST:PORT] [--workers N] [--redis HOST:PORT]\n"
     "        [--max-body SIZE] [--request-timeout D] [--idle-timeout D] [--drain-timeout D]\n"
     "        [--access-log FILE|-] [--otlp-endpoint URL] [--trace-sample RATIO]\n"
-    "        [--trace-errors] [--service-name NAME] [--redis-prefix PREFIX]\n"
-    "        [--shed-above P] [--max-shed F]\n"
+    "        [--trace-errors] [--trace-skip-unsampled] [--service-name NAME]\n"
+    "        [--redis-prefix PREFIX] [--shed-above P] [--max-shed F]\n"
     "                             the HTTP sidecar (default 127.0.0.1:8700; port 0: any\n"
     "                             free one; prints \"listening HOST:PORT\"): /call/POLICY,\n"
     "                             r.expose routes, /metrics, /state, /reload, /healthz;\n"
@@ -92,6 +92,9 @@ static const char usage_text[] =
     "                             OTEL_TRACES_SAMPLER_ARG, else 1); a client's\n"
     "                             traceparent decides for its own trace\n"
     "  --trace-errors             also send every degraded or failed call's spans\n"
+    "  --trace-skip-unsampled     send no traceparent upstream from a call that began\n"
+    "                             its own trace and is not sampled (default: send it,\n"
+    "                             as W3C asks)\n"
     "  --service-name NAME        service.name of the spans (default: OTEL_SERVICE_NAME,\n"
     "                             else resilua)\n"
     "  --shed-above P             shed calls, lowest priority first (429), while the\n"
@@ -738,7 +741,7 @@ static int cmd_serve(int argc, char **argv) {
     const char *otlp = NULL, *service = NULL;
     double sample = -1, shed_above = 0, max_shed = 0;
     const char *redis_prefix = NULL;
-    int trace_errors = 0;
+    int trace_errors = 0, trace_skip = 0;
     long workers = 1;
     rsl_serve_options so;
     rsl_serve_options_init(&so);
@@ -808,6 +811,10 @@ static int cmd_serve(int argc, char **argv) {
             trace_errors = 1;
             a.i++;
             r = 1;
+        } else if (r == 0 && strcmp(s, "--trace-skip-unsampled") == 0) {
+            trace_skip = 1;
+            a.i++;
+            r = 1;
         } else if (r == 0) {
             usage_error("serve: unknown option %s", s);
             return EXIT_USAGE;
@@ -847,6 +854,7 @@ static int cmd_serve(int argc, char **argv) {
     o.service_name = service;
     o.trace_sample = sample;
     o.trace_errors = trace_errors;
+    o.trace_skip_unsampled = trace_skip;
     o.shed_above = shed_above;
     o.max_shed = max_shed;
     o.redis_prefix = redis_prefix;

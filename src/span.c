@@ -68,6 +68,7 @@ int rsl__tracer_init(rsl__tracer *t, const rsl_options *o, int64_t now, int nwor
         t->ratio = 1;
     }
     t->errors = o->trace_errors;
+    t->skip_unsampled = o->trace_skip_unsampled;
     t->on_span = o->on_span;
     t->on_span_ud = o->on_span_ud;
     t->exporting = url != NULL;
@@ -237,6 +238,9 @@ void rsl__trace_server(rsl__call *c, const char *url) {
 
 int rsl__trace_outgoing(const rsl__call *c, char *tp, const char **ts) {
     const rsl__trace *t = c->tr;
+    if (t && !t->sampled && !t->has_parent && c->cs->tracer->skip_unsampled) {
+        return 0; /* its own trace, not sampled: downstream decides (trace_skip_unsampled) */
+    }
     if (t && t->cur >= 0) {
         rsl__tctx x = t->ctx;
         memcpy(x.span_id, t->a[t->cur].id, 8);

@@ -33,6 +33,7 @@ struct rsl__guard;
 typedef struct rsl__tracer {
     double ratio;          /* 0..1 */
     int errors;            /* export degraded and failed calls too */
+    int skip_unsampled;    /* no traceparent from an unsampled call without a parent */
     void (*on_span)(void *ud, const rsl_span *s);
     void *on_span_ud;
     int exporting;         /* an OTLP endpoint: the workers' exporters get the spans */

@@ -12,6 +12,7 @@
 #   trace10  the same resilua with tracing on, 10% of calls sampled (--trace-sample 0.1),
 #            spans sent as OTLP/HTTP JSON to the upstream process (examples/flaky takes
 #            any POST: a collector that costs next to nothing)
+#   trace10s trace10 with --trace-skip-unsampled: the 90% not sampled send no traceparent
 #   trace100 the same with every call sampled (--trace-sample 1)
 # For each: requests/s, p50 and p99 latency (wrk --latency), and the CPU the serving
 # process used per request (utime+stime from /proc/PID/stat before and after the wrk run,
@@ -266,11 +267,13 @@ served_by=$(curl -s -D - -o /dev/null --max-time 5 "http://127.0.0.1:$RSL_PORT/b
 
 # The traced sidecars: the same policy, spans to the upstream as the collector.
 declare -A TR_PID TR_PORT
-for tr in trace10 trace100; do
+for tr in trace10 trace10s trace100; do
   ratio=0.1
+  skip=()
   [ "$tr" = trace100 ] && ratio=1
+  [ "$tr" = trace10s ] && skip=(--trace-skip-unsampled)
   "$RESILUA" serve -p "$TMP/policies" --listen 127.0.0.1:0 --workers 1 \
-    --otlp-endpoint "http://127.0.0.1:$UP_PORT/v1/traces" --trace-sample "$ratio" \
+    --otlp-endpoint "http://127.0.0.1:$UP_PORT/v1/traces" --trace-sample "$ratio" "${skip[@]}" \
     >"$TMP/$tr.out" 2>"$TMP/$tr.err" &
   TR_PID[$tr]=$!
   PIDS+=("${TR_PID[$tr]}")
@@ -358,6 +361,7 @@ run() {
 direct_pids() { echo "$FLAKY_PID"; }
 rsl_pids() { echo "$RSL_PID"; }
 trace10_pids() { echo "${TR_PID[trace10]}"; }
+trace10s_pids() { echo "${TR_PID[trace10s]}"; }
 trace100_pids() { echo "${TR_PID[trace100]}"; }
 
 echo "bench_proxy: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency, warm-up ${WARMUP}s;" \
@@ -366,17 +370,18 @@ run direct "$UP_PORT" direct_pids
 run nginx "$NGX_PORT" ngx_pids
 run resilua "$RSL_PORT" rsl_pids
 run trace10 "${TR_PORT[trace10]}" trace10_pids
+run trace10s "${TR_PORT[trace10s]}" trace10s_pids
 run trace100 "${TR_PORT[trace100]}" trace100_pids
 
 # Spans the traced sidecars sent and dropped (their /metrics), before they stop.
-for tr in trace10 trace100; do
+for tr in trace10 trace10s trace100; do
   m=$(curl -s --max-time 5 "http://127.0.0.1:${TR_PORT[$tr]}/metrics")
   EXPORTED[$tr]=$(echo "$m" | awk '/^resilua_trace_spans_exported_total / { print $2 }')
   DROPPED[$tr]=$(echo "$m" | awk '/^resilua_trace_spans_dropped_total/ { s += $2 } END { print s + 0 }')
 done
 
 # SIGTERM drains and exits 0.
-for pid in "$RSL_PID" "${TR_PID[trace10]}" "${TR_PID[trace100]}"; do
+for pid in "$RSL_PID" "${TR_PID[trace10]}" "${TR_PID[trace10s]}" "${TR_PID[trace100]}"; do
   kill -TERM "$pid"
   set +e
   wait "$pid"
@@ -391,7 +396,7 @@ done
 echo
 printf '%-8s %10s %11s %9s %9s %12s %14s %8s %8s\n' target requests "req/s" "p50 ms" "p99 ms" \
   "cpu us/req" "upstr us/req" non2xx sockerr
-for n in direct nginx resilua trace10 trace100; do
+for n in direct nginx resilua trace10 trace10s trace100; do
   up=${UPCPU[$n]}
   [ "$n" = direct ] && up=-
   printf '%-8s %10s %11s %9s %9s %12s %14s %8s %8s\n' "$n" "${REQ[$n]}" "${RPS[$n]}" "${P50[$n]}" \
@@ -406,8 +411,8 @@ awk -v rr="${RPS[resilua]}" -v nr="${RPS[nginx]}" -v dr="${RPS[direct]}" \
   printf "p99 resilua - nginx: %+.3f ms   (p50: %+.3f ms)\n", r99 - n99, r50 - n50
   if (nc > 0) printf "cpu per request resilua/nginx: %.2f\n", rc / nc
 }'
-awk -v rr="${RPS[resilua]}" -v t10="${RPS[trace10]}" -v t100="${RPS[trace100]}" 'BEGIN {
-  if (rr > 0) printf "tracing 10%%/off throughput: %.2f   tracing 100%%/off: %.2f\n", t10 / rr, t100 / rr
+awk -v rr="${RPS[resilua]}" -v t10="${RPS[trace10]}" -v t10s="${RPS[trace10s]}" -v t100="${RPS[trace100]}" 'BEGIN {
+  if (rr > 0) printf "tracing 10%%/off throughput: %.2f   10%% skipping unsampled context/off: %.2f   tracing 100%%/off: %.2f\n", t10 / rr, t10s / rr, t100 / rr
 }'
 echo "spans exported/dropped: trace10 ${EXPORTED[trace10]:-0}/${DROPPED[trace10]:-0}," \
   "trace100 ${EXPORTED[trace100]:-0}/${DROPPED[trace100]:-0}"

@@ -266,4 +266,29 @@ PY
 cat "$TMP/py.out"
 ok
 
+t "--trace-skip-unsampled: an unsampled call of its own sends no traceparent; a client's goes on"
+curl -sS --max-time 30 -o /dev/null -X POST "http://127.0.0.1:$UP/_control?fail=0"
+mkdir -p "$TMP/p2"
+cat >"$TMP/p2/up.lua" <<LUA
+local r = require "resilua"
+r.policy "up" { steps = { a = r.http { url = "http://127.0.0.1:$UP/items/1", timeout = "10s" } } }
+LUA
+start serve2 "$RESILUA" serve -p "$TMP/p2" --listen 127.0.0.1:0 \
+  --otlp-endpoint "http://127.0.0.1:$OT/v1/traces" --trace-sample 0 --trace-skip-unsampled
+S2=$port
+py <<PY
+exec(open(__import__("os").environ["TMP"] + "/h.py").read())
+st, h, b = req($S2, "/call/up")
+assert st == 200, (st, b)
+st, _, b = req(UP, "/_last")
+hd = {k.lower(): v for k, v in json.loads(b)["headers"].items()}
+assert "traceparent" not in hd and "host" in hd, hd
+tp = "00-99998888777766665555444433332222-0102030405060708-00"
+st, h, b = req($S2, "/call/up", {"traceparent": tp})
+st, _, b = req(UP, "/_last")
+hd = {k.lower(): v for k, v in json.loads(b)["headers"].items()}
+assert hd["traceparent"].split("-")[1] == "99998888777766665555444433332222", hd
+PY
+ok
+
 done_all

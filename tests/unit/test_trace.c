@@ -241,7 +241,8 @@ static const char *storefront =
     "  },\n"
     "  chain = { 'primary', 'cache' },\n"
     "}\n"
-    "r.policy 'park' { steps = { h = r.c 'park' } }\n";
+    "r.policy 'park' { steps = { h = r.c 'park' } }\n"
+    "r.policy 'prio' { priority = function(req) return 3 end, steps = { s = r.stub {} } }\n";
 
 static rsl_runtime *open_traced(double sample, int errors) {
     const char *dir = rsl_test_tmpdir();
@@ -345,6 +346,32 @@ TEST(call_and_attempt_spans_with_parents_attributes_and_the_breaker_event) {
     has(refused, "resilua.guard.kind=breaker;");
     ASSERT(find("product", 0)->parent[0] == 0); /* no caller: a root */
     ASSERT(strcmp(find("product", 0)->trace, find("product", 1)->trace) != 0);
+}
+
+/* Waits (bounded) for n spans. */
+static void wait_spans(int n) {
+    for (int i = 0; i < 5000; i++) {
+        pthread_mutex_lock(&got_m);
+        int k = ngot;
+        pthread_mutex_unlock(&got_m);
+        if (k >= n) {
+            return;
+        }
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+    }
+}
+
+TEST(the_priority_on_the_call_span) {
+    rsl_runtime *rt = open_traced(1.0, 0);
+    rsl_result_free(call(rt, "prio", "0", NULL));
+    wait_spans(2);
+    has(find("prio", 0), "resilua.priority=3;");
+    rsl_result_free(call(rt, "product", "0", NULL));
+    wait_spans(4);
+    const got_span *p = find("product", 0);
+    ASSERT(!strstr(p->attrs, "resilua.priority=")); /* none given: none said */
+    rsl_close(rt);
 }
 
 TEST(parent_based_sampling_and_trace_errors) {
