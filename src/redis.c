@@ -87,6 +87,8 @@ struct rsl__redis {
      * time and borrowed only for the callback. */
     char *buf;
     size_t len, cap;
+    char *user, *password; /* AUTH on every connect (rsl__redis_auth); NULL: none */
+    int auth_logged;       /* a refused AUTH is logged once until one succeeds */
 };
 
 /* ------------------------------------------------------------------------------------
@@ -232,6 +234,11 @@ static void on_timer(uv_timer_t *t);
 static void free_redis(rsl__redis *r) {
     free(r->buf);
     free(r->host);
+    if (r->password) { /* no copy of a secret left behind in freed memory */
+        memset(r->password, 0, strlen(r->password));
+    }
+    free(r->password);
+    free(r->user);
     free(r);
 }
 
@@ -275,6 +282,26 @@ static void connect_failed(rsl__redis *r, const char *why) {
 
 /* hiredis 0.14 calls this outside its callback guard and, on failure, frees the context
  * right after: forget the context before anything else. */
+/* AUTH's reply.  Refused (a wrong password, no such user): logged once, and the
+ * connection dropped, so that it reconnects with backoff rather than answer every command
+ * NOAUTH.  NULL: the connection went first. */
+static void on_auth(redisAsyncContext *ac, void *reply, void *ud) {
+    rsl__redis *r = ud;
+    redisReply *rep = reply;
+    if (!rep || r->closing) {
+        return;
+    }
+    if (rep->type == REDIS_REPLY_ERROR) {
+        if (!r->auth_logged) {
+            r->auth_logged = 1;
+            say(r, 0, "AUTH refused: %.*s", (int)(rep->len < 200 ? rep->len : 200), rep->str);
+        }
+        redisAsyncDisconnect(ac);
+        return;
+    }
+    r->auth_logged = 0;
+}
+
 static void on_connect(const redisAsyncContext *ac, int status) {
     rsl__redis *r = ac->data;
     if (status != REDIS_OK) {
@@ -284,6 +311,17 @@ static void on_connect(const redisAsyncContext *ac, int status) {
         return;
     }
     uv_timer_stop(&r->timer);
+    if (r->password) {
+        /* First on the connection: every command after it is pipelined behind it. */
+        const char *argv[3] = {"AUTH", r->user, r->password};
+        size_t len[3] = {4, r->user ? strlen(r->user) : 0, strlen(r->password)};
+        int n = r->user ? 3 : 2;
+        if (!r->user) {
+            argv[1] = r->password;
+            len[1] = len[2];
+        }
+        redisAsyncCommandArgv((redisAsyncContext *)ac, on_auth, r, n, argv, len);
+    }
     r->connected = 1;
     ((poller *)ac->ev.data)->connected = 1; /* from now on, writes are batched */
     r->backoff_ms = BACKOFF_MIN_MS;
@@ -423,6 +461,20 @@ rsl__redis *rsl__redis_new(uv_loop_t *loop, const char *host, int port, rsl__red
     r->numeric = inet_pton(AF_INET, host, addr) == 1 || inet_pton(AF_INET6, host, addr) == 1;
     start_connect(r);
     return r;
+}
+
+int rsl__redis_auth(rsl__redis *r, const char *user, const char *password) {
+    char *u = user && *user ? strdup(user) : NULL, *p = password ? strdup(password) : NULL;
+    if ((user && *user && !u) || (password && !p)) {
+        free(u);
+        free(p);
+        return RSL_ENOMEM;
+    }
+    free(r->user);
+    free(r->password);
+    r->user = u;
+    r->password = p;
+    return 0;
 }
 
 int rsl__redis_connected(const rsl__redis *r) {

@@ -61,6 +61,11 @@ typedef void (*rsl__redis_log)(void *ud, int level, const char *msg);
  * no memory. */
 rsl__redis *rsl__redis_new(uv_loop_t *loop, const char *host, int port, rsl__redis_log log,
                            void *log_ud);
+/* AUTH [user] password on every connect from the next one on, before any command (copied;
+ * user NULL or "": the default user; password NULL: no AUTH).  A refused AUTH is logged
+ * once (never the password) and drops the connection, which then reconnects with backoff.
+ * 0 or RSL_ENOMEM. */
+int rsl__redis_auth(rsl__redis *r, const char *user, const char *password);
 /* 1 when connected (commands can be sent). */
 int rsl__redis_connected(const rsl__redis *r);
 /* Sends a command (binary-safe argv, argc >= 1).  cb NULL: fire and forget (writes such

@@ -197,6 +197,11 @@ typedef struct rsl_options {
     /* The prefix of every key resilua keeps in Redis for shared guards (a global limiter's
      * bucket: PREFIX{NAME}:tb); NULL: "resilua:". */
     const char *redis_prefix;
+    /* AUTH on every Redis connection (copied).  NULL: the environment's
+     * RESILUA_REDIS_PASSWORD and RESILUA_REDIS_USER, else none; "": none.  `resilua serve`
+     * takes them from the environment only, never from its command line. */
+    const char *redis_password;
+    const char *redis_user;
 } rsl_options;
 
 /* Fills `o` with defaults. Any thread. */

@@ -225,6 +225,17 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
         }
         rt->o.redis = rt->redis_host;
     }
+    /* AUTH: the options, else the environment; "" is none.  Copied: the caller's strings
+     * and the environment may change. */
+    const char *pw = o->size > offsetof(rsl_options, redis_password) && rt->o.redis_password
+                         ? rt->o.redis_password
+                         : getenv("RESILUA_REDIS_PASSWORD");
+    const char *user = o->size > offsetof(rsl_options, redis_user) && rt->o.redis_user
+                           ? rt->o.redis_user
+                           : getenv("RESILUA_REDIS_USER");
+    rt->redis_password = pw && *pw ? strdup(pw) : NULL;
+    rt->redis_user = user && *user ? strdup(user) : NULL;
+    rt->o.redis_password = rt->o.redis_user = NULL; /* the copies above are the runtime's */
     rt->env = (rsl__env){rt->o.clock, rt->o.clock_ud, rt->o.log, rt->o.log_ud};
     pthread_mutex_init(&rt->lock, NULL);
     rsl__calls_init(&rt->calls);
@@ -308,6 +319,8 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
         .seed = rt->o.seed,
         .redis_host = rt->redis_host,
         .redis_port = rt->redis_port,
+        .redis_user = rt->redis_user,
+        .redis_password = rt->redis_password,
         .otlp = rt->tracing && rt->tracer.exporting ? &rt->tracer.otlp : NULL,
         .otlp_stats = rt->tracer.stats,
         .load = rt->calls.load,
@@ -382,6 +395,11 @@ static void rt_free(rsl_runtime *rt) {
     pthread_mutex_destroy(&rt->reload_lock);
     pthread_mutex_destroy(&rt->lock);
     free(rt->redis_host);
+    if (rt->redis_password) {
+        memset(rt->redis_password, 0, strlen(rt->redis_password));
+    }
+    free(rt->redis_password);
+    free(rt->redis_user);
     free(rt->dir);
     free(rt);
 }

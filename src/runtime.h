@@ -69,6 +69,7 @@ struct rsl_runtime {
     rsl__hoststeps steps;
     char *redis_host;          /* from rsl_options.redis; NULL: none */
     int redis_port;
+    char *redis_user, *redis_password; /* AUTH (copies; NULL: none) */
     rsl__caches caches;        /* under lock */
     rsl__metrics metrics;      /* under lock: creation and rendering */
     rsl__gauges gauges;

@@ -246,6 +246,10 @@ static void io_start(rsl__worker *w) {
     }
     if (w->conf.redis_host) {
         w->redis = rsl__redis_new(w->loop, w->conf.redis_host, w->conf.redis_port, redis_log, w);
+        if (w->redis && w->conf.redis_password &&
+            rsl__redis_auth(w->redis, w->conf.redis_user, w->conf.redis_password) < 0) {
+            redis_log(w, 0, "out of memory for AUTH: connecting without it");
+        }
     }
 }
 

@@ -71,6 +71,7 @@ typedef struct rsl__worker_conf {
     uint64_t seed;            /* 0: a random seed */
     const char *redis_host;   /* NULL: no Redis */
     int redis_port;
+    const char *redis_user, *redis_password; /* AUTH; password NULL: none */
     const rsl__otlp_conf *otlp;   /* NULL: no span exporter */
     rsl__otlp_stats *otlp_stats;  /* one per worker, by index */
     rsl__load *load;              /* the heartbeat reports the loop's lag; NULL: none */

@@ -1,16 +1,20 @@
 /*
  * Priority shedding against a real upstream in overload: examples/flaky with --capacity 32
- * (32 workers answering in 50 ms, 640 calls/s) behind a bulkhead of 32, offered 1.5x that
- * (960 calls/s, open loop: arrivals do not wait for answers), 30% of them VIP (priority 0)
+ * (32 workers answering in 200 ms, 160 calls/s) behind a bulkhead of 32, offered 1.5x
+ * that (240 calls/s, open loop: arrivals do not wait for answers), 30% of them VIP (priority 0)
  * and 70% free (priority 1), in a fixed pattern.  Twice, in one run: without a reserve,
  * where the bulkhead refuses both tiers alike; then with `reserve = { [0] = 0.3 }`, where
  * free calls may fill only 22 of the 32 slots and VIP calls the rest.  The VIP success
  * rate must stay >= 99% with the reserve, free traffic takes the shedding (429s), and
  * every call completes exactly once.  It prints the table per tier.
  *
- * Real clocks: the VIP tier's concurrency is 288 calls/s x 50 ms = 14.4 slots on average,
- * against the 32 it may fill; a loaded machine stretching the 50 ms by half still leaves
- * it room.  Bounded: 4,800 calls a phase, arrivals over 5 s, answers within 5 s more.
+ * Real clocks: the VIP tier's concurrency is 72 calls/s x 200 ms = 14.4 slots on average,
+ * against the 32 it may fill.  A loaded machine stalls the worker now and then, and the
+ * calls that arrive meanwhile are admitted before the answers that came back are read:
+ * the longer the service time against such a stall, the less it matters (at 50 ms, one run
+ * in a few beside a CPU hog and another test saw VIP at 99.0%, 15 refused).  Bounded:
+ * 2,400 calls with the reserve (arrivals over 10 s), 1,200 without, answers within 10 s
+ * more.
  */
 // ctest-labels: io
 #include "resilua.h"
@@ -25,8 +29,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define RATE  960 /* calls/s offered: 1.5x the upstream's 32 / 50 ms */
-#define CALLS 4800
+#define RATE  240 /* calls/s offered: 1.5x the upstream's 32 / 200 ms */
+#define CALLS 2400
 enum { VIP, FREE, TIERS };
 
 typedef struct tally {
@@ -61,15 +65,15 @@ static int tier_of(int i) {
     return i % 10 < 3 ? VIP : FREE; /* 3 in 10 */
 }
 
-/* Offers CALLS calls at RATE a second to `policy`; waits for every answer. */
-static void phase(rsl_runtime *rt, const char *policy) {
+/* Offers n calls at RATE a second to `policy`; waits for every answer. */
+static void phase(rsl_runtime *rt, const char *policy, int n) {
     memset(tiers, 0, sizeof(tiers));
     atomic_store(&done, 0);
     rsl_req *vip = rsl_req_new(), *free_ = rsl_req_new();
     rsl_req_set(vip, "tier", "vip", 3);
     rsl_req_set(free_, "tier", "free", 4);
     double t0 = now_ms();
-    for (int i = 0; i < CALLS; i++) {
+    for (int i = 0; i < n; i++) {
         double due = t0 + (double)i * 1e3 / RATE;
         double wait = due - now_ms();
         if (wait > 0.2) {
@@ -81,13 +85,13 @@ static void phase(rsl_runtime *rt, const char *policy) {
         ASSERT_EQ(rc, 0);
     }
     double sent_ms = now_ms() - t0;
-    for (int i = 0; i < 10000 && atomic_load(&done) < CALLS; i++) {
+    for (int i = 0; i < 20000 && atomic_load(&done) < n; i++) {
         usleep(1000);
     }
-    ASSERT_EQ(atomic_load(&done), CALLS); /* every call completed, once */
+    ASSERT_EQ(atomic_load(&done), n); /* every call completed, once */
     rsl_req_free(vip);
     rsl_req_free(free_);
-    printf("  %s: %d calls offered in %.1f s\n", policy, CALLS, sent_ms / 1e3);
+    printf("  %s: %d calls offered in %.1f s\n", policy, n, sent_ms / 1e3);
     printf("  | tier | offered | ok | shed (429) | rejected (503) | other | success |\n");
     const char *names[TIERS] = {"VIP (0)", "free (1)"};
     for (int t = 0; t < TIERS; t++) {
@@ -100,7 +104,7 @@ static void phase(rsl_runtime *rt, const char *policy) {
 
 TEST(vip_traffic_keeps_its_share_in_overload) {
     rsl_upstream u;
-    ASSERT(rsl_up_start("--capacity 32 --slow 50 --quiet", &u) == 0);
+    ASSERT(rsl_up_start("--capacity 32 --slow 200 --quiet", &u) == 0);
     const char *dir = rsl_test_tmpdir();
     char text[2048];
     snprintf(text, sizeof(text),
@@ -128,11 +132,11 @@ TEST(vip_traffic_keeps_its_share_in_overload) {
     }
     ASSERT_EQ(rc, 0);
 
-    phase(rt, "no-reserve");
+    phase(rt, "no-reserve", CALLS / 2);
     int plain_vip_ok = atomic_load(&tiers[VIP].ok), plain_vip = atomic_load(&tiers[VIP].sent);
     ASSERT_EQ(atomic_load(&tiers[VIP].shed) + atomic_load(&tiers[FREE].shed), 0);
 
-    phase(rt, "reserve");
+    phase(rt, "reserve", CALLS);
     tally *v = &tiers[VIP], *f = &tiers[FREE];
     char *m = rsl_metrics_text(rt);
     const char *line =

@@ -35,6 +35,8 @@ static double now_ms(void) {
     return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
+static const char *password; /* rsl_options.redis_password for the next open_rt */
+
 static rsl_runtime *open_rt(const char *dir, int port, const char *text) {
     rsl_test_write(dir, "p.lua", text);
     rsl_options o;
@@ -46,6 +48,7 @@ static rsl_runtime *open_rt(const char *dir, int port, const char *text) {
     snprintf(redis, sizeof(redis), "127.0.0.1:%d", port);
     o.redis = port ? redis : NULL;
     o.redis_prefix = "test:";
+    o.redis_password = password;
     rsl_runtime *rt = NULL;
     char err[1024];
     int rc = rsl_open(&rt, &o, err, sizeof(err));
@@ -256,6 +259,58 @@ TEST(open_and_no_redis) {
     }
     ASSERT(ok <= 2);
     rsl_close(a);
+}
+
+/* AUTH: from the options, from the environment; a wrong password keeps the guard down
+ * (the refused AUTH drops each connection) and never reaches the log. */
+static char logged[4096];
+static pthread_mutex_t log_m = PTHREAD_MUTEX_INITIALIZER;
+
+static void on_log(void *ud, rsl_log_level level, const char *msg) {
+    (void)ud;
+    (void)level;
+    pthread_mutex_lock(&log_m);
+    size_t l = strlen(logged);
+    snprintf(logged + l, sizeof(logged) - l, "%s\n", msg);
+    pthread_mutex_unlock(&log_m);
+}
+
+TEST(auth_from_the_options_or_the_environment) {
+    rsl_redis_server s;
+    ASSERT(rsl_redis_start(&s) == 0);
+    char out[64];
+    ASSERT_EQ(rsl_redis_cmd(&s, "CONFIG SET requirepass s3cret", out, sizeof(out)), 0);
+    double worst = 0;
+    password = "s3cret";
+    rsl_runtime *a = open_rt(rsl_test_tmpdir(), s.port, POLICY("1000", "100", "10", "local"));
+    ASSERT(until_mode(a, "joined", 2000, &worst));
+    rsl_close(a);
+    password = NULL;
+    setenv("RESILUA_REDIS_PASSWORD", "s3cret", 1);
+    a = open_rt(rsl_test_tmpdir(), s.port, POLICY("1000", "100", "10", "local"));
+    ASSERT(until_mode(a, "joined", 2000, &worst));
+    rsl_close(a);
+    unsetenv("RESILUA_REDIS_PASSWORD");
+    /* A wrong one: down, and the log says AUTH was refused, without the password. */
+    const char *dir = rsl_test_tmpdir();
+    rsl_test_write(dir, "p.lua", POLICY("1000", "100", "10", "local"));
+    rsl_options o;
+    rsl_options_init(&o);
+    o.policy_dir = dir;
+    o.otlp_endpoint = "";
+    char redis[64];
+    snprintf(redis, sizeof(redis), "127.0.0.1:%d", s.port);
+    o.redis = redis;
+    o.redis_password = "wrong-pw";
+    o.log = on_log;
+    ASSERT_EQ(rsl_open(&a, &o, NULL, 0), 0);
+    ASSERT(until_mode(a, "down", 2000, &worst));
+    rsl_close(a);
+    pthread_mutex_lock(&log_m);
+    ASSERT_CONTAINS(logged, "AUTH refused");
+    ASSERT(!strstr(logged, "wrong-pw"));
+    pthread_mutex_unlock(&log_m);
+    rsl_redis_stop(&s);
 }
 
 TEST(bad_settings_at_file_line) {
