@@ -280,8 +280,6 @@ static void connect_failed(rsl__redis *r, const char *why) {
     schedule_connect(r);
 }
 
-/* hiredis 0.14 calls this outside its callback guard and, on failure, frees the context
- * right after: forget the context before anything else. */
 /* AUTH's reply.  Refused (a wrong password, no such user): logged once, and the
  * connection dropped, so that it reconnects with backoff rather than answer every command
  * NOAUTH.  NULL: the connection went first. */
@@ -294,14 +292,21 @@ static void on_auth(redisAsyncContext *ac, void *reply, void *ud) {
     if (rep->type == REDIS_REPLY_ERROR) {
         if (!r->auth_logged) {
             r->auth_logged = 1;
-            say(r, 0, "AUTH refused: %.*s", (int)(rep->len < 200 ? rep->len : 200), rep->str);
+            say(r, 0, "AUTH refused: %.*s; retrying every %d ms at most",
+                (int)(rep->len < 200 ? rep->len : 200), rep->str, BACKOFF_MAX_MS);
         }
-        redisAsyncDisconnect(ac);
+        redisAsyncDisconnect(ac); /* reconnects with a growing backoff: see on_connect */
         return;
     }
-    r->auth_logged = 0;
+    r->backoff_ms = BACKOFF_MIN_MS;
+    if (r->auth_logged) {
+        r->auth_logged = 0;
+        say(r, 2, "AUTH accepted");
+    }
 }
 
+/* hiredis 0.14 calls this outside its callback guard and, on failure, frees the context
+ * right after: forget the context before anything else. */
 static void on_connect(const redisAsyncContext *ac, int status) {
     rsl__redis *r = ac->data;
     if (status != REDIS_OK) {
@@ -324,10 +329,14 @@ static void on_connect(const redisAsyncContext *ac, int status) {
     }
     r->connected = 1;
     ((poller *)ac->ev.data)->connected = 1; /* from now on, writes are batched */
-    r->backoff_ms = BACKOFF_MIN_MS;
+    if (!r->password) {
+        r->backoff_ms = BACKOFF_MIN_MS; /* with AUTH, once it is accepted (on_auth) */
+    }
     if (r->logged != LOGGED_UP) {
         r->logged = LOGGED_UP;
-        say(r, 2, "connected");
+        if (!r->auth_logged) { /* refused before: "AUTH accepted" says it is back */
+            say(r, 2, "connected");
+        }
     }
 }
 
@@ -341,7 +350,9 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
         return;
     }
     r->logged = LOGGED_DOWN;
-    say(r, 1, "connection lost: %s; reconnecting", status == REDIS_OK ? "closed" : errstr(ac));
+    if (!r->auth_logged) { /* a refused AUTH dropped it: said already */
+        say(r, 1, "connection lost: %s; reconnecting", status == REDIS_OK ? "closed" : errstr(ac));
+    }
     schedule_connect(r);
 }
 

@@ -309,6 +309,13 @@ TEST(auth_from_the_options_or_the_environment) {
     pthread_mutex_lock(&log_m);
     ASSERT_CONTAINS(logged, "AUTH refused");
     ASSERT(!strstr(logged, "wrong-pw"));
+    /* Once per worker connection, not once per retry; no "connection lost" beside it. */
+    int refusals = 0;
+    for (const char *p = logged; (p = strstr(p, "AUTH refused")) != NULL; p++) {
+        refusals++;
+    }
+    ASSERT(refusals >= 1 && refusals <= 2); /* 2 workers */
+    ASSERT(!strstr(logged, "connection lost"));
     pthread_mutex_unlock(&log_m);
     rsl_redis_stop(&s);
 }
