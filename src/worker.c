@@ -157,11 +157,11 @@ static void handle(rsl__worker *w, rsl__msg *m) {
  * that post as fast as the worker answers keep it in here, and replies wait unread. */
 #define DRAIN_BATCH 64
 
-static void drain(uv_async_t *h) {
-    rsl__worker *w = h->data;
+/* Handles queued messages, at most `limit` of them (then the rest after this turn's I/O). */
+static void drain_some(rsl__worker *w, int limit) {
     int64_t spin_until = 0;
     for (int n = 0;;) {
-        if (n == DRAIN_BATCH) {
+        if (n == limit) {
             uv_async_send(&w->async); /* the rest after this turn's I/O */
             break;
         }
@@ -184,6 +184,10 @@ static void drain(uv_async_t *h) {
         }
     }
     maybe_finish(w);
+}
+
+static void drain(uv_async_t *h) {
+    drain_some(h->data, DRAIN_BATCH);
 }
 
 rsl__http *rsl__worker_http(rsl__worker *w) {
@@ -348,6 +352,6 @@ void rsl__worker_stop_attached(rsl__worker *w) {
      * the queue so that everything posted before it is handled first. */
     w->stop.type = RSL_MSG_STOP;
     rsl__queue_push(&w->q, &w->stop);
-    drain(&w->async);
+    drain_some(w, -1); /* all of it, STOP included, now: no batch bound here */
     self = NULL;
 }
