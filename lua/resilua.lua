@@ -41,6 +41,7 @@ for i, name in ipairs(OUTCOMES) do
 end
 local MAX_CHAIN = info.max_chain
 local MAX_GUARDS = info.max_guards
+local LOWEST_PRIORITY = info.lowest_priority -- RSL_PRIORITY_LOWEST (shed.h)
 local KINDS = info.kinds or {} -- step kinds of the C side's table beyond the ones below
 
 local NS_MS, NS_S = 1e6, 1e9
@@ -405,7 +406,6 @@ local function breaker(ctx, name, c)
   guards[name] = d
 end
 
-local LOWEST_PRIORITY = 7 -- RSL_PRIORITY_LOWEST (guard.h)
 
 -- `reserve = { [0] = 0.3, [1] = 0.1 }` (or `reserve = 0.3`, for priority 0): the share of a
 -- bulkhead, adaptive limit or limiter kept for each priority and those above it.  Read by
@@ -468,8 +468,8 @@ local function limiter(ctx, name, c)
     if d.lease > d.burst then
       fail(ctx, "lease must be at most burst (%s), got %s", show(d.burst), show(c.lease))
     end
-    local od = enum(ctx, c.on_redis_down, "on_redis_down", "local", { "local", "open", "closed" })
-    d.on_down = od == "open" and 1 or od == "closed" and 2 or 0 -- RSL_LEASE_* (lease.h)
+    d.on_redis_down = enum(ctx, c.on_redis_down, "on_redis_down", "local",
+                           { "local", "open", "closed" })
   elseif c.lease ~= nil or c.on_redis_down ~= nil then
     fail(ctx, "lease and on_redis_down need scope = \"global\"")
   end

@@ -203,6 +203,10 @@ const char *rsl__lease_script(void) {
     return SCRIPT;
 }
 
+const char *rsl__lease_on_down_name(int on_down) {
+    return on_down == RSL_LEASE_OPEN ? "open" : on_down == RSL_LEASE_CLOSED ? "closed" : "local";
+}
+
 const char *rsl__lease_mode_name(int mode) {
     return mode == RSL_LEASE_JOINED ? "joined" : mode == RSL_LEASE_DOWN ? "down" : "starting";
 }

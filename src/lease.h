@@ -76,6 +76,7 @@ int rsl__lease_acquire(rsl__lease *l, int64_t now, const char **why);
 void rsl__lease_tend(rsl__lease *l, rsl__redis *r);
 
 const char *rsl__lease_mode_name(int mode); /* "starting", "joined", "down" */
+const char *rsl__lease_on_down_name(int on_down); /* "local", "open", "closed" */
 /* The Redis script of a refill (its text), for benchmarks that compare against it. */
 const char *rsl__lease_script(void);
 typedef struct rsl__lease_stats {

@@ -54,14 +54,13 @@ static json_t *guard_json(const rsl__guard *g) {
         json_object_set_new(o, "per_ms", ms(c.per_ns));
         json_object_set_new(o, "burst", json_real(c.burst));
         if (rsl__guard_lease(g)) {
-            static const char *down[] = {"local", "open", "closed"};
             rsl__lease_conf lc;
             rsl__lease_conf_get(rsl__guard_lease(g), &lc);
             json_object_set_new(o, "scope", json_string("global"));
             json_object_set_new(o, "lease", json_integer(lc.lease));
             json_object_set_new(
                 o, "on_redis_down",
-                json_string(down[lc.on_down >= 0 && lc.on_down <= 2 ? lc.on_down : 0]));
+                json_string(rsl__lease_on_down_name(lc.on_down)));
         }
         break;
     }

@@ -64,9 +64,11 @@ void rsl__read_guard(lua_State *L, loader *ld, gdecl *d) {
         d->l.burst = rsl__decl_num(L, "burst");
         d->global = rsl__decl_num(L, "global") > 0;
         if (d->global) {
+            int od = rsl__decl_is(L, "on_redis_down", "open")     ? RSL_LEASE_OPEN
+                     : rsl__decl_is(L, "on_redis_down", "closed") ? RSL_LEASE_CLOSED
+                                                                  : RSL_LEASE_LOCAL;
             d->lc = (rsl__lease_conf){d->l.rate, d->l.per_ns, d->l.burst,
-                                      (int64_t)rsl__decl_num(L, "lease"),
-                                      (int)rsl__decl_num(L, "on_down")};
+                                      (int64_t)rsl__decl_num(L, "lease"), od};
         }
     } else if (rsl__decl_is(L, "kind", "throttle")) {
         d->kind = RSL_GUARD_THROTTLE;

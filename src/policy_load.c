@@ -310,7 +310,7 @@ static int run_state(lua_State *L, loader *ld) {
         return -1;
     }
     luaJIT_setmode(L, -1, LUAJIT_MODE_ALLFUNC | LUAJIT_MODE_OFF);
-    lua_createtable(L, 0, 3);
+    lua_createtable(L, 0, 5);
     lua_createtable(L, RSL_OUTCOME__COUNT, 0);
     for (int i = 0; i < RSL_OUTCOME__COUNT; i++) {
         lua_pushstring(L, rsl_outcome_name((rsl_outcome)i));
@@ -321,6 +321,8 @@ static int run_state(lua_State *L, loader *ld) {
     lua_setfield(L, -2, "max_chain");
     lua_pushinteger(L, RSL_POLICY_MAX_GUARDS);
     lua_setfield(L, -2, "max_guards");
+    lua_pushinteger(L, RSL_PRIORITY_LOWEST);
+    lua_setfield(L, -2, "lowest_priority");
     lua_newtable(L); /* kinds: the step kinds the DSL does not know, name -> fields */
     for (const rsl__step_ops *const *k = ld->o->step_ops; k && *k; k++) {
         if ((*k)->kind == RSL_STEP_OTHER) {

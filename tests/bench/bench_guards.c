@@ -14,6 +14,7 @@
  * The breaker loops read `now` from CLOCK_MONOTONIC_COARSE once per 64 ops, as a worker
  * reading its clock once per loop turn would; the read is inside the timed loop.
  */
+#include "bench.h"
 #include "adaptive.h"
 #include "breaker.h"
 #include "bulkhead.h"
@@ -41,16 +42,6 @@
 
 static int runs = RUNS;
 static long ops = OPS;
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof(*v), cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 /* Keeps results alive so the compiler cannot drop the loops (atomic: the pair threads
  * both add to it once at the end). */
@@ -316,7 +307,7 @@ static double time_one(bench_id id, guards *g) {
         run_once(id, g, ops);
         v[r] = (double)(rsl__clock_now() - t0) / (double)ops;
     }
-    return median(v, runs);
+    return rsl_bench_median(v, runs);
 }
 
 /* Two threads on one breaker (stripes = 2), started together by a barrier. */
@@ -360,7 +351,7 @@ static double time_pair(rsl__breaker *b) {
     for (int r = 0; r < runs; r++) {
         v[r] = pair_once(b, ops);
     }
-    return median(v, runs);
+    return rsl_bench_median(v, runs);
 }
 
 /* ---- memory ---- */

@@ -19,6 +19,7 @@
  * Usage: bench_io [--smoke] [--inflight N] [--calls N] [--rounds N]
  *                 [--profile http|redis|plain-http|plain-uv|plain-redis]
  */
+#include "bench.h"
 #include "resilua.h"
 
 #include "../redis_server.h"
@@ -71,16 +72,6 @@ static void report(const char *what, const run *r) {
 #define MAX_ROUNDS 15
 static int rounds = 7;
 
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof(*v), cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
-
 /* One side over the rounds: median calls/s and CPU per call, as one run to report. */
 static run median_run(const run *r, int n) {
     double rate[MAX_ROUNDS], cpu[MAX_ROUNDS];
@@ -91,8 +82,8 @@ static run median_run(const run *r, int n) {
         failed += r[i].failed;
     }
     run m = {.n = r[0].n, .failed = failed};
-    m.wall = m.n / median(rate, n);
-    m.cpu = median(cpu, n) * m.n;
+    m.wall = m.n / rsl_bench_median(rate, n);
+    m.cpu = rsl_bench_median(cpu, n) * m.n;
     return m;
 }
 
@@ -103,7 +94,7 @@ static void print_ratio(const char *what, const run *a, const run *b, int n) {
         q[i] = (a[i].n / a[i].wall) / (b[i].n / b[i].wall);
         c[i] = (a[i].cpu / a[i].n) / (b[i].cpu / b[i].n);
     }
-    double cm = median(c, n), qm = median(q, n); /* sorts q: min and max at its ends */
+    double cm = rsl_bench_median(c, n), qm = rsl_bench_median(q, n); /* sorts q: min and max at its ends */
     printf("  ratio (%s): %.2f calls/s (rounds %.2f..%.2f), %.2f CPU per call\n", what, qm,
            q[0], q[n - 1], cm);
 }

@@ -10,6 +10,7 @@
  *
  * Usage: bench_shared [--smoke]
  */
+#include "bench.h"
 #include "resilua.h"
 
 #include "../redis_server.h"
@@ -25,16 +26,6 @@
 
 #define WINDOW 256
 #define ROUNDS 5
-
-static int cmp_double(const void *a, const void *b) {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-    qsort(v, (size_t)n, sizeof(*v), cmp_double);
-    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
-}
 
 static double now_s(void) {
     struct timespec ts;
@@ -234,8 +225,8 @@ int main(int argc, char **argv) {
     }
     double c[3], a[3];
     for (int i = 0; i < 3; i++) {
-        c[i] = median(cps[i], rounds);
-        a[i] = median(adm[i], rounds);
+        c[i] = rsl_bench_median(cps[i], rounds);
+        a[i] = rsl_bench_median(adm[i], rounds);
     }
     printf("bench_shared: median of %d rounds x %ld calls (2 host threads, 256 in flight "
            "each, 1 worker, redis-server on loopback)\n",
