@@ -88,8 +88,15 @@ typedef struct jw {
     int oom;
 } jw;
 
-static void put(jw *w, const char *s, size_t n) {
-    if (!w->oom && rsl__buf_append(w->b, s, n) < 0) {
+/* Inline while the batch has room (a span is ~240 small pieces; the batch's buffer is
+ * kept between batches, so it nearly always has). */
+static inline void put(jw *w, const char *s, size_t n) {
+    rsl__buf *b = w->b;
+    if (b->len + n + 1 <= b->cap) {
+        memcpy(b->p + b->len, s, n);
+        b->len += n;
+        b->p[b->len] = 0;
+    } else if (!w->oom && rsl__buf_append(b, s, n) < 0) {
         w->oom = 1;
     }
 }
@@ -174,6 +181,14 @@ static void put_str(jw *w, const char *str) {
 }
 
 /* v in decimal; quoted: OTLP's JSON encodes 64-bit integers as strings. */
+/* A string known to need no escaping: the hex ids this runtime formats, the attribute
+ * names span.c writes as literals. */
+static void put_plain(jw *w, const char *s) {
+    PUT(w, "\"");
+    put(w, s, strlen(s));
+    PUT(w, "\"");
+}
+
 static void put_int(jw *w, int64_t v, int quoted) {
     char d[24], *p = d + sizeof(d);
     uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
@@ -197,7 +212,7 @@ static void put_attrs(jw *w, const rsl_span_attr *a, size_t n) {
     PUT(w, "\"attributes\":[");
     for (size_t i = 0; i < n; i++) {
         PUT(w, "{\"key\":");
-        put_str(w, a[i].key);
+        put_plain(w, a[i].key); /* span.c's literals */
         if (a[i].type == RSL_ATTR_STRING) {
             PUT(w, ",\"value\":{\"stringValue\":");
             put_str(w, a[i].str);
@@ -224,12 +239,12 @@ int rsl__otlp_encode(rsl__buf *b, const rsl_span *s) {
     size_t mark = b->len;
     jw w = {b, 0};
     PUT(&w, "{\"traceId\":");
-    put_str(&w, s->trace_id);
+    put_plain(&w, s->trace_id);
     PUT(&w, ",\"spanId\":");
-    put_str(&w, s->span_id);
+    put_plain(&w, s->span_id);
     if (s->parent_span_id[0]) {
         PUT(&w, ",\"parentSpanId\":");
-        put_str(&w, s->parent_span_id);
+        put_plain(&w, s->parent_span_id);
     }
     PUT(&w, ",\"name\":");
     put_str(&w, s->name);
