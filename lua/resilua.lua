@@ -358,6 +358,26 @@ local function trip(ctx, d, t)
     fail(ctx, "trip.latency.adapt.max must be >= trip.latency.over")
   end
 end
+local SHARED = set { "quorum", "flush" }
+
+-- shared = { quorum = 2, flush = "100ms" }: the breaker's rule also judges the fleet's
+-- counts in Redis (fleet.h), into d.shared_quorum and d.shared_flush_ns.
+local function shared(ctx, d, c)
+  local s = c.shared
+  if s == nil or s == false then
+    return
+  end
+  if type(s) ~= "table" then
+    fail(ctx, 'shared must be a table like { quorum = 2, flush = "100ms" }, got %s', show(s))
+  end
+  check_fields(ctx, s, SHARED, "shared.")
+  if c.trip ~= nil then
+    fail(ctx, "shared is not available with trip yet: the fleet judges failure_rate and slow_rate")
+  end
+  d.shared_quorum = integer(ctx, s.quorum, "shared.quorum", 2, 1, 1000)
+  d.shared_flush_ns = duration(ctx, s.flush, "shared.flush", 100 * NS_MS, true, 60 * NS_S, "1m")
+end
+
 local BACKOFF = set { "factor", "max", "jitter" }
 local COUNT_DEFAULT = { "timeout", "connect", "5xx", "error" }
 local NOT_COUNTED = set { "ok", "canceled", "rejected" }
@@ -365,9 +385,6 @@ local NOT_COUNTED = set { "ok", "canceled", "rejected" }
 local function breaker(ctx, name, c)
   claim_guard(ctx, "breaker", name)
   check_fields(ctx, c, BREAKER, "")
-  if c.shared ~= nil and c.shared ~= false then
-    fail(ctx, "shared breakers are not available yet")
-  end
   local d = { kind = "breaker", name = name, file = ctx.file, line = ctx.line }
   d.window_ns = duration(ctx, c.window, "window", 10 * NS_S, true)
   d.buckets = integer(ctx, c.buckets, "buckets", 10, 1, 120)
@@ -403,6 +420,7 @@ local function breaker(ctx, name, c)
   d.jitter = number(ctx, b.jitter, "backoff.jitter", 0.1, 0, 1)
   d.probes = integer(ctx, c.probes, "probes", 1, 1, 255)
   d.count_mask = outcomes(ctx, c.count, "count", COUNT_DEFAULT, NOT_COUNTED)
+  shared(ctx, d, c)
   guards[name] = d
 end
 

@@ -596,6 +596,14 @@ static void record_probe(rsl__breaker *b, const rsl__permit *p, int64_t now, int
     }
 }
 
+int rsl__breaker_verdict(const rsl__breaker *b, rsl_outcome o, int64_t latency_ns, int *slow) {
+    if ((unsigned)o >= RSL_OUTCOME__COUNT || ((1u << o) & NO_VERDICT_MASK)) {
+        return -1;
+    }
+    *slow = latency_ns >= atomic_load_explicit(&b->slow_call_ns, memory_order_relaxed);
+    return (int)((atomic_load_explicit(&b->count_mask, memory_order_relaxed) >> o) & 1);
+}
+
 void rsl__breaker_record(rsl__breaker *b, const rsl__permit *p, int64_t now, rsl_outcome o,
                          int64_t latency_ns) {
     if ((unsigned)o >= RSL_OUTCOME__COUNT || ((1u << o) & NO_VERDICT_MASK)) {
@@ -706,6 +714,48 @@ void rsl__breaker_auto(rsl__breaker *b, int64_t now) {
         if (cas(b, &s, n)) {
             note(b, from, RSL_BREAKER_OPEN, "override lifted");
             return;
+        }
+    }
+}
+
+/* ---- the fleet's verdicts (fleet.h) ---- */
+
+int rsl__breaker_fleet_open(rsl__breaker *b, int64_t now, int64_t for_ns, int level,
+                            const char *reason) {
+    uint64_t s = load_word(b);
+    level = level < 0 ? 0 : level > MAX_LEVEL ? MAX_LEVEL : level;
+    int64_t end = now + (for_ns > 0 ? for_ns : 0);
+    uint32_t until = (uint32_t)(uint64_t)((end + RSL_NS_PER_MS - 1) / RSL_NS_PER_MS);
+    for (;;) {
+        rsl__breaker_state from = w_state(s);
+        if (from != RSL_BREAKER_CLOSED && from != RSL_BREAKER_HALF_OPEN &&
+            from != RSL_BREAKER_OPEN) {
+            return 0; /* forced open or disabled: the operator's word stands */
+        }
+        if (from == RSL_BREAKER_OPEN && w_until(s) == until && w_level(s) == level) {
+            return 0;
+        }
+        if (cas(b, &s, pack(RSL_BREAKER_OPEN, 0, 0, level, (uint8_t)(w_cycle(s) + 1), until))) {
+            if (from != RSL_BREAKER_OPEN) {
+                note(b, from, RSL_BREAKER_OPEN, reason);
+            }
+            return 1;
+        }
+    }
+}
+
+int rsl__breaker_fleet_close(rsl__breaker *b, int64_t now, const char *reason) {
+    uint64_t s = load_word(b);
+    for (;;) {
+        rsl__breaker_state from = w_state(s);
+        if (from != RSL_BREAKER_OPEN && from != RSL_BREAKER_HALF_OPEN) {
+            return 0;
+        }
+        if (cas(b, &s, pack(RSL_BREAKER_CLOSED, 0, 0, 0, (uint8_t)(w_cycle(s) + 1), 0))) {
+            rsl__window_clear(win(b));
+            closed_at(b, now);
+            note(b, from, RSL_BREAKER_CLOSED, reason);
+            return 1;
         }
     }
 }

@@ -124,6 +124,17 @@ void rsl__breaker_reset(rsl__breaker *b, int64_t now);
  * level, then probes as usual; disabled -> closed with a fresh window. */
 void rsl__breaker_auto(rsl__breaker *b, int64_t now);
 
+/* The fleet's verdicts (fleet.h), applied by the guard that shares this breaker.
+ * fleet_open: open (from closed, half_open or open) for for_ns from `now` at backoff
+ * `level`, the fleet's period; fleet_close: closed from open or half_open, level 0, window
+ * cleared.  Neither touches a forced-open or disabled breaker.  1 when the state changed. */
+int rsl__breaker_fleet_open(rsl__breaker *b, int64_t now, int64_t for_ns, int level,
+                            const char *reason);
+int rsl__breaker_fleet_close(rsl__breaker *b, int64_t now, const char *reason);
+/* How an outcome counts: 1 a failure, 0 a success, -1 no verdict (rejected, canceled);
+ * *slow (when not -1): it took slow_call or longer. */
+int rsl__breaker_verdict(const rsl__breaker *b, rsl_outcome o, int64_t latency_ns, int *slow);
+
 /* Reads, cheap, any thread. Rates are percents over the window at `now`. */
 rsl__breaker_state rsl__breaker_state_get(const rsl__breaker *b);
 /* The state a call would meet at `now`: "open" whose period has run out reads

@@ -80,6 +80,9 @@ static void release_guards(rsl__call *c, const rsl__step *s, int64_t now, int ve
         if (c->held & (1u << i)) {
             rsl__guard_release(s->guards[i], &c->permits[i], verdict, now, c->ans.outcome,
                                c->ans.status, now - c->attempt_start);
+            if (s->guards[i]->kind == RSL_GUARD_BREAKER && rsl__guard_fleet(s->guards[i])) {
+                rsl__fleet_tend(rsl__guard_fleet(s->guards[i]), c->w->redis); /* on our loop */
+            }
             c->held &= ~(1u << i);
         }
     }

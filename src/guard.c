@@ -108,9 +108,26 @@ int rsl__guard_acquire(rsl__guard *g, int64_t now, int priority, rsl__permit *pe
         }
         permit->counted = 1;
         return 1;
-    case RSL_GUARD_BREAKER:
+    case RSL_GUARD_BREAKER: {
+        rsl__fleet *f = rsl__guard_fleet(g);
+        int right = 0;
+        if (f) {
+            rsl__guard_sync(g, now);
+            /* The fleet opened it: a probe needs one of the fleet's probe leases. */
+            if (rsl__fleet_gated(f) &&
+                rsl__breaker_state_at(g->u.breaker, now) == RSL_BREAKER_HALF_OPEN) {
+                if (!rsl__fleet_take_right(f)) {
+                    *why = "is open (shared: the fleet's probes are elsewhere)";
+                    return 0;
+                }
+                right = 1;
+            }
+        }
         if (rsl__breaker_allow(g->u.breaker, now, permit)) {
             return 1;
+        }
+        if (right) {
+            rsl__fleet_give_right(f);
         }
         switch (rsl__breaker_state_get(g->u.breaker)) {
         case RSL_BREAKER_HALF_OPEN:
@@ -123,6 +140,7 @@ int rsl__guard_acquire(rsl__guard *g, int64_t now, int priority, rsl__permit *pe
             *why = "is open";
         }
         return 0;
+    }
     }
     *why = "is of an unknown kind";
     return 0;
@@ -152,9 +170,43 @@ void rsl__guard_release(rsl__guard *g, rsl__permit *permit, int verdict, int64_t
     } else if (g->kind == RSL_GUARD_BREAKER) {
         if (verdict) {
             rsl__breaker_record(g->u.breaker, permit, now, outcome, latency_ns);
+            rsl__fleet *f = rsl__guard_fleet(g);
+            int slow, failed;
+            if (f && (failed = rsl__breaker_verdict(g->u.breaker, outcome, latency_ns, &slow)) >= 0) {
+                if (permit->counted) {
+                    rsl__fleet_count(f, failed, slow);
+                } else if (permit->probe) {
+                    rsl__fleet_probe_done(f, failed);
+                }
+            }
         } else {
             rsl__breaker_release(g->u.breaker, permit);
         }
+    }
+}
+
+void rsl__guard_sync(rsl__guard *g, int64_t now) {
+    rsl__fleet *f = rsl__guard_fleet(g);
+    uint64_t seen = atomic_load_explicit(&g->fleet_seen, memory_order_relaxed);
+    if (!f || rsl__fleet_pub(f) == seen) {
+        return;
+    }
+    rsl__fleet_verdict v;
+    rsl__fleet_verdict_get(f, &v);
+    if (!atomic_compare_exchange_strong_explicit(&g->fleet_seen, &seen, v.pub,
+                                                 memory_order_relaxed, memory_order_relaxed)) {
+        return; /* another thread applies it */
+    }
+    rsl__breaker *b = g->u.breaker;
+    if (v.state == RSL_FLEET_OPEN) {
+        rsl__breaker_fleet_open(b, now, v.remaining, v.level, v.reason);
+    } else if (v.state == RSL_FLEET_HALF_OPEN) {
+        /* Probing: a breaker already open or probing keeps its probes' cycle. */
+        if (rsl__breaker_state_get(b) == RSL_BREAKER_CLOSED) {
+            rsl__breaker_fleet_open(b, now, 0, v.level, v.reason);
+        }
+    } else if (v.closing) {
+        rsl__breaker_fleet_close(b, now, v.reason);
     }
 }
 

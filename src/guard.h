@@ -18,6 +18,7 @@
 #include "adaptive.h"
 #include "breaker.h"
 #include "bulkhead.h"
+#include "fleet.h"
 #include "lease.h"
 #include "limiter.h"
 #include "shed.h"
@@ -58,7 +59,20 @@ typedef struct rsl__guard {
     /* A limiter with scope = "global": its lease (lease.h), which decides instead of the
      * local limiter; NULL: local.  Owned by the runtime's lease registry. */
     _Atomic(rsl__lease *) lease;
+    /* A breaker with `shared`: its fleet (fleet.h), whose verdicts the guard applies to
+     * the breaker (fleet_seen: the last one applied); NULL: local.  Owned by the runtime's
+     * fleet registry. */
+    _Atomic(rsl__fleet *) fleet;
+    _Atomic uint64_t fleet_seen;
 } rsl__guard;
+
+/* The shared breaker's fleet, or NULL. */
+static inline rsl__fleet *rsl__guard_fleet(const rsl__guard *g) {
+    return atomic_load_explicit(&g->fleet, memory_order_acquire);
+}
+/* A shared breaker takes up the fleet's latest verdict at `now` (before a read of its
+ * state; acquire does it itself).  Any thread; cheap when there is none new. */
+void rsl__guard_sync(rsl__guard *g, int64_t now);
 
 /* The global limiter's lease, or NULL. */
 static inline rsl__lease *rsl__guard_lease(const rsl__guard *g) {

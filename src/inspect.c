@@ -32,6 +32,26 @@ char *rsl_describe_json(rsl_runtime *rt) {
     return s;
 }
 
+/* A guard shared through Redis (a global limiter's lease, a shared breaker's fleet): 1 with
+ * its mode's name and its Redis errors, else 0. */
+static int shared_of(rsl__guard *g, const char **mode, uint64_t *errors) {
+    if (rsl__guard_lease(g)) {
+        rsl__lease_stats ls;
+        rsl__lease_stats_get(rsl__guard_lease(g), &ls);
+        *mode = rsl__lease_mode_name(ls.mode);
+        *errors = ls.errors;
+        return 1;
+    }
+    if (g->kind == RSL_GUARD_BREAKER && rsl__guard_fleet(g)) {
+        rsl__fleet_stats fs;
+        rsl__fleet_stats_get(rsl__guard_fleet(g), &fs);
+        *mode = rsl__fleet_mode_name(fs.mode);
+        *errors = fs.errors;
+        return 1;
+    }
+    return 0;
+}
+
 static json_t *guard_state(rsl__guard *g, int64_t now) {
     json_t *o = json_object();
     json_object_set_new(o, "kind", json_string(rsl__guard_kind_name(g->kind)));
@@ -42,6 +62,20 @@ static json_t *guard_state(rsl__guard *g, int64_t now) {
     switch (g->kind) {
     case RSL_GUARD_BREAKER: {
         rsl__breaker *b = g->u.breaker;
+        rsl__guard_sync(g, now);
+        if (rsl__guard_fleet(g)) {
+            rsl__fleet_stats fs;
+            rsl__fleet_stats_get(rsl__guard_fleet(g), &fs);
+            json_object_set_new(
+                o, "shared",
+                json_pack("{s:s,s:s,s:i,s:I,s:I,s:I,s:i,s:I,s:I}", "mode",
+                          rsl__fleet_mode_name(fs.mode), "fleet_state",
+                          rsl__fleet_state_name(fs.state), "quorum", fs.quorum, "calls",
+                          (json_int_t)fs.calls, "failures", (json_int_t)fs.failures,
+                          "failing_instances", (json_int_t)fs.instances, "probe_leases",
+                          fs.rights, "flushes", (json_int_t)fs.flushes, "redis_errors",
+                          (json_int_t)fs.errors));
+        }
         json_object_set_new(o, "state",
                             json_string(rsl__breaker_state_name(rsl__breaker_state_at(b, now))));
         json_object_set_new(o, "failure_rate", json_real(rsl__breaker_failure_rate(b, now)));
@@ -295,12 +329,13 @@ char *rsl_metrics_text(rsl_runtime *rt) {
                "1 for a shared guard's mode: starting, joined (Redis decides), down (local).");
     for (size_t i = 0; i < ng; i++) {
         rsl__guard *g = rsl__guards_at(rt->guards, i);
-        if (rsl__guard_lease(g)) {
-            rsl__lease_stats ls;
-            rsl__lease_stats_get(rsl__guard_lease(g), &ls);
+        const char *mode;
+        uint64_t errors;
+        if (shared_of(g, &mode, &errors)) {
             for (int m = RSL_LEASE_STARTING; m <= RSL_LEASE_DOWN; m++) {
-                rc |= metric_guard(&b, "resilua_shared_mode", "guard", g->name, "mode",
-                                   rsl__lease_mode_name(m), NULL, NULL, ls.mode == m);
+                const char *name = rsl__lease_mode_name(m); /* the fleet's are the same */
+                rc |= metric_guard(&b, "resilua_shared_mode", "guard", g->name, "mode", name,
+                                   NULL, NULL, strcmp(name, mode) == 0);
             }
         }
     }
@@ -308,11 +343,11 @@ char *rsl_metrics_text(rsl_runtime *rt) {
                "A shared guard's Redis commands that failed, were refused or timed out.");
     for (size_t i = 0; i < ng; i++) {
         rsl__guard *g = rsl__guards_at(rt->guards, i);
-        if (rsl__guard_lease(g)) {
-            rsl__lease_stats ls;
-            rsl__lease_stats_get(rsl__guard_lease(g), &ls);
+        const char *mode;
+        uint64_t errors;
+        if (shared_of(g, &mode, &errors)) {
             rc |= metric_guard(&b, "resilua_redis_errors_total", "guard", g->name, NULL, NULL,
-                               NULL, NULL, ls.errors);
+                               NULL, NULL, errors);
         }
     }
     rc |= HELP(&b, "resilua_guard_shed_total", "counter",

@@ -66,6 +66,7 @@ static rsl__lapi *api(lua_State *L) {
  * per call). */
 static int sig_state(lua_State *L) {
     rsl__guard *g = arg_guard(L, BREAKER, "state");
+    rsl__guard_sync(g, api(L)->now); /* a shared breaker: the fleet's latest verdict */
     lua_pushvalue(L, lua_upvalueindex(3 + (int)rsl__breaker_state_at(g->u.breaker, api(L)->now)));
     return 1;
 }

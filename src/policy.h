@@ -151,6 +151,8 @@ typedef struct rsl__gen_opts {
                               caller, so nobody else writes the registry meanwhile. */
     rsl__leases *leases;   /* global limiters' leases (the runtime's); NULL: every limiter
                               is local (a load that only checks or describes) */
+    rsl__fleets *fleets;   /* shared breakers' fleets (the runtime's); NULL: every breaker
+                              is local */
     const rsl__step_ops *const *step_ops; /* the step kinds (steps.c), NULL-terminated;
                               NULL: the kinds of rsl__step_kind only, without their ops
                               (a load that only checks or describes) */

@@ -45,6 +45,12 @@ static json_t *guard_json(const rsl__guard *g) {
                                       ms(c.backoff_max_ns), "jitter", c.jitter));
         json_object_set_new(o, "probes", json_integer(c.probes));
         json_object_set_new(o, "count", outcome_list(c.count_mask));
+        if (rsl__guard_fleet(g)) {
+            rsl__fleet_conf fc;
+            rsl__fleet_conf_get(rsl__guard_fleet(g), &fc);
+            json_object_set_new(o, "shared", json_pack("{s:i,s:o}", "quorum", fc.quorum,
+                                                       "flush_ms", ms(fc.flush_ns)));
+        }
         break;
     }
     case RSL_GUARD_LIMITER: {

@@ -57,6 +57,24 @@ void rsl__read_guard(lua_State *L, loader *ld, gdecl *d) {
             d->b.trip.factor = rsl__decl_num(L, "trip_factor");
             d->b.trip.max_ns = (int64_t)rsl__decl_num(L, "trip_max_ns");
         }
+        d->shared = rsl__decl_num(L, "shared_quorum") > 0;
+        if (d->shared) {
+            const rsl__breaker_conf *b = &d->b;
+            d->fc = (rsl__fleet_conf){
+                .quorum = (int)rsl__decl_num(L, "shared_quorum"),
+                .flush_ns = (int64_t)rsl__decl_num(L, "shared_flush_ns"),
+                .window_ns = b->window_ns,
+                .buckets = b->buckets,
+                .min_calls = b->min_calls,
+                .failure_rate = b->failure_rate,
+                .slow_rate = b->slow_rate,
+                .open_for_ns = b->open_for_ns,
+                .backoff_factor = b->backoff_factor,
+                .backoff_max_ns = b->backoff_max_ns,
+                .jitter = b->jitter,
+                .probes = b->probes,
+            };
+        }
     } else if (rsl__decl_is(L, "kind", "limiter")) {
         d->kind = RSL_GUARD_LIMITER;
         d->l.rate = rsl__decl_num(L, "rate");
@@ -139,6 +157,16 @@ int rsl__plan_guards(loader *ld, rsl__guards *reg) {
                 return -1;
             }
             atomic_store(&fresh->lease, d->lease);
+        }
+        if (d->shared && ld->o->fleets) {
+            d->fleet = rsl__fleets_get(ld->o->fleets, d->name, &d->fc);
+            if (!d->fleet) {
+                rsl__guard_unref(fresh);
+                rsl__lines_add(&ld->errs, "%s:%d: breaker \"%s\": out of memory for its fleet",
+                               d->file, d->line, d->name);
+                return -1;
+            }
+            atomic_store(&fresh->fleet, d->fleet);
         }
         if (old && old->kind == d->kind) {
             rsl__guard_unref(fresh);
@@ -250,11 +278,17 @@ int rsl__apply_guards(loader *ld, rsl__guards *reg, rsl__load_report *rep) {
             if (d->lease) { /* a lease kept from an earlier declaration of the name */
                 rsl__lease_configure(d->lease, &d->lc);
             }
+            if (d->fleet) {
+                rsl__fleet_configure(d->fleet, &d->fc);
+            }
             rsl__lines_add(&added, "%s", d->name);
             break;
         case PLAN_REPLACE:
             if (d->lease) {
                 rsl__lease_configure(d->lease, &d->lc);
+            }
+            if (d->fleet) {
+                rsl__fleet_configure(d->fleet, &d->fc);
             }
             rsl__guards_remove(reg, d->name);
             rsl__guards_add(reg, g->guards[i]); /* cannot fail: a slot was just freed */
@@ -271,6 +305,13 @@ int rsl__apply_guards(loader *ld, rsl__guards *reg, rsl__load_report *rep) {
                 int moved = rsl__guard_lease(gg) != d->lease;
                 int conf = d->lease && rsl__lease_configure(d->lease, &d->lc);
                 atomic_store(&gg->lease, d->lease);
+                r = r == 0 && (moved || conf) ? 1 : r;
+            }
+            if (r >= 0 && d->kind == RSL_GUARD_BREAKER) { /* shared or not, its settings */
+                rsl__guard *gg = g->guards[i];
+                int moved = rsl__guard_fleet(gg) != d->fleet;
+                int conf = d->fleet && rsl__fleet_configure(d->fleet, &d->fc);
+                atomic_store(&gg->fleet, d->fleet);
                 r = r == 0 && (moved || conf) ? 1 : r;
             }
             if (r < 0) { /* out of memory for a new window: the old settings stay */

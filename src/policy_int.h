@@ -37,6 +37,9 @@ typedef struct gdecl {
     int global;                 /* a limiter with scope = "global" */
     rsl__lease_conf lc;
     rsl__lease *lease;          /* its lease (plan) */
+    int shared;                 /* a breaker with shared = {...} */
+    rsl__fleet_conf fc;
+    rsl__fleet *fleet;          /* its fleet (plan) */
     int plan;
 } gdecl;
 

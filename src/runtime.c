@@ -103,6 +103,7 @@ static rsl__gen_opts gen_opts(struct rsl_runtime *rt) {
         .stripes = rt->o.workers < RSL_WINDOW_MAX_STRIPES ? rt->o.workers : RSL_WINDOW_MAX_STRIPES,
         .registry_lock = &rt->reg_lock,
         .leases = rt->leases,
+        .fleets = rt->fleets,
         .step_ops = rt->calls.io_model ? rt->model_table : rsl__step_ops_table,
     };
     return go;
@@ -267,7 +268,8 @@ int rsl_open(rsl_runtime **out, const rsl_options *o, char *err, size_t errlen) 
     snprintf(inst, sizeof(inst), "%s:%d:%08llx", host, (int)getpid(),
              (unsigned long long)(rsl__rand64() & 0xffffffffu));
     rt->leases = rsl__leases_new(rt->o.redis_prefix, inst, &rt->env);
-    if (!rt->dir || !rt->guards || !rt->wd || !rt->load || !rt->leases) {
+    rt->fleets = rsl__fleets_new(rt->o.redis_prefix, inst, &rt->env);
+    if (!rt->dir || !rt->guards || !rt->wd || !rt->load || !rt->leases || !rt->fleets) {
         rsl_close(rt);
         return RSL_ENOMEM;
     }
@@ -390,6 +392,7 @@ static void rt_free(rsl_runtime *rt) {
     rsl__calls_close(&rt->calls);
     rsl__load_free(rt->load);
     rsl__leases_free(rt->leases);
+    rsl__fleets_free(rt->fleets);
     rsl__tracer_close(&rt->tracer);
     pthread_mutex_destroy(&rt->reg_lock);
     pthread_mutex_destroy(&rt->reload_lock);
@@ -914,9 +917,18 @@ static void worker_stop(rsl__worker *w) {
     }
 }
 
+/* Worker 0 flushes the shared breakers that are due, on its Redis connection. */
+static void worker_beat(rsl__worker *w) {
+    rsl_runtime *rt = w->conf.owner;
+    if (w->index == 0) {
+        rsl__fleets_tick(rt->fleets, w->redis);
+    }
+}
+
 static const rsl__worker_ops worker_ops = {
     .handle = worker_handle,
     .stop = worker_stop,
     .idle = rsl__call_drop_spares,
     .closed = worker_closed,
+    .beat = worker_beat,
 };

@@ -66,6 +66,7 @@ struct rsl_runtime {
     rsl__calls calls;          /* the calls' shared part: live count, ids, cancel list */
     rsl__load *load;           /* the load signal and the shedding controller */
     rsl__leases *leases;       /* global limiters' leases, freed after the workers */
+    rsl__fleets *fleets;       /* shared breakers' fleets, freed after the workers */
     rsl__hoststeps steps;
     char *redis_host;          /* from rsl_options.redis; NULL: none */
     int redis_port;

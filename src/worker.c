@@ -232,6 +232,9 @@ static void on_beat(uv_timer_t *t) {
     int64_t now = rsl__clock_now();
     rsl__load_beat(w->conf.load, w->index, now - w->beat_last - RSL_SHED_BEAT_NS);
     w->beat_last = now;
+    if (w->conf.ops->beat && !w->stopping) {
+        w->conf.ops->beat(w);
+    }
 }
 
 /* On the loop's thread, before it serves calls: the Redis connection starts opening now,

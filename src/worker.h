@@ -60,6 +60,8 @@ typedef struct rsl__worker_ops {
     void (*idle)(rsl__worker *w);
     /* Attached only: the async handle closed; the owner may be freed now. */
     void (*closed)(rsl__worker *w);
+    /* The heartbeat fired (every RSL_SHED_BEAT_NS while serving; NULL: nothing to do). */
+    void (*beat)(rsl__worker *w);
 } rsl__worker_ops;
 
 typedef struct rsl__worker_conf {

@@ -131,7 +131,11 @@ TEST(breaker_errors) {
         {"r.breaker 'b' { count = { 'ok' } }", "count must not list \"ok\""},
         {"r.breaker 'b' { count = { 'rejected' } }", "count must not list \"rejected\""},
         {"r.breaker 'b' { count = { 'canceled' } }", "count must not list \"canceled\""},
-        {"r.breaker 'b' { shared = true }", "shared breakers are not available yet"},
+        {"r.breaker 'b' { shared = true }", "shared must be a table like { quorum = 2, flush = \"100ms\" }, got true"},
+        {"r.breaker 'b' { shared = { quorum = 0 } }", "shared.quorum must be in 1..1000, got 0"},
+        {"r.breaker 'b' { shared = { flush = \"2m\" } }", "shared.flush must be at most 1m, got \"2m\""},
+        {"r.breaker 'b' { shared = { quorum = 2, every = 1 } }", "unknown field \"shared.every\""},
+        {"r.breaker 'b' { shared = {}, trip = {} }", "shared is not available with trip yet: the fleet judges failure_rate and slow_rate"},
         {"r.breaker 'b' 'x'", "expected a table of settings, got \"x\""},
     };
     RUN_CASES(cases, "breaker \"b\": ");

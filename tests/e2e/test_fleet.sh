@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# A breaker shared by three `resilua serve` processes (A, B, C) through one real
+# redis-server, in front of examples/flaky, with shared = { quorum = 2 }:
+#   - failing traffic through A alone opens A (its own rule) and neither B nor C: the fleet
+#     counts A's failures (B reads them back) but one failing instance is under quorum;
+#   - failing traffic through B too opens the fleet, and C with it (C sent nothing);
+#   - in half-open, with failing traffic offered through all three, at most `probes`
+#     requests reach the upstream across the fleet (counted at flaky's /_stats) before
+#     the failed probe re-opens the fleet at the next backoff level;
+#   - once the upstream answers again, one probe's success closes all three.
+# Nothing races a period: negative phases assert what no amount of time changes (one
+# failing instance is under quorum), after polling until the counts are in Redis; the
+# positive ones poll, bounded.
+source "$(dirname "$0")/lib.sh"
+set -e
+command -v redis-server >/dev/null || { echo "redis-server is required (scripts/setup.sh)"; exit 1; }
+command -v curl >/dev/null || { echo "curl is required (scripts/setup.sh installs it)"; exit 1; }
+HAMMER="python3 $RSL_SOURCE_DIR/tests/e2e/hammer.py"
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+RPORT=$(free_port)
+redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no >"$TMP/redis.out" 2>&1 &
+pids+=($!)
+for _ in $(seq 1 100); do
+  python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' \
+    "$RPORT" 2>/dev/null && break
+  sleep 0.05
+done
+
+start flaky "$FLAKY" --listen 127.0.0.1:0 --quiet
+UP=$port
+P=$TMP/policies
+mkdir -p "$P"
+cat >"$P/p.lua" <<EOF
+local r = require "resilua"
+r.breaker "pay" { min_calls = 10, failure_rate = 50, open_for = "2s", probes = 1,
+                  backoff = { factor = 2, jitter = 0 },
+                  shared = { quorum = 2, flush = "100ms" } }
+r.policy "p" {
+  deadline = "10s",
+  steps = { up = r.http { url = "http://127.0.0.1:$UP/pay?status=\${status}", timeout = "5s",
+                          guards = { "pay" } } },
+}
+EOF
+SRV=()
+for i in 1 2 3; do
+  start "serve$i" "$RESILUA" serve -p "$P" --listen 127.0.0.1:0 --workers 2 \
+    --redis "127.0.0.1:$RPORT" --redis-prefix "e2e$$:"
+  SRV+=("$port")
+done
+url() { echo "http://127.0.0.1:${SRV[$1]}/call/p?status=$2"; }
+
+# st N EXPR: a Python expression over g, instance N's /state entry of "pay" (s: g["shared"])
+st() {
+  curl -sS --max-time 10 "http://127.0.0.1:${SRV[$1]}/state" | python3 -c '
+import json, sys
+g = json.load(sys.stdin)["guards"]["pay"]; s = g.get("shared", {})
+print(eval(sys.argv[1]))' "$2"
+}
+# until_st N EXPR [URL...]: polls (bounded, 30 s) until EXPR holds on N, driving URLs meanwhile
+until_st() {
+  local n=$1 e=$2
+  shift 2
+  for _ in $(seq 1 150); do
+    if [ $# -gt 0 ]; then $HAMMER 0.1 "$@" >/dev/null; else sleep 0.1; fi
+    [ "$(st "$n" "$e")" = True ] && return 0
+  done
+  fail "instance $n: not $e: $(st "$n" 'g')"
+}
+flaky_count() {
+  curl -sS --max-time 10 "http://127.0.0.1:$UP/_stats" |
+    python3 -c 'import json,sys; print(json.load(sys.stdin)["paths"].get("/pay", 0))'
+}
+
+t "three instances join the fleet"
+for n in 0 1 2; do until_st $n 's.get("mode") == "joined"'; done
+ok
+
+t "failing traffic through A alone opens A, not B or C (quorum 2)"
+until_st 0 'g["state"] == "open"' "$(url 0 503)"
+# B has read A's failures back from Redis: the fleet has them, and one failing instance.
+until_st 1 's["calls"] >= 10 and s["failing_instances"] == 1'
+for n in 1 2; do
+  [ "$(st $n 'g["state"] + " " + s["fleet_state"]')" = "closed closed" ] ||
+    fail "instance $n: $(st $n 'g')"
+done
+ok
+
+t "failing traffic through B too opens the fleet, and C, which sent nothing"
+until_st 1 'g["state"] == "open"' "$(url 1 503)"
+t0=$(date +%s%N)
+until_st 2 'g["state"] == "open"'
+echo "  C open $(( ($(date +%s%N) - t0) / 1000000 )) ms after B opened (flush 100 ms)"
+[ "$(st 2 's["fleet_state"]')" = open ] || fail "C: $(st 2 'g')"
+[ "$(st 2 's["failing_instances"] >= 2')" = True ] || fail "C: $(st 2 'g')"
+ok
+
+t "half-open: at most 1 probe reaches the upstream across the fleet"
+curl -sS -X POST "http://127.0.0.1:$UP/_reset" >/dev/null
+before=$(flaky_count)
+# Failing traffic through all three until the fleet has probed once and re-opened at level 1.
+until_st 0 'g["backoff_level"] >= 1 and g["state"] == "open"' \
+  "$(url 0 503)" "$(url 1 503)" "$(url 2 503)"
+probes=$(( $(flaky_count) - before ))
+echo "  upstream requests while half-open: $probes (probes = 1)"
+[ "$probes" -le 1 ] || fail "$probes requests reached the upstream: $(st 0 'g') $(st 1 'g') $(st 2 'g')"
+[ "$probes" -ge 1 ] || fail "no probe reached the upstream"
+ok
+
+t "the upstream answers again: one probe closes all three"
+until_st 0 'g["state"] == "closed" and s["fleet_state"] == "closed"' \
+  "$(url 0 200)" "$(url 1 200)" "$(url 2 200)"
+for n in 1 2; do until_st $n 'g["state"] == "closed"'; done
+ok
+
+t "/metrics: the shared breaker's mode"
+curl -sS "http://127.0.0.1:${SRV[2]}/metrics" | grep -q 'resilua_shared_mode{guard="pay",mode="joined"} 1' ||
+  fail "$(curl -sS "http://127.0.0.1:${SRV[2]}/metrics" | grep shared_mode)"
+ok
+
+done_all
