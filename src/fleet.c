@@ -370,7 +370,7 @@ static void flushed(void *ud, const rsl__redis_reply *r) {
         rsl__fleet_conf_get(f, &c);
         atomic_store_explicit(&f->rights_until, t + 2 * c.flush_ns + RSL_NS_PER_S / 2,
                               memory_order_relaxed);
-        atomic_fetch_add_explicit(&f->rights, 1, memory_order_relaxed);
+        atomic_store_explicit(&f->rights, 1, memory_order_relaxed); /* one lease held */
     } else if (state != RSL_FLEET_HALF_OPEN) {
         atomic_store_explicit(&f->rights, 0, memory_order_relaxed);
     }
@@ -418,8 +418,10 @@ static void flush(rsl__fleet *f, rsl__redis *r, int64_t t) {
         return;
     }
     int64_t bucket_ms = c.window_ns / c.buckets / RSL_NS_PER_MS;
+    /* A probe lease when it holds none (or the one it held ran out unused). */
     double want = atomic_load_explicit(&f->state, memory_order_relaxed) == RSL_FLEET_HALF_OPEN &&
-                          atomic_load_explicit(&f->rights, memory_order_relaxed) == 0
+                          (atomic_load_explicit(&f->rights, memory_order_relaxed) == 0 ||
+                           t > atomic_load_explicit(&f->rights_until, memory_order_relaxed))
                       ? 1
                       : 0;
     char a[19][40];
