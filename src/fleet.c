@@ -189,12 +189,22 @@ static int conf_ok(const rsl__fleet_conf *c) {
            c->window_ns / c->buckets >= RSL_NS_PER_MS && c->probes >= 1 && c->open_for_ns > 0;
 }
 
+/* Field by field: the struct has padding, which memcmp would read. */
+static int conf_eq(const rsl__fleet_conf *a, const rsl__fleet_conf *b) {
+    return a->quorum == b->quorum && a->flush_ns == b->flush_ns && a->window_ns == b->window_ns &&
+           a->buckets == b->buckets && a->min_calls == b->min_calls &&
+           a->failure_rate == b->failure_rate && a->slow_rate == b->slow_rate &&
+           a->open_for_ns == b->open_for_ns && a->backoff_factor == b->backoff_factor &&
+           a->backoff_max_ns == b->backoff_max_ns && a->jitter == b->jitter &&
+           a->probes == b->probes;
+}
+
 int rsl__fleet_configure(rsl__fleet *f, const rsl__fleet_conf *c) {
     if (!conf_ok(c)) {
         return 0;
     }
     pthread_mutex_lock(&f->mu);
-    int changed = memcmp(&f->conf, c, sizeof(*c)) != 0;
+    int changed = !conf_eq(&f->conf, c);
     f->conf = *c;
     pthread_mutex_unlock(&f->mu);
     return changed;

@@ -254,6 +254,17 @@ char *rsl__lines_take(lines *l) {
     return p;
 }
 
+/* A new guard's lease or fleet may be one kept from an earlier declaration of the name
+ * (the runtime's registries outlive guards): it takes the new settings. */
+static void configure_shared(const gdecl *d) {
+    if (d->lease) {
+        rsl__lease_configure(d->lease, &d->lc);
+    }
+    if (d->fleet) {
+        rsl__fleet_configure(d->fleet, &d->fc);
+    }
+}
+
 /* Changes the registry to match the generation (see the file comment, step 4). */
 int rsl__apply_guards(loader *ld, rsl__guards *reg, rsl__load_report *rep) {
     rsl__gen *g = ld->g;
@@ -275,21 +286,11 @@ int rsl__apply_guards(loader *ld, rsl__guards *reg, rsl__load_report *rep) {
         gdecl *d = &ld->decls[i];
         switch (d->plan) {
         case PLAN_ADD:
-            if (d->lease) { /* a lease kept from an earlier declaration of the name */
-                rsl__lease_configure(d->lease, &d->lc);
-            }
-            if (d->fleet) {
-                rsl__fleet_configure(d->fleet, &d->fc);
-            }
+            configure_shared(d);
             rsl__lines_add(&added, "%s", d->name);
             break;
         case PLAN_REPLACE:
-            if (d->lease) {
-                rsl__lease_configure(d->lease, &d->lc);
-            }
-            if (d->fleet) {
-                rsl__fleet_configure(d->fleet, &d->fc);
-            }
+            configure_shared(d);
             rsl__guards_remove(reg, d->name);
             rsl__guards_add(reg, g->guards[i]); /* cannot fail: a slot was just freed */
             rsl__lines_add(&changed, "%s", d->name);

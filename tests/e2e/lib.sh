@@ -47,6 +47,26 @@ fail() {
   exit 1
 }
 
+# free_port: a loopback port nothing listens on right now.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# start_redis: a redis-server on 127.0.0.1:$RPORT (no persistence), its pid in RPID and
+# in pids (stopped on exit); waits (bounded) until it accepts connections.
+start_redis() {
+  redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no \
+    >"$TMP/redis.out" 2>&1 &
+  RPID=$!
+  pids+=($RPID)
+  for _ in $(seq 1 100); do
+    python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' \
+      "$RPORT" 2>/dev/null && return 0
+    sleep 0.05
+  done
+  fail "redis-server did not start: $(cat "$TMP/redis.out")"
+}
+
 done_all() {
   echo "$passed passed, 0 failed"
   exit 0

@@ -17,17 +17,8 @@ command -v redis-server >/dev/null || { echo "redis-server is required (scripts/
 command -v curl >/dev/null || { echo "curl is required (scripts/setup.sh installs it)"; exit 1; }
 HAMMER="python3 $RSL_SOURCE_DIR/tests/e2e/hammer.py"
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 RPORT=$(free_port)
-redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no >"$TMP/redis.out" 2>&1 &
-pids+=($!)
-for _ in $(seq 1 100); do
-  python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' \
-    "$RPORT" 2>/dev/null && break
-  sleep 0.05
-done
+start_redis
 
 start flaky "$FLAKY" --listen 127.0.0.1:0 --quiet
 UP=$port

@@ -18,22 +18,7 @@ r.limiter "partner-api" { rate = 200, per = "1s", burst = 20, scope = "global", 
 r.policy "p" { steps = { s = r.stub { status = 200, body = "ok", guards = { "partner-api" } } } }
 EOF
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
 RPORT=$(free_port)
-start_redis() {
-  redis-server --port "$RPORT" --bind 127.0.0.1 --save '' --appendonly no \
-    >"$TMP/redis.out" 2>&1 &
-  RPID=$!
-  pids+=($RPID)
-  for _ in $(seq 1 100); do
-    python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' \
-      "$RPORT" 2>/dev/null && return 0
-    sleep 0.05
-  done
-  fail "redis-server did not start: $(cat "$TMP/redis.out")"
-}
 start_redis
 
 SRV=()
