@@ -8,6 +8,7 @@
 #ifndef RSL_POLICY_INT_H
 #define RSL_POLICY_INT_H
 
+#include "keyed.h"
 #include "policy.h"
 
 #include <lua.h>
@@ -37,6 +38,8 @@ typedef struct gdecl {
     int global;                 /* a limiter with scope = "global" */
     rsl__lease_conf lc;
     rsl__lease *lease;          /* its lease (plan) */
+    char *key;                  /* a keyed breaker's or limiter's template, or NULL */
+    rsl__keyed_conf kc;
     int plan;
 } gdecl;
 
