@@ -8,8 +8,8 @@
  * table with the parent).
  *
  * Bound: at most max_keys children.  The table is split in 1..16 stripes by hash (one
- * stripe below 128 keys, so small tables are exactly LRU), each a mutex over a chained hash
- * and an LRU list, with max_keys / stripes of the room.  A new key in a full stripe evicts
+ * stripe below 128 keys, so small tables are exactly LRU), each a spinlock over a chained
+ * hash and an LRU list, with max_keys / stripes of the room.  A new key in a full stripe evicts
  * from its LRU end, looking at RSL_KEYED_EVICT_SCAN children at most: the oldest that
  * costs nothing (a closed breaker, a limiter with a full bucket), else the oldest limiter
  * short of a full bucket (its key starts full again if it comes back: the price of the
