@@ -497,7 +497,7 @@ int rsl__keyed_acquire(rsl__guard *g, const rsl_req *req, rsl__buf *buf, int64_t
     const char *key = "", *missing;
     size_t len = 0;
     buf->len = 0;
-    if (rsl__tmpl_expand(k->tmpl, req, 0, buf, &missing) == 0) {
+    if (rsl__tmpl_expand(k->tmpl, req, 0, buf, &missing) == 0 && buf->p) {
         key = buf->p;
         len = buf->len < RSL_KEYED_KEY_MAX ? buf->len : RSL_KEYED_KEY_MAX;
     }
