@@ -42,6 +42,7 @@ end
 local MAX_CHAIN = info.max_chain
 local MAX_GUARDS = info.max_guards
 local LOWEST_PRIORITY = info.lowest_priority -- RSL_PRIORITY_LOWEST (shed.h)
+local MAX_TOP_K = info.max_top_k -- RSL_KEYED_TOP_MAX (keyed.h)
 local KINDS = info.kinds or {} -- step kinds of the C side's table beyond the ones below
 
 local NS_MS, NS_S = 1e6, 1e9
@@ -316,7 +317,8 @@ local function claim_guard(ctx, kind, name)
 end
 
 local BREAKER = set { "window", "buckets", "min_calls", "failure_rate", "slow_call", "slow_rate",
-                      "open_for", "backoff", "probes", "count", "shared", "trip" }
+                      "open_for", "backoff", "probes", "count", "shared", "trip",
+                      "key", "max_keys", "top_k" }
 local TRIP = set { "failure_rate", "latency", "periods", "period", "window", "short_window" }
 local TRIP_LATENCY = set { "q", "over", "adapt" }
 local TRIP_ADAPT = set { "factor", "max" }
@@ -358,6 +360,7 @@ local function trip(ctx, d, t)
     fail(ctx, "trip.latency.adapt.max must be >= trip.latency.over")
   end
 end
+
 local SHARED = set { "quorum", "flush" }
 
 -- shared = { quorum = 2, flush = "100ms" }: the breaker's rule also judges the fleet's
@@ -374,8 +377,30 @@ local function shared(ctx, d, c)
   if c.trip ~= nil then
     fail(ctx, "shared is not available with trip yet: the fleet judges failure_rate and slow_rate")
   end
+  if c.key ~= nil then
+    fail(ctx, "shared is not available with key yet: the fleet counts one breaker")
+  end
   d.shared_quorum = integer(ctx, s.quorum, "shared.quorum", 2, 1, 1000)
   d.shared_flush_ns = duration(ctx, s.flush, "shared.flush", 100 * NS_MS, true, 60 * NS_S, "1m")
+end
+
+local template -- below, with the steps
+
+-- key = "${tenant}", max_keys, top_k: one breaker or limiter per key value (keyed.h), at
+-- most max_keys of them; metrics name the top_k keys by calls and fold the rest in "other".
+local function keyed(ctx, d, c)
+  if c.key == nil then
+    if c.max_keys ~= nil or c.top_k ~= nil then
+      fail(ctx, "max_keys and top_k need key (like key = \"${tenant}\")")
+    end
+    return
+  end
+  d.key = template(ctx, c.key, "key", '"${tenant}"')
+  if not d.key:find("${", 1, true) then
+    fail(ctx, 'key must name a request attribute, like "${tenant}", got %s', show(c.key))
+  end
+  d.max_keys = integer(ctx, c.max_keys, "max_keys", 10000, 1, 1e7)
+  d.top_k = integer(ctx, c.top_k, "top_k", 10, 0, MAX_TOP_K)
 end
 
 local BACKOFF = set { "factor", "max", "jitter" }
@@ -421,6 +446,7 @@ local function breaker(ctx, name, c)
   d.probes = integer(ctx, c.probes, "probes", 1, 1, 255)
   d.count_mask = outcomes(ctx, c.count, "count", COUNT_DEFAULT, NOT_COUNTED)
   shared(ctx, d, c)
+  keyed(ctx, d, c)
   guards[name] = d
 end
 
@@ -458,7 +484,8 @@ local function reserve(ctx, d, v)
   end
 end
 
-local LIMITER = set { "rate", "per", "burst", "scope", "reserve", "lease", "on_redis_down" }
+local LIMITER = set { "rate", "per", "burst", "scope", "reserve", "lease", "on_redis_down",
+                      "key", "max_keys", "top_k" }
 local MAX_TAU_NS = 2 ^ 60 -- limiter.c: burst * per / rate must fit int64 ns with room
 
 local function limiter(ctx, name, c)
@@ -481,6 +508,9 @@ local function limiter(ctx, name, c)
     if c.reserve ~= nil then
       fail(ctx, "reserve is not available with scope = \"global\" yet")
     end
+    if c.key ~= nil then
+      fail(ctx, "key is not available with scope = \"global\" yet")
+    end
     d.global = 1
     d.lease = integer(ctx, c.lease, "lease", math.min(50, max(1, floor(d.burst))), 1)
     if d.lease > d.burst then
@@ -491,6 +521,7 @@ local function limiter(ctx, name, c)
   elseif c.lease ~= nil or c.on_redis_down ~= nil then
     fail(ctx, "lease and on_redis_down need scope = \"global\"")
   end
+  keyed(ctx, d, c)
   guards[name] = d
 end
 
@@ -633,7 +664,7 @@ local function fault(ctx, f)
 end
 
 -- A "${attr}" template: balanced, names not empty (the C side parses it again).
-local function template(ctx, v, name, example)
+function template(ctx, v, name, example)
   if type(v) ~= "string" or v == "" then
     fail(ctx, "%s must be a template like %s, got %s", name, example, show(v))
   end

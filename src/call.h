@@ -108,6 +108,7 @@ struct rsl__call {
     int tries;                        /* attempts that passed the guards */
     int64_t step_start, attempt_start, last_sleep;
     rsl__permit permits[RSL_MAX_GUARDS];
+    rsl__guard *kids[RSL_MAX_GUARDS]; /* a keyed guard i's child held (keyed.h), or NULL */
     uint32_t held;                    /* bit i: guard i of the step is held */
     rsl__answer ans;                  /* the current step's answer */
     rsl__answer prev_ans;             /* the previous step's answer (for `prev`) */

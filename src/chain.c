@@ -17,6 +17,7 @@
 #include "chain.h"
 
 #include "clock.h"
+#include "keyed.h"
 #include "lua_api.h"
 #include "retry.h"
 #include "vtime.h"
@@ -41,12 +42,36 @@ static void shed_answer(rsl__call *c) {
     rsl__answer_copy_headers(&c->ans, &retry_after, 1);
 }
 
+/* Guard i of s, acquired for c, given back (keyed: to the child it went to). */
+static void give_back(rsl__call *c, const rsl__step *s, int i, int verdict, int64_t now) {
+    if (s->guards[i]->keyed) {
+        rsl__keyed_release(c->kids[i], &c->permits[i], verdict, now, c->ans.outcome,
+                           c->ans.status, now - c->attempt_start);
+        c->kids[i] = NULL;
+    } else {
+        rsl__guard *g = s->guards[i];
+        rsl__guard_release(g, &c->permits[i], verdict, now, c->ans.outcome, c->ans.status,
+                           now - c->attempt_start);
+        if (g->kind == RSL_GUARD_BREAKER && rsl__guard_fleet(g)) {
+            rsl__fleet_tend(rsl__guard_fleet(g), c->w->redis); /* on our loop */
+        }
+    }
+}
+
 static int acquire_guards(rsl__call *c, const rsl__step *s, int64_t now) {
     c->held = 0;
     for (int i = 0; i < s->nguards; i++) {
         rsl__guard *g = s->guards[i];
         const char *why = "";
-        int rc = rsl__guard_acquire(g, now, c->priority, &c->permits[i], &why);
+        int rc, holds;
+        if (g->keyed) { /* one child per key value: found (or made) from the request */
+            rc = rsl__keyed_acquire(g, c->req, &c->scratch, now, c->priority, &c->permits[i],
+                                    &c->kids[i], &why);
+            holds = c->kids[i] != NULL;
+        } else {
+            rc = rsl__guard_acquire(g, now, c->priority, &c->permits[i], &why);
+            holds = rsl__guard_holds(g);
+        }
         if (g->kind == RSL_GUARD_LIMITER && rsl__guard_lease(g)) {
             rsl__lease_tend(rsl__guard_lease(g), c->w->redis); /* its refill, on our loop */
         }
@@ -56,7 +81,7 @@ static int acquire_guards(rsl__call *c, const rsl__step *s, int64_t now) {
             }
             for (int j = 0; j < i; j++) {
                 if (c->held & (1u << j)) {
-                    rsl__guard_release(s->guards[j], &c->permits[j], 0, now, RSL_OUTCOME_OK, 0, 0);
+                    give_back(c, s, j, 0, now);
                 }
             }
             c->held = 0;
@@ -67,7 +92,7 @@ static int acquire_guards(rsl__call *c, const rsl__step *s, int64_t now) {
             }
             return 0;
         }
-        if (rsl__guard_holds(g)) {
+        if (holds) {
             c->held |= 1u << i;
         }
     }
@@ -78,11 +103,7 @@ static int acquire_guards(rsl__call *c, const rsl__step *s, int64_t now) {
 static void release_guards(rsl__call *c, const rsl__step *s, int64_t now, int verdict) {
     for (int i = 0; i < s->nguards && c->held; i++) {
         if (c->held & (1u << i)) {
-            rsl__guard_release(s->guards[i], &c->permits[i], verdict, now, c->ans.outcome,
-                               c->ans.status, now - c->attempt_start);
-            if (s->guards[i]->kind == RSL_GUARD_BREAKER && rsl__guard_fleet(s->guards[i])) {
-                rsl__fleet_tend(rsl__guard_fleet(s->guards[i]), c->w->redis); /* on our loop */
-            }
+            give_back(c, s, i, verdict, now);
             c->held &= ~(1u << i);
         }
     }

@@ -5,6 +5,8 @@
  */
 #include "gen.h"
 
+#include "keyed.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -98,6 +100,9 @@ rsl__genr *rsl__genr_new(const rsl__genr_conf *conf, rsl__gen *g) {
         if (g->guards[i]->kind == RSL_GUARD_BREAKER &&
             !rsl__breaker_hooked(g->guards[i]->u.breaker)) {
             rsl__breaker_set_hook(g->guards[i]->u.breaker, conf->on_breaker, conf->on_breaker_ud);
+        }
+        if (g->guards[i]->kind == RSL_GUARD_BREAKER && g->guards[i]->keyed) { /* its keys' */
+            rsl__keyed_set_hook(g->guards[i]->keyed, conf->on_breaker, conf->on_breaker_ud);
         }
     }
     atomic_init(&G->refs, 1);

@@ -12,6 +12,8 @@
  */
 #include "guard.h"
 
+#include "keyed.h"
+
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -225,6 +227,21 @@ const char *rsl__override_name(rsl_override a) {
 }
 
 void rsl__guard_override(rsl__guard *g, rsl_override a, int64_t now) {
+    if (g->keyed && g->kind == RSL_GUARD_BREAKER) {
+        /* The parent's breaker takes no calls: its state is the override alone.  Lifting
+         * one closes it (the keys keep their own states); a reset forgets every key. */
+        if (a == RSL_OVERRIDE_FORCE_OPEN) {
+            rsl__breaker_force_open(g->u.breaker, now);
+        } else if (a == RSL_OVERRIDE_DISABLE) {
+            rsl__breaker_disable(g->u.breaker, now);
+        } else {
+            rsl__breaker_reset(g->u.breaker, now);
+        }
+        if (a == RSL_OVERRIDE_RESET) {
+            rsl__keyed_clear(g->keyed);
+        }
+        return;
+    }
     if (g->kind == RSL_GUARD_BREAKER) {
         rsl__breaker *b = g->u.breaker;
         switch (a) {
@@ -245,7 +262,9 @@ void rsl__guard_override(rsl__guard *g, rsl_override a, int64_t now) {
     }
     atomic_store_explicit(&g->override, a == RSL_OVERRIDE_RESET ? RSL_OVERRIDE_AUTO : (int)a,
                           memory_order_relaxed);
-    if (a == RSL_OVERRIDE_RESET && g->kind == RSL_GUARD_LIMITER) {
+    if (a == RSL_OVERRIDE_RESET && g->keyed) {
+        rsl__keyed_clear(g->keyed);
+    } else if (a == RSL_OVERRIDE_RESET && g->kind == RSL_GUARD_LIMITER) {
         rsl__limiter_reset(g->u.limiter);
     } else if (a == RSL_OVERRIDE_RESET && g->kind == RSL_GUARD_ADAPTIVE) {
         rsl__adaptive_reset(g->u.adaptive);
@@ -379,6 +398,7 @@ void rsl__guard_unref(rsl__guard *g) {
     if (atomic_fetch_sub_explicit(&g->refs, 1, memory_order_acq_rel) != 1) {
         return;
     }
+    rsl__keyed_free(g->keyed); /* drops its children (those calls hold live on) */
     switch (g->kind) {
     case RSL_GUARD_BREAKER:
         rsl__breaker_free(g->u.breaker);

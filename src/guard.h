@@ -37,6 +37,9 @@ typedef enum rsl__guard_kind {
 /* "breaker", "limiter", "bulkhead", "throttle", "adaptive" */
 const char *rsl__guard_kind_name(rsl__guard_kind k);
 
+/* A keyed guard's table of per-key children (keyed.h). */
+typedef struct rsl__keyed rsl__keyed;
+
 typedef struct rsl__guard {
     rsl__guard_kind kind;
     const char *name; /* the underlying object's name */
@@ -64,6 +67,10 @@ typedef struct rsl__guard {
      * fleet registry. */
     _Atomic(rsl__fleet *) fleet;
     _Atomic uint64_t fleet_seen;
+    /* A breaker or limiter with `key`: its per-key children, which take the calls (the
+     * guard's own object then only carries the admin override and the settings); NULL:
+     * one guard for every call.  Set before the guard is shared, freed with it. */
+    rsl__keyed *keyed;
 } rsl__guard;
 
 /* The shared breaker's fleet, or NULL. */

@@ -9,6 +9,7 @@
 #include "runtime.h"
 
 #include "clock.h"
+#include "keyed.h"
 #include "steps.h"
 #include "trip.h"
 #include "window.h"
@@ -50,6 +51,41 @@ static int shared_of(rsl__guard *g, const char **mode, uint64_t *errors) {
         return 1;
     }
     return 0;
+}
+
+/* A keyed guard's table: its bound, its keys, and the top_k keys by calls. */
+static void keyed_state(json_t *o, rsl__guard *g, int64_t now) {
+    rsl__keyed_stats *st = rsl__keyed_stats_get(g, now);
+    if (!st) {
+        return;
+    }
+    json_object_set_new(o, "key", json_string(rsl__keyed_template(g->keyed)));
+    json_object_set_new(o, "max_keys", json_integer((json_int_t)st->conf.max_keys));
+    json_object_set_new(o, "top_k", json_integer(st->conf.top_k));
+    json_object_set_new(o, "keys", json_integer((json_int_t)st->keys));
+    json_object_set_new(o, "evictions", json_integer((json_int_t)st->evictions));
+    json_object_set_new(o, "overflow_calls", json_integer((json_int_t)st->overflow_calls));
+    json_t *top = json_array();
+    for (int i = 0; i <= st->ntop; i++) { /* the top keys, then "other" */
+        const rsl__keyed_item *it = i < st->ntop ? &st->top[i] : &st->rest;
+        json_t *e = json_object();
+        json_object_set_new(e, "key", json_stringn(it->key, it->klen));
+        json_object_set_new(e, "calls", json_integer((json_int_t)it->calls));
+        json_object_set_new(e, "rejections", json_integer((json_int_t)it->rejections));
+        if (i < st->ntop && it->state >= 0) {
+            json_object_set_new(
+                e, "state", json_string(rsl__breaker_state_name((rsl__breaker_state)it->state)));
+        } else if (i < st->ntop) {
+            json_object_set_new(e, "tokens", json_real(it->tokens));
+        }
+        if (i < st->ntop) {
+            json_array_append_new(top, e);
+        } else {
+            json_object_set_new(o, "other", e);
+        }
+    }
+    json_object_set_new(o, "top", top);
+    free(st);
 }
 
 static json_t *guard_state(rsl__guard *g, int64_t now) {
@@ -148,6 +184,9 @@ static json_t *guard_state(rsl__guard *g, int64_t now) {
         break;
     }
     }
+    if (g->keyed) {
+        keyed_state(o, g, now);
+    }
     if (rsl__guard_has_reserve(g)) {
         /* Per priority: the share it may fill, and the calls shed for the reserve. */
         json_t *usable = json_array(), *shed = json_array();
@@ -227,6 +266,40 @@ static int metric_guard(rsl__buf *b, const char *name, const char *label, const 
     return rc;
 }
 
+/* name{LABEL="guard",key="KEY"[,l3="v3"[,l4="v4"]]} value: a keyed guard's series. */
+static int metric_key(rsl__buf *b, const char *name, const char *label, const char *guard,
+                      const char *key, const char *l3, const char *v3, const char *l4,
+                      const char *v4, uint64_t value) {
+    int rc = rsl__buf_append(b, name, strlen(name));
+    rc |= rsl__buf_append(b, "{", 1);
+    rc |= rsl__buf_append(b, label, strlen(label));
+    rc |= rsl__buf_append(b, "=", 1);
+    rc |= rsl__metrics_label(b, guard);
+    rc |= rsl__buf_append(b, ",key=", 5);
+    rc |= rsl__metrics_label(b, key);
+    if (l3) {
+        rc |= rsl__buf_append(b, ",", 1);
+        rc |= rsl__buf_append(b, l3, strlen(l3));
+        rc |= rsl__buf_append(b, "=", 1);
+        rc |= rsl__metrics_label(b, v3);
+    }
+    if (l4) {
+        rc |= rsl__buf_append(b, ",", 1);
+        rc |= rsl__buf_append(b, l4, strlen(l4));
+        rc |= rsl__buf_append(b, "=", 1);
+        rc |= rsl__metrics_label(b, v4);
+    }
+    char num[32];
+    int n = snprintf(num, sizeof(num), "} %llu\n", (unsigned long long)value);
+    rc |= rsl__buf_append(b, num, (size_t)n);
+    return rc;
+}
+
+/* The top keys, then "other": i in 0..ntop. */
+static const rsl__keyed_item *key_item(const rsl__keyed_stats *st, int i) {
+    return i < st->ntop ? &st->top[i] : &st->rest;
+}
+
 #define HELP(b, name, type, text)                                                          \
     rsl__buf_append(b, "# HELP " name " " text "\n# TYPE " name " " type "\n",            \
                     strlen("# HELP " name " " text "\n# TYPE " name " " type "\n"))
@@ -273,10 +346,33 @@ char *rsl_metrics_text(rsl_runtime *rt) {
     pthread_mutex_unlock(&rt->lock);
     pthread_mutex_lock(&rt->reg_lock);
     size_t ng = rsl__guards_count(rt->guards);
-    rc |= HELP(&b, "resilua_breaker_state", "gauge", "1 for the breaker's current state.");
-    for (size_t i = 0; i < ng; i++) {
+    /* A keyed guard's series carry `key`: its top_k keys by calls and "other" for the rest,
+     * so that no more than top_k + 1 series per metric (and state, or transition) come
+     * from one guard however many keys it sees.  One snapshot per guard for all of them. */
+    rsl__keyed_stats **ks = ng ? calloc(ng, sizeof(*ks)) : NULL;
+    for (size_t i = 0; ks && i < ng; i++) {
         rsl__guard *g = rsl__guards_at(rt->guards, i);
-        if (g->kind == RSL_GUARD_BREAKER) {
+        if (g->keyed && !(ks[i] = rsl__keyed_stats_get(g, now))) {
+            rc = RSL_ENOMEM;
+        }
+    }
+    rc |= ng && !ks ? RSL_ENOMEM : 0;
+    rc |= HELP(&b, "resilua_breaker_state", "gauge",
+               "1 for the breaker's current state (a keyed breaker's \"other\": how many of "
+               "its other keys are in it).");
+    for (size_t i = 0; ks && i < ng; i++) {
+        rsl__guard *g = rsl__guards_at(rt->guards, i);
+        if (g->kind == RSL_GUARD_BREAKER && ks[i]) {
+            for (int k = 0; k <= ks[i]->ntop; k++) {
+                const rsl__keyed_item *it = key_item(ks[i], k);
+                for (int s = 0; s < RSL_BREAKER__COUNT; s++) {
+                    uint64_t v = k < ks[i]->ntop ? it->state == s : ks[i]->rest_states[s];
+                    rc |= metric_key(&b, "resilua_breaker_state", "breaker", g->name, it->key,
+                                     "state", rsl__breaker_state_name((rsl__breaker_state)s),
+                                     NULL, NULL, v);
+                }
+            }
+        } else if (g->kind == RSL_GUARD_BREAKER) {
             rsl__breaker_state st = rsl__breaker_state_at(g->u.breaker, now);
             for (int s = 0; s < RSL_BREAKER__COUNT; s++) {
                 rc |= metric_guard(&b, "resilua_breaker_state", "breaker", g->name, "state",
@@ -286,12 +382,26 @@ char *rsl_metrics_text(rsl_runtime *rt) {
         }
     }
     rc |= HELP(&b, "resilua_breaker_transitions_total", "counter", "Breaker state changes.");
-    for (size_t i = 0; i < ng; i++) {
+    for (size_t i = 0; ks && i < ng; i++) {
         rsl__guard *g = rsl__guards_at(rt->guards, i);
         if (g->kind != RSL_GUARD_BREAKER) {
             continue;
         }
-        for (int f = 0; f < RSL_BREAKER__COUNT; f++) {
+        for (int k = 0; ks[i] && k <= ks[i]->ntop; k++) {
+            const rsl__keyed_item *it = key_item(ks[i], k);
+            for (int f = 0; f < RSL_BREAKER__COUNT; f++) {
+                for (int t = 0; t < RSL_BREAKER__COUNT; t++) {
+                    if (it->trans[f][t]) {
+                        rc |= metric_key(&b, "resilua_breaker_transitions_total", "breaker",
+                                         g->name, it->key, "from",
+                                         rsl__breaker_state_name((rsl__breaker_state)f), "to",
+                                         rsl__breaker_state_name((rsl__breaker_state)t),
+                                         it->trans[f][t]);
+                    }
+                }
+            }
+        }
+        for (int f = 0; !ks[i] && f < RSL_BREAKER__COUNT; f++) {
             for (int t = 0; t < RSL_BREAKER__COUNT; t++) {
                 uint64_t v = f == t ? 0
                                     : rsl__breaker_transitions(g->u.breaker, (rsl__breaker_state)f,
@@ -306,8 +416,16 @@ char *rsl_metrics_text(rsl_runtime *rt) {
         }
     }
     rc |= HELP(&b, "resilua_guard_rejections_total", "counter", "Calls a guard said no to.");
-    for (size_t i = 0; i < ng; i++) {
+    for (size_t i = 0; ks && i < ng; i++) {
         rsl__guard *g = rsl__guards_at(rt->guards, i);
+        if (ks[i]) {
+            for (int k = 0; k <= ks[i]->ntop; k++) {
+                const rsl__keyed_item *it = key_item(ks[i], k);
+                rc |= metric_key(&b, "resilua_guard_rejections_total", "guard", g->name, it->key,
+                                 NULL, NULL, NULL, NULL, it->rejections);
+            }
+            continue;
+        }
         rsl__adaptive_stats st = {0};
         if (g->kind == RSL_GUARD_ADAPTIVE) {
             rsl__adaptive_stats_get(g->u.adaptive, &st);
@@ -392,6 +510,46 @@ char *rsl_metrics_text(rsl_runtime *rt) {
                                NULL, NULL, v > 0 ? (uint64_t)v : 0);
         }
     }
+    rc |= HELP(&b, "resilua_keyed_calls_total", "counter",
+               "Attempts that reached a keyed guard's key (its top keys, then \"other\").");
+    for (size_t i = 0; ks && i < ng; i++) {
+        for (int k = 0; ks[i] && k <= ks[i]->ntop; k++) {
+            const rsl__keyed_item *it = key_item(ks[i], k);
+            rc |= metric_key(&b, "resilua_keyed_calls_total", "guard",
+                             rsl__guards_at(rt->guards, i)->name, it->key, NULL, NULL, NULL,
+                             NULL, it->calls);
+        }
+    }
+    rc |= HELP(&b, "resilua_keyed_keys", "gauge", "Keys a keyed guard holds now.");
+    for (size_t i = 0; ks && i < ng; i++) {
+        if (ks[i]) {
+            rc |= metric_guard(&b, "resilua_keyed_keys", "guard", rsl__guards_at(rt->guards, i)->name,
+                               NULL, NULL, NULL, NULL, ks[i]->keys);
+        }
+    }
+    rc |= HELP(&b, "resilua_keyed_evictions_total", "counter",
+               "Keys a keyed guard let go to make room (least recently used first).");
+    for (size_t i = 0; ks && i < ng; i++) {
+        if (ks[i]) {
+            rc |= metric_guard(&b, "resilua_keyed_evictions_total", "guard",
+                               rsl__guards_at(rt->guards, i)->name, NULL, NULL, NULL, NULL,
+                               ks[i]->evictions);
+        }
+    }
+    rc |= HELP(&b, "resilua_keyed_overflow_total", "counter",
+               "Attempts a keyed guard served with its shared overflow guard: no room, and "
+               "nothing it could evict.");
+    for (size_t i = 0; ks && i < ng; i++) {
+        if (ks[i]) {
+            rc |= metric_guard(&b, "resilua_keyed_overflow_total", "guard",
+                               rsl__guards_at(rt->guards, i)->name, NULL, NULL, NULL, NULL,
+                               ks[i]->overflow_calls);
+        }
+    }
+    for (size_t i = 0; ks && i < ng; i++) {
+        free(ks[i]);
+    }
+    free(ks);
     char tail[1536];
     int n = snprintf(tail, sizeof(tail),
                      "# HELP resilua_reloads_total Policy reloads, by result.\n"

@@ -6,11 +6,13 @@
  * used only by that worker's thread.  `req`, `sig` and `prev` are created once per state
  * and reused: a table built per call costs about 3x a reused one.  `sig` functions are C closures that find guards through a
  * name -> light userdata table built at load (Lua strings are interned, so the lookup is
- * one hash probe), and read the guards' atomics directly: no allocation, no lock.
+ * one hash probe), and read the guards' atomics directly: no allocation, no lock (but
+ * for a keyed guard's key, found under one stripe's lock of its table: keyed.h).
  */
 #include "lua_api.h"
 
 #include "clock.h"
+#include "keyed.h"
 #include "req.h"
 #include "sandbox.h"
 
@@ -62,34 +64,67 @@ static rsl__lapi *api(lua_State *L) {
 #define BULKHEAD (1u << RSL_GUARD_BULKHEAD)
 #define ADAPTIVE (1u << RSL_GUARD_ADAPTIVE)
 
-/* sig.state(name) -> "closed" | "open" | ... ; the names are upvalues 3.. (no interning
- * per call). */
+/* [-0, +0] For a keyed g and a key at argument idx (a string or a number): that key's
+ * child, a reference to give back with rsl__guard_unref; NULL to read g itself (no key, a
+ * key not seen yet, which reads as a fresh guard, or the parent overridden).  A guard
+ * without `key` ignores the argument: it is the same for every key. */
+static rsl__guard *key_child(lua_State *L, rsl__guard *g, int idx, const char *fn) {
+    if (!g->keyed || lua_isnoneornil(L, idx)) {
+        return NULL;
+    }
+    int t = lua_type(L, idx);
+    if (t != LUA_TSTRING && t != LUA_TNUMBER) {
+        luaL_error(L, "sig.%s: key must be a string, got %s", fn, luaL_typename(L, idx));
+    }
+    size_t len;
+    const char *k = lua_tolstring(L, idx, &len);
+    return rsl__keyed_lookup(g, k, len);
+}
+
+/* The breaker to read: a key's child when there is one, else g's own. */
+static rsl__breaker *breaker_of(rsl__guard *g, rsl__guard *child) {
+    return child ? child->u.breaker : g->u.breaker;
+}
+
+/* sig.state(name [, key]) -> "closed" | "open" | ... ; the names are upvalues 3.. (no
+ * interning per call). */
 static int sig_state(lua_State *L) {
     rsl__guard *g = arg_guard(L, BREAKER, "state");
-    rsl__guard_sync(g, api(L)->now); /* a shared breaker: the fleet's latest verdict */
-    lua_pushvalue(L, lua_upvalueindex(3 + (int)rsl__breaker_state_at(g->u.breaker, api(L)->now)));
+    rsl__guard *c = key_child(L, g, 2, "state");
+    if (!c) {
+        rsl__guard_sync(g, api(L)->now); /* a shared breaker: the fleet's latest verdict */
+    }
+    int st = (int)rsl__breaker_state_at(breaker_of(g, c), api(L)->now);
+    rsl__guard_unref(c);
+    lua_pushvalue(L, lua_upvalueindex(3 + st));
     return 1;
 }
 
 static int sig_failure_rate(lua_State *L) {
     rsl__guard *g = arg_guard(L, BREAKER, "failure_rate");
-    lua_pushnumber(L, rsl__breaker_failure_rate(g->u.breaker, api(L)->now));
+    rsl__guard *c = key_child(L, g, 2, "failure_rate");
+    lua_pushnumber(L, rsl__breaker_failure_rate(breaker_of(g, c), api(L)->now));
+    rsl__guard_unref(c);
     return 1;
 }
 
 static int sig_slow_rate(lua_State *L) {
     rsl__guard *g = arg_guard(L, BREAKER, "slow_rate");
-    lua_pushnumber(L, rsl__breaker_slow_rate(g->u.breaker, api(L)->now));
+    rsl__guard *c = key_child(L, g, 2, "slow_rate");
+    lua_pushnumber(L, rsl__breaker_slow_rate(breaker_of(g, c), api(L)->now));
+    rsl__guard_unref(c);
     return 1;
 }
 
 static int sig_calls(lua_State *L) {
     rsl__guard *g = arg_guard(L, BREAKER, "calls");
-    lua_pushnumber(L, (lua_Number)rsl__breaker_calls(g->u.breaker, api(L)->now));
+    rsl__guard *c = key_child(L, g, 2, "calls");
+    lua_pushnumber(L, (lua_Number)rsl__breaker_calls(breaker_of(g, c), api(L)->now));
+    rsl__guard_unref(c);
     return 1;
 }
 
-/* sig.latency(name, q): ms at quantile q in [0, 1] (q > 1 is read as a percent). */
+/* sig.latency(name, q [, key]): ms at quantile q in [0, 1] (q > 1 is read as a percent). */
 static int sig_latency(lua_State *L) {
     rsl__guard *g = arg_guard(L, BREAKER, "latency");
     double q = luaL_optnumber(L, 2, 0.5);
@@ -99,7 +134,9 @@ static int sig_latency(lua_State *L) {
     if (q < 0.0 || q > 1.0) {
         return luaL_error(L, "sig.latency: quantile must be in 0..1, got %f", q);
     }
-    lua_pushnumber(L, (double)rsl__breaker_latency(g->u.breaker, api(L)->now, q) / 1e6);
+    rsl__guard *c = key_child(L, g, 3, "latency");
+    lua_pushnumber(L, (double)rsl__breaker_latency(breaker_of(g, c), api(L)->now, q) / 1e6);
+    rsl__guard_unref(c);
     return 1;
 }
 
@@ -125,9 +162,12 @@ static int sig_load(lua_State *L) {
     return 1;
 }
 
+/* sig.tokens(name [, key]): a key not seen yet has a full bucket (the parent's, unused). */
 static int sig_tokens(lua_State *L) {
     rsl__guard *g = arg_guard(L, LIMITER, "tokens");
-    lua_pushnumber(L, rsl__limiter_tokens(g->u.limiter, api(L)->now));
+    rsl__guard *c = key_child(L, g, 2, "tokens");
+    lua_pushnumber(L, rsl__limiter_tokens(c ? c->u.limiter : g->u.limiter, api(L)->now));
+    rsl__guard_unref(c);
     return 1;
 }
 

@@ -98,6 +98,13 @@ static json_t *guard_json(const rsl__guard *g) {
         break;
     }
     }
+    if (g->keyed) {
+        rsl__keyed_conf kc;
+        rsl__keyed_conf_get(g->keyed, &kc);
+        json_object_set_new(o, "key", json_string(rsl__keyed_template(g->keyed)));
+        json_object_set_new(o, "max_keys", json_integer((json_int_t)kc.max_keys));
+        json_object_set_new(o, "top_k", json_integer(kc.top_k));
+    }
     if (rsl__guard_has_reserve(g)) { /* as declared: { "0": 0.3, ... } */
         json_t *r = json_object();
         for (int p = 0; p + 1 < RSL_PRIORITIES; p++) {

@@ -109,6 +109,10 @@ void rsl__read_guard(lua_State *L, loader *ld, gdecl *d) {
         d->kind = RSL_GUARD_BULKHEAD;
         d->max = (int64_t)rsl__decl_num(L, "max");
     }
+    /* `key` (a breaker or a local limiter): one guard per key value (keyed.h). */
+    d->key = rsl__decl_str(L, "key", NULL);
+    d->kc.max_keys = (int64_t)rsl__decl_num(L, "max_keys");
+    d->kc.top_k = (int)rsl__decl_num(L, "top_k");
     /* The DSL writes usable_0 (1000) .. usable_7 only for a guard with a reserve. */
     int reserved = rsl__decl_num(L, "usable_0") > 0;
     for (int p = 0; p < RSL_PRIORITIES; p++) {
@@ -146,6 +150,13 @@ int rsl__plan_guards(loader *ld, rsl__guards *reg) {
                            d->file, d->line, rsl__guard_kind_name(d->kind), d->name);
             return -1;
         }
+        char kerr[512];
+        if (d->key && rsl__keyed_attach(fresh, d->key, &d->kc, kerr, sizeof(kerr)) < 0) {
+            rsl__guard_unref(fresh);
+            rsl__lines_add(&ld->errs, "%s:%d: %s \"%s\": %s", d->file, d->line,
+                           rsl__guard_kind_name(d->kind), d->name, kerr);
+            return -1;
+        }
         rsl__guard *old = rsl__guards_find(reg, d->name);
         rsl__guard_reserve_set(fresh, d->usable); /* a fresh guard is nobody's yet */
         if (d->global && ld->o->leases) {
@@ -168,7 +179,10 @@ int rsl__plan_guards(loader *ld, rsl__guards *reg) {
             }
             atomic_store(&fresh->fleet, d->fleet);
         }
-        if (old && old->kind == d->kind) {
+        /* Keyed or not, and on which template, is part of the kind: a change starts afresh. */
+        int same_keys = old && (old->keyed ? rsl__keyed_compatible(old->keyed, d->key, &d->kc)
+                                           : d->key == NULL);
+        if (old && old->kind == d->kind && same_keys) {
             rsl__guard_unref(fresh);
             rsl__guard_ref(old);
             g->guards[i] = old;
@@ -300,6 +314,11 @@ int rsl__apply_guards(loader *ld, rsl__guards *reg, rsl__load_report *rep) {
             int r = reconfigure(ld, d, g->guards[i]);
             if (r >= 0 && rsl__guard_reserve_set(g->guards[i], d->usable) && r == 0) {
                 r = 1; /* only its reserve changed */
+            }
+            if (r >= 0 && g->guards[i]->keyed) { /* the children follow, and max_keys, top_k */
+                int64_t now = ld->o->clock ? ld->o->clock(ld->o->clock_ud) : rsl__clock_now();
+                int kr = rsl__keyed_configure(g->guards[i], &d->kc, r > 0, r == 2, now);
+                r = kr > r ? kr : r;
             }
             if (r >= 0 && d->kind == RSL_GUARD_LIMITER) { /* its scope, or its lease's settings */
                 rsl__guard *gg = g->guards[i];

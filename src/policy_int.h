@@ -8,6 +8,7 @@
 #ifndef RSL_POLICY_INT_H
 #define RSL_POLICY_INT_H
 
+#include "keyed.h"
 #include "policy.h"
 
 #include <lua.h>
@@ -40,6 +41,8 @@ typedef struct gdecl {
     int shared;                 /* a breaker with shared = {...} */
     rsl__fleet_conf fc;
     rsl__fleet *fleet;          /* its fleet (plan) */
+    char *key;                  /* a keyed breaker's or limiter's template, or NULL */
+    rsl__keyed_conf kc;
     int plan;
 } gdecl;
 

@@ -323,6 +323,8 @@ static int run_state(lua_State *L, loader *ld) {
     lua_setfield(L, -2, "max_guards");
     lua_pushinteger(L, RSL_PRIORITY_LOWEST);
     lua_setfield(L, -2, "lowest_priority");
+    lua_pushinteger(L, RSL_KEYED_TOP_MAX);
+    lua_setfield(L, -2, "max_top_k");
     lua_newtable(L); /* kinds: the step kinds the DSL does not know, name -> fields */
     for (const rsl__step_ops *const *k = ld->o->step_ops; k && *k; k++) {
         if ((*k)->kind == RSL_STEP_OTHER) {
@@ -464,6 +466,7 @@ static void loader_free(loader *ld) {
     for (int i = 0; i < ld->ndecls; i++) {
         free(ld->decls[i].name);
         free(ld->decls[i].file);
+        free(ld->decls[i].key);
     }
     free(ld->decls);
     free(ld->errs.p);

@@ -9,7 +9,14 @@
  *                           `valgrind --tool=callgrind` instruction counts (run it with
  *                           N and with 0 and divide the difference by N).  NAME: breaker,
  *                           breaker2, limiter, bulkhead, throttle, adaptive, reserve, shed,
- *                           clock, atomic.
+ *                           clock, atomic, gbreaker, kbreaker, kbreaker1k, kchurn,
+ *                           glimiter, klimiter.
+ *
+ * Keyed guards (keyed.h) are timed through the guard interface, next to the plain breaker
+ * and limiter through the same interface in the same run: one hot key, 1000 keys in turn
+ * (all in the table), and churn (every op a new key through max_keys = 1000: a child made
+ * and one evicted per op); and two threads on one hot key (one stripe's lock) and on a key
+ * each.
  *
  * The breaker loops read `now` from CLOCK_MONOTONIC_COARSE once per 64 ops, as a worker
  * reading its clock once per loop turn would; the read is inside the timed loop.
@@ -20,6 +27,7 @@
 #include "bulkhead.h"
 #include "clock.h"
 #include "guard.h"
+#include "keyed.h"
 #include "limiter.h"
 #include "shed.h"
 #include "throttle.h"
@@ -144,6 +152,48 @@ static void loop_guard(rsl__guard *g, int prio, long n) {
     keep(admitted);
 }
 
+/* Keyed guards: the step's attempt as the chain makes it (the key expanded from the
+ * request, the child found, acquire, release), requests reqs[i % nreq]. */
+static void loop_keyed(rsl__guard *g, rsl_req **reqs, long nreq, long n) {
+    int64_t now = rsl__clock_coarse();
+    uint64_t admitted = 0;
+    rsl__buf buf = {0};
+    for (long i = 0; i < n; i++) {
+        if ((i & 63) == 0) {
+            now = rsl__clock_coarse();
+        }
+        rsl__permit p;
+        rsl__guard *child;
+        const char *why;
+        if (rsl__keyed_acquire(g, reqs[i % nreq], &buf, now, 0, &p, &child, &why) == 1) {
+            rsl__keyed_release(child, &p, 1, now, RSL_OUTCOME_OK, 200, 1000);
+            admitted++;
+        }
+    }
+    rsl__buf_free(&buf);
+    keep(admitted);
+}
+
+/* The plain guard through the same interface (a breaker or a limiter). */
+static void loop_plain_guard(rsl__guard *g, long n) {
+    int64_t now = rsl__clock_coarse();
+    uint64_t admitted = 0;
+    for (long i = 0; i < n; i++) {
+        if ((i & 63) == 0) {
+            now = rsl__clock_coarse();
+        }
+        rsl__permit p;
+        const char *why;
+        if (rsl__guard_acquire(g, now, 0, &p, &why) == 1) {
+            if (rsl__guard_holds(g)) {
+                rsl__guard_release(g, &p, 1, now, RSL_OUTCOME_OK, 200, 1000);
+            }
+            admitted++;
+        }
+    }
+    keep(admitted);
+}
+
 /* The load controller's check at each call's start, nothing being shed: the seen bit and
  * the level, two relaxed loads. */
 static void loop_shed(rsl__load *l, long n) {
@@ -244,7 +294,13 @@ typedef enum {
     B_SHED,
     B_CLOCK,
     B_COARSE,
-    B_ATOMIC
+    B_ATOMIC,
+    B_GBREAKER,
+    B_KBREAKER,
+    B_KBREAKER1K,
+    B_KCHURN,
+    B_GLIMITER,
+    B_KLIMITER
 } bench_id;
 
 typedef struct guards {
@@ -256,7 +312,14 @@ typedef struct guards {
     rsl__adaptive *a;
     rsl__guard *g0, *gr;
     rsl__load *ld;
+    /* keyed: plain breaker and limiter guards, keyed ones (10,000 keys; churn: 1000), and
+     * the requests: hot (one tenant), k1 (1000 tenants), many (NCHURN tenants) */
+    rsl__guard *gb, *kb, *kc, *gl, *kl;
+    rsl_req *hot, **k1, **many;
 } guards;
+
+#define NK1 1000
+#define NCHURN 100000
 
 static void run_once(bench_id id, guards *g, long n) {
     switch (id) {
@@ -295,6 +358,24 @@ static void run_once(bench_id id, guards *g, long n) {
         break;
     case B_ATOMIC:
         loop_atomic(n);
+        break;
+    case B_GBREAKER:
+        loop_plain_guard(g->gb, n);
+        break;
+    case B_KBREAKER:
+        loop_keyed(g->kb, &g->hot, 1, n);
+        break;
+    case B_KBREAKER1K:
+        loop_keyed(g->kb, g->k1, NK1, n);
+        break;
+    case B_KCHURN:
+        loop_keyed(g->kc, g->many, NCHURN, n);
+        break;
+    case B_GLIMITER:
+        loop_plain_guard(g->gl, n);
+        break;
+    case B_KLIMITER:
+        loop_keyed(g->kl, &g->hot, 1, n);
         break;
     }
 }
@@ -397,6 +478,47 @@ static void memory(int stripes, int n) {
     free(v);
 }
 
+/* Two threads through one keyed guard, started together: on one key (`same`: one
+ * stripe's lock and one child) or on a key each. */
+typedef struct {
+    rsl__guard *g;
+    rsl_req *req;
+    pthread_barrier_t *bar;
+    long n;
+    double ns_per_op;
+} kpair_arg;
+
+static void *kpair_thread(void *p) {
+    kpair_arg *a = p;
+    pthread_barrier_wait(a->bar);
+    int64_t t0 = rsl__clock_now();
+    loop_keyed(a->g, &a->req, 1, a->n);
+    a->ns_per_op = (double)(rsl__clock_now() - t0) / (double)a->n;
+    return NULL;
+}
+
+static double time_kpair(guards *g, int same) {
+    double v[RUNS];
+    for (int r = 0; r < runs; r++) {
+        pthread_barrier_t bar;
+        pthread_barrier_init(&bar, NULL, 2);
+        kpair_arg a[2] = {{g->kb, g->hot, &bar, ops, 0}, {g->kb, same ? g->hot : g->k1[1], &bar, ops, 0}};
+        pthread_t t[2];
+        for (int i = 0; i < 2; i++) {
+            if (pthread_create(&t[i], NULL, kpair_thread, &a[i]) != 0) {
+                fprintf(stderr, "bench_guards: pthread_create failed\n");
+                exit(1);
+            }
+        }
+        for (int i = 0; i < 2; i++) {
+            pthread_join(t[i], NULL);
+        }
+        pthread_barrier_destroy(&bar);
+        v[r] = (a[0].ns_per_op + a[1].ns_per_op) / 2;
+    }
+    return rsl_bench_median(v, runs);
+}
+
 /* ---- main ---- */
 
 static void print_figure(const char *what, double ns, double clock_ns, const char *target) {
@@ -414,18 +536,69 @@ static void new_extras(guards *g) {
         exit(1);
     }
     rsl__guard_reserve_set(g->gr, usable);
+    /* Breakers that stay closed (successes only); limiters too fast to refuse. */
+    rsl__breaker_conf bc;
+    rsl__breaker_conf_default(&bc);
+    rsl__limiter_conf lc = {1e9, RSL_NS_PER_S, 1e9};
+    rsl__keyed_conf big = {10000, 10}, small = {1000, 10};
+    char err[256];
+    g->gb = rsl__guard_new_breaker("bench-gb", &bc);
+    g->kb = rsl__guard_new_breaker("bench-kb", &bc);
+    g->kc = rsl__guard_new_breaker("bench-kc", &bc);
+    g->gl = rsl__guard_new_limiter("bench-gl", &lc);
+    g->kl = rsl__guard_new_limiter("bench-kl", &lc);
+    g->hot = rsl_req_new();
+    g->k1 = calloc(NK1, sizeof(*g->k1));
+    g->many = calloc(NCHURN, sizeof(*g->many));
+    if (!g->gb || !g->kb || !g->kc || !g->gl || !g->kl || !g->hot || !g->k1 || !g->many ||
+        rsl__keyed_attach(g->kb, "${tenant}", &big, err, sizeof(err)) < 0 ||
+        rsl__keyed_attach(g->kc, "${tenant}", &small, err, sizeof(err)) < 0 ||
+        rsl__keyed_attach(g->kl, "${tenant}", &big, err, sizeof(err)) < 0) {
+        fprintf(stderr, "bench_guards: out of memory\n");
+        exit(1);
+    }
+    rsl_req_set(g->hot, "tenant", "acme-corp", 9);
+    for (long i = 0; i < NCHURN; i++) {
+        char k[32];
+        int n = snprintf(k, sizeof(k), "tenant-%06ld", i);
+        g->many[i] = rsl_req_new();
+        if (!g->many[i]) {
+            fprintf(stderr, "bench_guards: out of memory\n");
+            exit(1);
+        }
+        rsl_req_set(g->many[i], "tenant", k, (size_t)n);
+        if (i < NK1) {
+            g->k1[i] = rsl_req_new();
+            rsl_req_set(g->k1[i], "tenant", k, (size_t)n);
+        }
+    }
 }
 
 static void free_extras(guards *g) {
     rsl__guard_unref(g->g0);
     rsl__guard_unref(g->gr);
     rsl__load_free(g->ld);
+    rsl__guard_unref(g->gb);
+    rsl__guard_unref(g->kb);
+    rsl__guard_unref(g->kc);
+    rsl__guard_unref(g->gl);
+    rsl__guard_unref(g->kl);
+    rsl_req_free(g->hot);
+    for (long i = 0; i < NCHURN; i++) {
+        rsl_req_free(g->many[i]);
+        if (i < NK1) {
+            rsl_req_free(g->k1[i]);
+        }
+    }
+    free(g->k1);
+    free(g->many);
 }
 
 static int ops_mode(const char *name, long n) {
     guards g = {new_breaker(1), new_limiter(),  rsl__bulkhead_new("bench", 64),
                 NULL,           new_throttle(), new_adaptive(),
-                NULL,           NULL,           NULL};
+                NULL,           NULL,           NULL,
+                NULL,           NULL,           NULL, NULL, NULL, NULL, NULL, NULL};
     new_extras(&g);
     if (strcmp(name, "breaker") == 0) {
         loop_breaker(g.b, n);
@@ -449,6 +622,18 @@ static int ops_mode(const char *name, long n) {
         loop_clock(n);
     } else if (strcmp(name, "atomic") == 0) {
         loop_atomic(n);
+    } else if (strcmp(name, "gbreaker") == 0) {
+        run_once(B_GBREAKER, &g, n);
+    } else if (strcmp(name, "kbreaker") == 0) {
+        run_once(B_KBREAKER, &g, n);
+    } else if (strcmp(name, "kbreaker1k") == 0) {
+        run_once(B_KBREAKER1K, &g, n);
+    } else if (strcmp(name, "kchurn") == 0) {
+        run_once(B_KCHURN, &g, n);
+    } else if (strcmp(name, "glimiter") == 0) {
+        run_once(B_GLIMITER, &g, n);
+    } else if (strcmp(name, "klimiter") == 0) {
+        run_once(B_KLIMITER, &g, n);
     } else {
         fprintf(stderr, "bench_guards: unknown benchmark %s\n", name);
         return 2;
@@ -477,7 +662,8 @@ int main(int argc, char **argv) {
     }
     guards g = {new_breaker(1), new_limiter(),  rsl__bulkhead_new("bench", 64),
                 new_joint(),    new_throttle(), new_adaptive(),
-                NULL,           NULL,           NULL};
+                NULL,           NULL,           NULL,
+                NULL,           NULL,           NULL, NULL, NULL, NULL, NULL, NULL};
     new_extras(&g);
     rsl__breaker *b2 = new_breaker(2);
 
@@ -494,6 +680,14 @@ int main(int argc, char **argv) {
     double gd = time_one(B_GUARD, &g);
     double gres = time_one(B_GUARD_RESERVE, &g);
     double shed = time_one(B_SHED, &g);
+    double gbr = time_one(B_GBREAKER, &g);
+    double kbr = time_one(B_KBREAKER, &g);
+    double kbr1k = time_one(B_KBREAKER1K, &g);
+    double kchurn = time_one(B_KCHURN, &g);
+    double glim = time_one(B_GLIMITER, &g);
+    double klim = time_one(B_KLIMITER, &g);
+    double kpair_same = time_kpair(&g, 1);
+    double kpair_two = time_kpair(&g, 0);
 
     printf("bench_guards: median of %d runs x %ld ops; breaker `now` from the coarse clock "
            "once per 64 ops\n",
@@ -515,6 +709,22 @@ int main(int argc, char **argv) {
     print_figure("guard: bulkhead + reserve, priority 1", gres, clk, NULL);
     printf("%-40s %+7.1f ns/op\n", "a reserve's added cost", gres - gd);
     print_figure("load shedding check per call", shed, clk, NULL);
+    print_figure("guard: breaker (plain)", gbr, clk, NULL);
+    print_figure("guard: keyed breaker, one hot key", kbr, clk, NULL);
+    printf("%-40s %7.2f x the plain breaker guard (%+.1f ns)\n", "keyed breaker, one hot key",
+           kbr / gbr, kbr - gbr);
+    print_figure("guard: keyed breaker, 1000 keys in turn", kbr1k, clk, NULL);
+    printf("%-40s %7.2f x the plain breaker guard (%+.1f ns)\n", "keyed breaker, 1000 keys",
+           kbr1k / gbr, kbr1k - gbr);
+    print_figure("guard: keyed breaker, a new key per op", kchurn, clk, NULL);
+    printf("%-40s %7.2f x the plain breaker guard\n", "keyed breaker, churn (make+evict)",
+           kchurn / gbr);
+    print_figure("keyed breaker, 2 threads, one key (each)", kpair_same, clk, NULL);
+    print_figure("keyed breaker, 2 threads, 2 keys (each)", kpair_two, clk, NULL);
+    print_figure("guard: limiter (plain)", glim, clk, NULL);
+    print_figure("guard: keyed limiter, one hot key", klim, clk, NULL);
+    printf("%-40s %7.2f x the plain limiter guard (%+.1f ns)\n", "keyed limiter, one hot key",
+           klim / glim, klim - glim);
     memory(1, nbreakers);
     memory(2, nbreakers);
 

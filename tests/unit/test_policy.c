@@ -136,6 +136,7 @@ TEST(breaker_errors) {
         {"r.breaker 'b' { shared = { flush = \"2m\" } }", "shared.flush must be at most 1m, got \"2m\""},
         {"r.breaker 'b' { shared = { quorum = 2, every = 1 } }", "unknown field \"shared.every\""},
         {"r.breaker 'b' { shared = {}, trip = {} }", "shared is not available with trip yet: the fleet judges failure_rate and slow_rate"},
+        {"r.breaker 'b' { shared = {}, key = \"${t}\" }", "shared is not available with key yet: the fleet counts one breaker"},
         {"r.breaker 'b' 'x'", "expected a table of settings, got \"x\""},
     };
     RUN_CASES(cases, "breaker \"b\": ");
