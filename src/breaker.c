@@ -600,7 +600,8 @@ int rsl__breaker_verdict(const rsl__breaker *b, rsl_outcome o, int64_t latency_n
     if ((unsigned)o >= RSL_OUTCOME__COUNT || ((1u << o) & NO_VERDICT_MASK)) {
         return -1;
     }
-    *slow = latency_ns >= atomic_load_explicit(&b->slow_call_ns, memory_order_relaxed);
+    *slow = latency_ns >= atomic_load_explicit(&b->slow_call_ns, memory_order_relaxed) &&
+            atomic_load_explicit(&b->slow_rate, memory_order_relaxed) > 0;
     return (int)((atomic_load_explicit(&b->count_mask, memory_order_relaxed) >> o) & 1);
 }
 

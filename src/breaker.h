@@ -132,7 +132,8 @@ int rsl__breaker_fleet_open(rsl__breaker *b, int64_t now, int64_t for_ns, int le
                             const char *reason);
 int rsl__breaker_fleet_close(rsl__breaker *b, int64_t now, const char *reason);
 /* How an outcome counts: 1 a failure, 0 a success, -1 no verdict (rejected, canceled);
- * *slow (when not -1): it took slow_call or longer. */
+ * *slow (when not -1): it took slow_call or longer and slow calls count (slow_rate > 0),
+ * so a slow probe fails as it does in rsl__breaker_record. */
 int rsl__breaker_verdict(const rsl__breaker *b, rsl_outcome o, int64_t latency_ns, int *slow);
 
 /* Reads, cheap, any thread. Rates are percents over the window at `now`. */

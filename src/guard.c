@@ -178,7 +178,7 @@ void rsl__guard_release(rsl__guard *g, rsl__permit *permit, int verdict, int64_t
                 if (permit->counted) {
                     rsl__fleet_count(f, failed, slow);
                 } else if (permit->probe) {
-                    rsl__fleet_probe_done(f, failed);
+                    rsl__fleet_probe_done(f, failed || slow);
                 }
             }
         } else {

@@ -52,7 +52,13 @@ int rsl__tracer_init(rsl__tracer *t, const rsl_options *o, int64_t now, int nwor
     t->otlp.service_name = strdup(svc ? svc : "resilua");
     t->otlp.url = url;
     t->nstats = nworkers;
-    t->stats = calloc((size_t)nworkers, sizeof(*t->stats));
+    /* Each worker's counters on a line of their own: the type's alignment, which calloc
+     * does not give (sizeof is a multiple of it, as aligned_alloc wants). */
+    size_t ssize = (size_t)nworkers * sizeof(*t->stats);
+    t->stats = aligned_alloc(_Alignof(rsl__otlp_stats), ssize);
+    if (t->stats) {
+        memset(t->stats, 0, ssize);
+    }
     if (!t->otlp.service_name || !t->stats) {
         rsl__tracer_close(t);
         return RSL_ENOMEM;
