@@ -617,6 +617,10 @@ void rsl__srv_dispatch(conn *c) {
             not_allowed(c, "POST");
             return;
         }
+        if (!peer_is_loopback(c)) { /* as the overrides: exposing the sidecar does not */
+            rsl__srv_respond_error(c, 403, "reloads are taken from loopback only", 0);
+            return;
+        }
         start_reload(c);
         return;
     }
