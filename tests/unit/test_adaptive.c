@@ -15,6 +15,7 @@
 #include "clock.h"
 #include "resilua.h"
 #include "test.h"
+#include "fake_clock.h"
 
 #include <math.h>
 #include <pthread.h>
@@ -298,13 +299,6 @@ TEST(identical_runs_give_identical_limits) {
 }
 
 /* ---- through a policy -------------------------------------------------------------------- */
-
-static _Atomic int64_t fake_now = T0;
-
-static int64_t fake_clock(void *ud) {
-    (void)ud;
-    return atomic_load(&fake_now);
-}
 
 static rsl_runtime *open_policy(const char *dir, const char *text, char *err, size_t errlen,
                                 int *rc) {

@@ -6,6 +6,7 @@
 // ctest-labels: tsan
 #include "resilua.h"
 #include "test.h"
+#include "fake_clock.h"
 
 #include <pthread.h>
 #include <stdarg.h>
@@ -15,16 +16,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-static _Atomic int64_t fake_now = 1000000000000; /* 1000 s: far from 0 */
-
-static int64_t fake_clock(void *ud) {
-    return atomic_load(&fake_now);
-}
-
-static void advance_ms(int64_t ms) {
-    atomic_fetch_add(&fake_now, ms * 1000000);
-}
 
 static int64_t mono_ms(void) {
     struct timespec ts;

@@ -6,16 +6,10 @@
  */
 #include "resilua.h"
 #include "test.h"
+#include "fake_clock.h"
 
 #include <jansson.h>
 #include <stdatomic.h>
-
-static _Atomic int64_t fake_now = 1000000000000; /* 1000 s */
-
-static int64_t fake_clock(void *ud) {
-    (void)ud;
-    return atomic_load(&fake_now);
-}
 
 typedef struct seen {
     int calls;

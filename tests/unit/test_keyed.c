@@ -12,23 +12,13 @@
 // ctest-labels: tsan
 #include "resilua.h"
 #include "test.h"
+#include "fake_clock.h"
 
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <stdatomic.h>
 #include <string.h>
-
-static _Atomic int64_t fake_now = 1000000000000; /* 1000 s: far from 0 */
-
-static int64_t fake_clock(void *ud) {
-    (void)ud;
-    return atomic_load(&fake_now);
-}
-
-static void advance_ms(int64_t ms) {
-    atomic_fetch_add(&fake_now, ms * 1000000);
-}
 
 static void quiet(void *ud, rsl_log_level level, const char *msg) {
     (void)ud;

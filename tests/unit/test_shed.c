@@ -14,6 +14,7 @@
 #include "resilua.h"
 #include "shed.h"
 #include "test.h"
+#include "fake_clock.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -171,13 +172,6 @@ TEST(off_by_default) {
 }
 
 /* ---- through a runtime ------------------------------------------------------------------- */
-
-static _Atomic int64_t fake_now = 1000 * S;
-
-static int64_t fake_clock(void *ud) {
-    (void)ud;
-    return atomic_load(&fake_now);
-}
 
 /* Every r.http attempt takes 50 ms of the injected clock. */
 static void model(void *ud, const rsl_io_attempt *a, rsl_io_answer *ans) {

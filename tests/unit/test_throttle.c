@@ -10,6 +10,7 @@
 #include "clock.h"
 #include "resilua.h"
 #include "test.h"
+#include "fake_clock.h"
 #include "throttle.h"
 
 #include <pthread.h>
@@ -133,13 +134,6 @@ TEST(a_fixed_seed_gives_the_same_refusals) {
         x += a[i] == 'x';
     }
     ASSERT(x >= 75 && x <= 100);
-}
-
-static _Atomic int64_t fake_now = T0;
-
-static int64_t fake_clock(void *ud) {
-    (void)ud;
-    return atomic_load(&fake_now);
 }
 
 static rsl_runtime *open_policy(const char *dir, const char *text, char *err, size_t errlen,

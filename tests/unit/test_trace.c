@@ -8,6 +8,7 @@
 // ctest-labels: tsan
 #include "resilua.h"
 #include "test.h"
+#include "fake_clock.h"
 #include "otlp.h"
 #include "trace.h"
 
@@ -155,12 +156,6 @@ TEST(ratio_sampler_is_the_trace_ids) {
 }
 
 /* ---- spans through on_span ------------------------------------------------------------- */
-
-static _Atomic int64_t fake_now = 1000000000000;
-
-static int64_t fake_clock(void *ud) {
-    return atomic_load(&fake_now);
-}
 
 typedef struct got_span {
     char name[64], trace[33], id[17], parent[17];
