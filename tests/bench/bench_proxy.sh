@@ -21,7 +21,7 @@
 # and the p99 difference.  No speed is asserted: the machine running it decides.
 #
 #   bash tests/bench/bench_proxy.sh [--smoke] [-d SECONDS] [-c CONNS] [-t THREADS]
-#                                   [--perf FILE]
+#                                   [-r ROUNDS] [--perf FILE]
 #
 #   --smoke      each target for 1 s with 4 connections; checks only that each answered
 #                200s (requests > 0, no non-2xx answers, and for resilua no socket errors
@@ -30,6 +30,11 @@
 #   -d SECONDS   wrk duration per target (env BENCH_DURATION, default 10)
 #   -c CONNS     wrk connections, the same for every target (env BENCH_CONNS, default 32)
 #   -t THREADS   wrk threads (env BENCH_THREADS, default 1)
+#   -r ROUNDS    run resilua and the three traced sidecars ROUNDS times, interleaved (off,
+#                10%, 10% skipping, 100% in each round), and give the tracing ratios as the
+#                median over the rounds of each round's traced/off (env BENCH_ROUNDS,
+#                default 1): on a noisy machine one round's ratio moves by 20%; the table
+#                shows the last round
 #   --perf FILE  `perf record -g` the resilua process during its run, into FILE
 #   env BENCH_WARMUP  seconds of wrk before each measured run (default 1; 0 in --smoke)
 #
@@ -48,6 +53,7 @@ SMOKE=0
 DURATION=${BENCH_DURATION:-10}
 CONNS=${BENCH_CONNS:-32}
 THREADS=${BENCH_THREADS:-1}
+ROUNDS=${BENCH_ROUNDS:-1}
 WARMUP=${BENCH_WARMUP:-1}
 PERF_OUT=""
 
@@ -62,6 +68,7 @@ while [ $# -gt 0 ]; do
     -d | --duration) DURATION=${2:?}; shift ;;
     -c | --conns) CONNS=${2:?}; shift ;;
     -t | --threads) THREADS=${2:?}; shift ;;
+    -r | --rounds) ROUNDS=${2:?}; shift ;;
     --perf) PERF_OUT=${2:?}; shift ;;
     -h | --help) usage ;;
     *) echo "bench_proxy: unknown argument: $1" >&2; usage ;;
@@ -73,11 +80,13 @@ if [ "$SMOKE" = 1 ]; then
   CONNS=4
   THREADS=1
   WARMUP=0
+  ROUNDS=1
 fi
-for v in DURATION CONNS THREADS WARMUP; do
+for v in DURATION CONNS THREADS WARMUP ROUNDS; do
   [[ ${!v} =~ ^[0-9]+$ ]] || { echo "bench_proxy: $v must be a whole number, got ${!v}" >&2; exit 2; }
 done
 [ "$CONNS" -ge "$THREADS" ] || { echo "bench_proxy: connections must be >= threads" >&2; exit 2; }
+[ "$ROUNDS" -ge 1 ] || { echo "bench_proxy: rounds must be >= 1" >&2; exit 2; }
 
 die() {
   echo "bench_proxy: $*" >&2
@@ -368,10 +377,18 @@ echo "bench_proxy: wrk -t$THREADS -c$CONNS -d${DURATION}s --latency, warm-up ${W
   "$(nproc) cores; upstream :$UP_PORT, nginx :$NGX_PORT, resilua :$RSL_PORT"
 run direct "$UP_PORT" direct_pids
 run nginx "$NGX_PORT" ngx_pids
-run resilua "$RSL_PORT" rsl_pids
-run trace10 "${TR_PORT[trace10]}" trace10_pids
-run trace10s "${TR_PORT[trace10s]}" trace10s_pids
-run trace100 "${TR_PORT[trace100]}" trace100_pids
+# Each round's traced/off throughput, "t10 t10s t100" per line.
+RATIOS=$TMP/ratios
+: >"$RATIOS"
+for round in $(seq 1 "$ROUNDS"); do
+  run resilua "$RSL_PORT" rsl_pids
+  run trace10 "${TR_PORT[trace10]}" trace10_pids
+  run trace10s "${TR_PORT[trace10s]}" trace10s_pids
+  run trace100 "${TR_PORT[trace100]}" trace100_pids
+  awk -v rr="${RPS[resilua]}" -v a="${RPS[trace10]}" -v b="${RPS[trace10s]}" -v c="${RPS[trace100]}" \
+    'BEGIN { if (rr > 0) printf "%.4f %.4f %.4f\n", a / rr, b / rr, c / rr }' >>"$RATIOS"
+  [ "$ROUNDS" -eq 1 ] || echo "round $round/$ROUNDS: traced/off $(tail -1 "$RATIOS")"
+done
 
 # Spans the traced sidecars sent and dropped (their /metrics), before they stop.
 for tr in trace10 trace10s trace100; do
@@ -411,9 +428,17 @@ awk -v rr="${RPS[resilua]}" -v nr="${RPS[nginx]}" -v dr="${RPS[direct]}" \
   printf "p99 resilua - nginx: %+.3f ms   (p50: %+.3f ms)\n", r99 - n99, r50 - n50
   if (nc > 0) printf "cpu per request resilua/nginx: %.2f\n", rc / nc
 }'
-awk -v rr="${RPS[resilua]}" -v t10="${RPS[trace10]}" -v t10s="${RPS[trace10s]}" -v t100="${RPS[trace100]}" 'BEGIN {
-  if (rr > 0) printf "tracing 10%%/off throughput: %.2f   10%% skipping unsampled context/off: %.2f   tracing 100%%/off: %.2f\n", t10 / rr, t10s / rr, t100 / rr
-}'
+# median COLUMN: the median of that column of $RATIOS.
+median() {
+  awk -v c="$1" '{ print $c }' "$RATIOS" | sort -g |
+    awk '{ v[NR] = $1 } END { if (NR) printf "%.2f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+if [ -s "$RATIOS" ]; then
+  of=""
+  [ "$ROUNDS" -eq 1 ] || of=" (median of $ROUNDS rounds)"
+  echo "tracing 10%/off throughput: $(median 1)   10% skipping unsampled context/off: $(median 2)" \
+    "  tracing 100%/off: $(median 3)$of"
+fi
 echo "spans exported/dropped: trace10 ${EXPORTED[trace10]:-0}/${DROPPED[trace10]:-0}," \
   "trace100 ${EXPORTED[trace100]:-0}/${DROPPED[trace100]:-0}"
 
