@@ -596,23 +596,17 @@ static void record_probe(rsl__breaker *b, const rsl__permit *p, int64_t now, int
     }
 }
 
-int rsl__breaker_verdict(const rsl__breaker *b, rsl_outcome o, int64_t latency_ns, int *slow) {
-    if ((unsigned)o >= RSL_OUTCOME__COUNT || ((1u << o) & NO_VERDICT_MASK)) {
-        return -1;
-    }
-    *slow = latency_ns >= atomic_load_explicit(&b->slow_call_ns, memory_order_relaxed) &&
-            atomic_load_explicit(&b->slow_rate, memory_order_relaxed) > 0;
-    return (int)((atomic_load_explicit(&b->count_mask, memory_order_relaxed) >> o) & 1);
-}
-
-void rsl__breaker_record(rsl__breaker *b, const rsl__permit *p, int64_t now, rsl_outcome o,
-                         int64_t latency_ns) {
+int rsl__breaker_record(rsl__breaker *b, const rsl__permit *p, int64_t now, rsl_outcome o,
+                        int64_t latency_ns) {
     if ((unsigned)o >= RSL_OUTCOME__COUNT || ((1u << o) & NO_VERDICT_MASK)) {
         rsl__breaker_release(b, p);
-        return;
+        return -1;
     }
     int failed = (atomic_load_explicit(&b->count_mask, memory_order_relaxed) >> o) & 1;
     int slow = latency_ns >= atomic_load_explicit(&b->slow_call_ns, memory_order_relaxed);
+    /* A slow call fails a probe, and is a slow call to the fleet, when slow calls count. */
+    int slow_counts = slow && atomic_load_explicit(&b->slow_rate, memory_order_relaxed) > 0;
+    int verdict = (failed ? RSL_BREAKER_FAILED : 0) | (slow_counts ? RSL_BREAKER_SLOW : 0);
     if (p->counted) {
         uint64_t s = load_word(b);
         rsl__trip *t = p->in_trip ? trip_of(b) : NULL;
@@ -620,12 +614,13 @@ void rsl__breaker_record(rsl__breaker *b, const rsl__permit *p, int64_t now, rsl
             if (t) {
                 rsl__trip_drop(t, p->start); /* no longer in flight, and no verdict */
             }
-            return; /* admitted before a state change: its verdict is about another era */
+            return verdict; /* admitted before a state change: its verdict is about
+                             * another era, here; a fleet still counts it */
         }
         if (t) {
             rsl__trip_done(t, p->start, failed, latency_ns);
             if (rsl__trip_due(t, now) && joint(b, s, now, t)) {
-                return;
+                return verdict;
             }
         }
         int64_t r = rsl__window_record(win(b), now, failed, slow, latency_ns);
@@ -636,10 +631,9 @@ void rsl__breaker_record(rsl__breaker *b, const rsl__permit *p, int64_t now, rsl
             maybe_trip(b, s, now);
         }
     } else if (p->probe) {
-        /* One probe is the whole sample: a slow one fails it when slow calls count. */
-        int slow_fails = slow && atomic_load_explicit(&b->slow_rate, memory_order_relaxed) > 0;
-        record_probe(b, p, now, failed || slow_fails);
+        record_probe(b, p, now, verdict != 0); /* one probe is the whole sample */
     }
+    return verdict;
 }
 
 void rsl__breaker_release(rsl__breaker *b, const rsl__permit *p) {

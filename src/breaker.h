@@ -110,9 +110,13 @@ typedef struct rsl__permit {
 /* 1: admitted, fill *p; 0: rejected (counted as a rejection). */
 int rsl__breaker_allow(rsl__breaker *b, int64_t now, rsl__permit *p);
 /* The call admitted with *p ended with `o` after `latency_ns`.  `rejected` (a later guard
- * said no) and `canceled` carry no verdict on the upstream: they act as release(). */
-void rsl__breaker_record(rsl__breaker *b, const rsl__permit *p, int64_t now, rsl_outcome o,
-                         int64_t latency_ns);
+ * said no) and `canceled` carry no verdict on the upstream: they act as release() and
+ * return -1.  Else the verdict, for a fleet (fleet.h): RSL_BREAKER_FAILED when `count`
+ * holds o, | RSL_BREAKER_SLOW when it took slow_call or longer and slow calls count
+ * (slow_rate > 0); a probe failed when it is not 0. */
+enum { RSL_BREAKER_FAILED = 1, RSL_BREAKER_SLOW = 2 };
+int rsl__breaker_record(rsl__breaker *b, const rsl__permit *p, int64_t now, rsl_outcome o,
+                        int64_t latency_ns);
 /* The call admitted with *p ended without a verdict (canceled): frees a probe slot. */
 void rsl__breaker_release(rsl__breaker *b, const rsl__permit *p);
 
@@ -131,10 +135,6 @@ void rsl__breaker_auto(rsl__breaker *b, int64_t now);
 int rsl__breaker_fleet_open(rsl__breaker *b, int64_t now, int64_t for_ns, int level,
                             const char *reason);
 int rsl__breaker_fleet_close(rsl__breaker *b, int64_t now, const char *reason);
-/* How an outcome counts: 1 a failure, 0 a success, -1 no verdict (rejected, canceled);
- * *slow (when not -1): it took slow_call or longer and slow calls count (slow_rate > 0),
- * so a slow probe fails as it does in rsl__breaker_record. */
-int rsl__breaker_verdict(const rsl__breaker *b, rsl_outcome o, int64_t latency_ns, int *slow);
 
 /* Reads, cheap, any thread. Rates are percents over the window at `now`. */
 rsl__breaker_state rsl__breaker_state_get(const rsl__breaker *b);

@@ -123,7 +123,6 @@ struct rsl__fleet {
     pthread_mutex_t mu; /* conf and the verdict's text */
     rsl__fleet_conf conf;
     rsl__fleet_verdict v; /* pub unused: hot.pub */
-    _Atomic int probe_ok, probe_fail;
     _Atomic int flushing;     /* a flush is out (or being sent) */
     _Atomic int64_t sent_at;  /* when it went (real ns) */
     _Atomic int64_t last;     /* the last flush sent (real ns) */
@@ -261,7 +260,7 @@ const char *rsl__fleet_state_name(int state) {
 }
 
 void rsl__fleet_probe_done(rsl__fleet *f, int failed) {
-    atomic_fetch_add_explicit(failed ? &f->probe_fail : &f->probe_ok, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(failed ? &f->hot.probe_fail : &f->hot.probe_ok, 1, memory_order_relaxed);
 }
 
 int rsl__fleet_gated(const rsl__fleet *f) {
@@ -335,8 +334,8 @@ static void take_pending(rsl__fleet *f, int64_t t, int64_t window_ns) {
     f->carry_calls += (int64_t)(p & 0xffffffffu);
     f->carry_fail += (int64_t)(p >> 32);
     f->carry_slow += (int64_t)sl;
-    f->carry_ok += atomic_exchange_explicit(&f->probe_ok, 0, memory_order_relaxed);
-    f->carry_bad += atomic_exchange_explicit(&f->probe_fail, 0, memory_order_relaxed);
+    f->carry_ok += atomic_exchange_explicit(&f->hot.probe_ok, 0, memory_order_relaxed);
+    f->carry_bad += atomic_exchange_explicit(&f->hot.probe_fail, 0, memory_order_relaxed);
 }
 
 static void done_flushing(rsl__fleet *f) {
@@ -477,13 +476,7 @@ static int win_flushing(rsl__fleet *f) {
                                                    memory_order_relaxed);
 }
 
-void rsl__fleet_tend(rsl__fleet *f, rsl__redis *r) {
-    uint64_t p = atomic_load_explicit(&f->hot.pend, memory_order_relaxed);
-    if ((p & 0xffffffffu) < RSL_FLEET_FLUSH_CALLS &&
-        !atomic_load_explicit(&f->probe_ok, memory_order_relaxed) &&
-        !atomic_load_explicit(&f->probe_fail, memory_order_relaxed)) {
-        return;
-    }
+void rsl__fleet_tend_due(rsl__fleet *f, rsl__redis *r) {
     if (atomic_load_explicit(&f->flushing, memory_order_relaxed) || !win_flushing(f)) {
         return;
     }

@@ -82,9 +82,10 @@ void rsl__fleet_conf_get(rsl__fleet *f, rsl__fleet_conf *c);
 static inline void rsl__fleet_count(rsl__fleet *f, int failed, int slow);
 /* A half-open probe's verdict. */
 void rsl__fleet_probe_done(rsl__fleet *f, int failed);
-/* After a call, on its worker: a flush when RSL_FLEET_FLUSH_CALLS outcomes wait (r NULL:
- * no Redis).  Cheap otherwise: one load. */
-void rsl__fleet_tend(rsl__fleet *f, rsl__redis *r);
+/* After a call, on its worker: a flush when RSL_FLEET_FLUSH_CALLS outcomes or a probe's
+ * verdict wait (r NULL: no Redis).  Inline and cheap otherwise: loads of one line. */
+static inline void rsl__fleet_tend(rsl__fleet *f, rsl__redis *r);
+void rsl__fleet_tend_due(rsl__fleet *f, rsl__redis *r); /* the flush, unless one is out */
 /* Worker 0's heartbeat: each fleet whose `flush` is due flushes; flights that timed out
  * put their fleet down. */
 void rsl__fleets_tick(rsl__fleets *fs, rsl__redis *r);
@@ -128,6 +129,7 @@ struct rsl__fleet_hot {
     _Atomic uint64_t pend;
     _Atomic uint64_t pend_slow;
     _Atomic uint64_t pub;
+    _Atomic int probe_ok, probe_fail; /* probes' verdicts waiting for the next flush */
 };
 
 static inline void rsl__fleet_count(rsl__fleet *f, int failed, int slow) {
@@ -135,6 +137,15 @@ static inline void rsl__fleet_count(rsl__fleet *f, int failed, int slow) {
     atomic_fetch_add_explicit(&h->pend, 1 + ((uint64_t)(failed != 0) << 32), memory_order_relaxed);
     if (slow) {
         atomic_fetch_add_explicit(&h->pend_slow, 1, memory_order_relaxed);
+    }
+}
+
+static inline void rsl__fleet_tend(rsl__fleet *f, rsl__redis *r) {
+    struct rsl__fleet_hot *h = (struct rsl__fleet_hot *)f;
+    if ((atomic_load_explicit(&h->pend, memory_order_relaxed) & 0xffffffffu) >= RSL_FLEET_FLUSH_CALLS ||
+        atomic_load_explicit(&h->probe_ok, memory_order_relaxed) ||
+        atomic_load_explicit(&h->probe_fail, memory_order_relaxed)) {
+        rsl__fleet_tend_due(f, r);
     }
 }
 

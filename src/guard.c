@@ -171,14 +171,13 @@ void rsl__guard_release(rsl__guard *g, rsl__permit *permit, int verdict, int64_t
         }
     } else if (g->kind == RSL_GUARD_BREAKER) {
         if (verdict) {
-            rsl__breaker_record(g->u.breaker, permit, now, outcome, latency_ns);
-            rsl__fleet *f = rsl__guard_fleet(g);
-            int slow, failed;
-            if (f && (failed = rsl__breaker_verdict(g->u.breaker, outcome, latency_ns, &slow)) >= 0) {
+            int v = rsl__breaker_record(g->u.breaker, permit, now, outcome, latency_ns);
+            rsl__fleet *f;
+            if (v >= 0 && (f = rsl__guard_fleet(g))) {
                 if (permit->counted) {
-                    rsl__fleet_count(f, failed, slow);
+                    rsl__fleet_count(f, v & RSL_BREAKER_FAILED, v & RSL_BREAKER_SLOW);
                 } else if (permit->probe) {
-                    rsl__fleet_probe_done(f, failed || slow);
+                    rsl__fleet_probe_done(f, v != 0);
                 }
             }
         } else {
@@ -187,7 +186,7 @@ void rsl__guard_release(rsl__guard *g, rsl__permit *permit, int verdict, int64_t
     }
 }
 
-void rsl__guard_sync(rsl__guard *g, int64_t now) {
+void rsl__guard_sync_apply(rsl__guard *g, int64_t now) {
     rsl__fleet *f = rsl__guard_fleet(g);
     uint64_t seen = atomic_load_explicit(&g->fleet_seen, memory_order_relaxed);
     if (!f || rsl__fleet_pub(f) == seen) {

@@ -78,8 +78,9 @@ static inline rsl__fleet *rsl__guard_fleet(const rsl__guard *g) {
     return atomic_load_explicit(&g->fleet, memory_order_acquire);
 }
 /* A shared breaker takes up the fleet's latest verdict at `now` (before a read of its
- * state; acquire does it itself).  Any thread; cheap when there is none new. */
-void rsl__guard_sync(rsl__guard *g, int64_t now);
+ * state; acquire does it itself).  Any thread; two loads when there is none new. */
+static inline void rsl__guard_sync(rsl__guard *g, int64_t now);
+void rsl__guard_sync_apply(rsl__guard *g, int64_t now); /* the verdict, when new */
 
 /* The global limiter's lease, or NULL. */
 static inline rsl__lease *rsl__guard_lease(const rsl__guard *g) {
@@ -139,5 +140,12 @@ void rsl__guards_remove(rsl__guards *r, const char *name);
 size_t rsl__guards_count(const rsl__guards *r);
 /* The i-th guard in name order, borrowed. */
 rsl__guard *rsl__guards_at(const rsl__guards *r, size_t i);
+
+static inline void rsl__guard_sync(rsl__guard *g, int64_t now) {
+    rsl__fleet *f = rsl__guard_fleet(g);
+    if (f && rsl__fleet_pub(f) != atomic_load_explicit(&g->fleet_seen, memory_order_relaxed)) {
+        rsl__guard_sync_apply(g, now);
+    }
+}
 
 #endif

@@ -9,8 +9,17 @@
  *                           `valgrind --tool=callgrind` instruction counts (run it with
  *                           N and with 0 and divide the difference by N).  NAME: breaker,
  *                           breaker2, limiter, bulkhead, throttle, adaptive, reserve, shed,
- *                           clock, atomic, gbreaker, kbreaker, kbreaker1k, kchurn,
- *                           glimiter, klimiter.
+ *                           clock, atomic, gbreaker, sbreaker, kbreaker, kbreaker1k,
+ *                           kchurn, glimiter, klimiter.
+ *
+ * A shared breaker's added cost (`shared = {...}`, fleet.h) is the same attempt through
+ * the guard interface on a local breaker and on one with a fleet attached, each followed
+ * by chain.c's rsl__fleet_tend for a breaker with a fleet.  That fleet has no Redis, so it
+ * is in mode "down" after its first flush: each call still pays what it pays joined (the
+ * fleet's verdict check in acquire, the atomic outcome count in release, tend's load), and
+ * every 64 outcomes the flush takes the counts but sends nothing.  Joined, that flush also
+ * formats and queues one EVAL on the worker's Redis connection (bench_shared counts them),
+ * and a closed breaker's acquire reads one more relaxed load (the fleet's state).
  *
  * Keyed guards (keyed.h) are timed through the guard interface, next to the plain breaker
  * and limiter through the same interface in the same run: one hot key, 1000 keys in turn
@@ -27,6 +36,7 @@
 #include "bulkhead.h"
 #include "clock.h"
 #include "guard.h"
+#include "fleet.h"
 #include "keyed.h"
 #include "limiter.h"
 #include "shed.h"
@@ -174,7 +184,8 @@ static void loop_keyed(rsl__guard *g, rsl_req **reqs, long nreq, long n) {
     keep(admitted);
 }
 
-/* The plain guard through the same interface (a breaker or a limiter). */
+/* The plain guard through the same interface (a breaker or a limiter), and a breaker with
+ * a fleet tends it after each attempt, as chain.c does (no Redis here). */
 static void loop_plain_guard(rsl__guard *g, long n) {
     int64_t now = rsl__clock_coarse();
     uint64_t admitted = 0;
@@ -187,6 +198,10 @@ static void loop_plain_guard(rsl__guard *g, long n) {
         if (rsl__guard_acquire(g, now, 0, &p, &why) == 1) {
             if (rsl__guard_holds(g)) {
                 rsl__guard_release(g, &p, 1, now, RSL_OUTCOME_OK, 200, 1000);
+            }
+            rsl__fleet *f = g->kind == RSL_GUARD_BREAKER ? rsl__guard_fleet(g) : NULL;
+            if (f) {
+                rsl__fleet_tend(f, NULL);
             }
             admitted++;
         }
@@ -296,6 +311,7 @@ typedef enum {
     B_COARSE,
     B_ATOMIC,
     B_GBREAKER,
+    B_SBREAKER,
     B_KBREAKER,
     B_KBREAKER1K,
     B_KCHURN,
@@ -316,6 +332,9 @@ typedef struct guards {
      * the requests: hot (one tenant), k1 (1000 tenants), many (NCHURN tenants) */
     rsl__guard *gb, *kb, *kc, *gl, *kl;
     rsl_req *hot, **k1, **many;
+    /* a breaker guard with a fleet (quorum 2, flush 100 ms), from its registry */
+    rsl__guard *gs;
+    rsl__fleets *fs;
 } guards;
 
 #define NK1 1000
@@ -361,6 +380,9 @@ static void run_once(bench_id id, guards *g, long n) {
         break;
     case B_GBREAKER:
         loop_plain_guard(g->gb, n);
+        break;
+    case B_SBREAKER:
+        loop_plain_guard(g->gs, n);
         break;
     case B_KBREAKER:
         loop_keyed(g->kb, &g->hot, 1, n);
@@ -572,6 +594,29 @@ static void new_extras(guards *g) {
             rsl_req_set(g->k1[i], "tenant", k, (size_t)n);
         }
     }
+    /* The fleet's conf from the breaker's, as policy_guards.c builds it. */
+    rsl__fleet_conf fc = {
+        .quorum = 2,
+        .flush_ns = 100 * RSL_NS_PER_MS,
+        .window_ns = bc.window_ns,
+        .buckets = bc.buckets,
+        .min_calls = bc.min_calls,
+        .failure_rate = bc.failure_rate,
+        .slow_rate = bc.slow_rate,
+        .open_for_ns = bc.open_for_ns,
+        .backoff_factor = bc.backoff_factor,
+        .backoff_max_ns = bc.backoff_max_ns,
+        .jitter = bc.jitter,
+        .probes = bc.probes,
+    };
+    g->gs = rsl__guard_new_breaker("bench-gs", &bc);
+    g->fs = rsl__fleets_new("bench:", "bench", NULL);
+    rsl__fleet *f = g->fs && g->gs ? rsl__fleets_get(g->fs, "bench-gs", &fc) : NULL;
+    if (!f) {
+        fprintf(stderr, "bench_guards: out of memory\n");
+        exit(1);
+    }
+    atomic_store(&g->gs->fleet, f);
 }
 
 static void free_extras(guards *g) {
@@ -592,13 +637,15 @@ static void free_extras(guards *g) {
     }
     free(g->k1);
     free(g->many);
+    rsl__guard_unref(g->gs);
+    rsl__fleets_free(g->fs); /* after the guard that used it */
 }
 
 static int ops_mode(const char *name, long n) {
     guards g = {new_breaker(1), new_limiter(),  rsl__bulkhead_new("bench", 64),
                 NULL,           new_throttle(), new_adaptive(),
                 NULL,           NULL,           NULL,
-                NULL,           NULL,           NULL, NULL, NULL, NULL, NULL, NULL};
+                NULL,           NULL,           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     new_extras(&g);
     if (strcmp(name, "breaker") == 0) {
         loop_breaker(g.b, n);
@@ -624,6 +671,8 @@ static int ops_mode(const char *name, long n) {
         loop_atomic(n);
     } else if (strcmp(name, "gbreaker") == 0) {
         run_once(B_GBREAKER, &g, n);
+    } else if (strcmp(name, "sbreaker") == 0) {
+        run_once(B_SBREAKER, &g, n);
     } else if (strcmp(name, "kbreaker") == 0) {
         run_once(B_KBREAKER, &g, n);
     } else if (strcmp(name, "kbreaker1k") == 0) {
@@ -663,7 +712,7 @@ int main(int argc, char **argv) {
     guards g = {new_breaker(1), new_limiter(),  rsl__bulkhead_new("bench", 64),
                 new_joint(),    new_throttle(), new_adaptive(),
                 NULL,           NULL,           NULL,
-                NULL,           NULL,           NULL, NULL, NULL, NULL, NULL, NULL};
+                NULL,           NULL,           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
     new_extras(&g);
     rsl__breaker *b2 = new_breaker(2);
 
@@ -680,7 +729,16 @@ int main(int argc, char **argv) {
     double gd = time_one(B_GUARD, &g);
     double gres = time_one(B_GUARD_RESERVE, &g);
     double shed = time_one(B_SHED, &g);
-    double gbr = time_one(B_GBREAKER, &g);
+    /* Local and shared interleaved, the lower of each one's two medians: the difference is
+     * the figure, so both sides see the same machine. */
+    double gbv[2], gsv[2];
+    for (int k = 0; k < 2; k++) {
+        gbv[k] = time_one(B_GBREAKER, &g);
+        gsv[k] = time_one(B_SBREAKER, &g);
+    }
+    double gbr = gbv[0] < gbv[1] ? gbv[0] : gbv[1], gsh = gsv[0] < gsv[1] ? gsv[0] : gsv[1];
+    rsl__fleet_stats fst;
+    rsl__fleet_stats_get(rsl__guard_fleet(g.gs), &fst);
     double kbr = time_one(B_KBREAKER, &g);
     double kbr1k = time_one(B_KBREAKER1K, &g);
     double kchurn = time_one(B_KCHURN, &g);
@@ -710,6 +768,12 @@ int main(int argc, char **argv) {
     printf("%-40s %+7.1f ns/op\n", "a reserve's added cost", gres - gd);
     print_figure("load shedding check per call", shed, clk, NULL);
     print_figure("guard: breaker (plain)", gbr, clk, NULL);
+    char what[64];
+    snprintf(what, sizeof(what), "guard: shared breaker (fleet %s)", rsl__fleet_mode_name(fst.mode));
+    print_figure(what, gsh, clk, NULL);
+    printf("%-40s %+7.1f ns/op   target <= 10 ns (no Redis: the flush every 64 outcomes "
+           "takes the counts and sends nothing)\n",
+           "a shared breaker's added cost", gsh - gbr);
     print_figure("guard: keyed breaker, one hot key", kbr, clk, NULL);
     printf("%-40s %7.2f x the plain breaker guard (%+.1f ns)\n", "keyed breaker, one hot key",
            kbr / gbr, kbr - gbr);
@@ -730,7 +794,9 @@ int main(int argc, char **argv) {
 
     /* sanity: every success-path call was admitted and the breakers stayed closed */
     int ok = rsl__breaker_state_get(g.b) == RSL_BREAKER_CLOSED &&
-             rsl__breaker_state_get(b2) == RSL_BREAKER_CLOSED && rsl__breaker_rejections(g.b) == 0;
+             rsl__breaker_state_get(b2) == RSL_BREAKER_CLOSED && rsl__breaker_rejections(g.b) == 0 &&
+             rsl__breaker_state_get(g.gs->u.breaker) == RSL_BREAKER_CLOSED &&
+             fst.mode == RSL_FLEET_DOWN;
     rsl__breaker_free(g.b);
     rsl__breaker_free(g.j);
     rsl__breaker_free(b2);

@@ -8,6 +8,17 @@
  * per second).  Calls are rsl_call from 2 host threads, at most 256 in flight each, every
  * one admitted (the rates are far above what is offered).
  *
+ * Then Redis commands per second of one instance at 50k calls/s: one host thread paces
+ * rsl_call at 50,000 a second for 3 s (at most 4,096 in flight) through a fresh runtime
+ * (1 worker) whose one policy has a stub behind a local breaker, a shared breaker
+ * (shared = { quorum = 2, flush = "100ms" }) or a global limiter (lease 50, every call
+ * admitted), in 3 interleaved rounds.  Redis' own INFO commandstats, before and after,
+ * counts what reached it: the EVALs the instance sent (its round trips) and every command
+ * Redis ran, those inside the scripts included (the bench's INFOs left out).  Also the
+ * shared breaker idle (its flushes alone), and the process's CPU time per call at 50k/s
+ * (getrusage: the pacing thread and the worker; a median of 3 rounds, so a ~0.1 us
+ * difference is within its noise).
+ *
  * Usage: bench_shared [--smoke]
  */
 #include "bench.h"
@@ -22,7 +33,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #define WINDOW 256
 #define ROUNDS 5
@@ -142,6 +156,226 @@ static long field(rsl_runtime *rt, const char *guard, const char *name) {
     return v;
 }
 
+/* ---- Redis commands at a paced 50k calls/s ---- */
+
+#define PACE_RATE     50000.0
+#define PACE_INFLIGHT 4096
+
+typedef struct paced {
+    _Atomic long done, ok;
+} paced;
+
+static void on_paced(const rsl_result *r, void *ud) {
+    paced *p = ud;
+    if (rsl_result_outcome(r) == RSL_OUTCOME_OK) {
+        atomic_fetch_add(&p->ok, 1);
+    }
+    atomic_fetch_add(&p->done, 1);
+}
+
+static double cpu_s(void) {
+    struct rusage u;
+    getrusage(RUSAGE_SELF, &u);
+    return (double)u.ru_utime.tv_sec + (double)u.ru_utime.tv_usec / 1e6 +
+           (double)u.ru_stime.tv_sec + (double)u.ru_stime.tv_usec / 1e6;
+}
+
+static void sleep_us(long us) {
+    struct timespec ts = {us / 1000000, (us % 1000000) * 1000};
+    nanosleep(&ts, NULL);
+}
+
+/* What Redis ran so far, from INFO commandstats: EVAL and EVALSHA calls into *eval, every
+ * command but INFO into *all (commands that scripts run are counted too). */
+static void redis_counts(rsl_redis_server *rs, long *eval, long *all) {
+    static char buf[1 << 15];
+    *eval = *all = 0;
+    if (rsl_redis_cmd(rs, "INFO commandstats", buf, sizeof(buf)) != 0) {
+        fprintf(stderr, "bench_shared: INFO commandstats failed\n");
+        exit(1);
+    }
+    for (char *l = strstr(buf, "cmdstat_"); l; l = strstr(l + 1, "cmdstat_")) {
+        char name[64];
+        long calls;
+        if (sscanf(l, "cmdstat_%63[^:]:calls=%ld", name, &calls) != 2) {
+            continue;
+        }
+        if (strcmp(name, "info") != 0) {
+            *all += calls;
+        }
+        if (strcmp(name, "eval") == 0 || strcmp(name, "evalsha") == 0) {
+            *eval += calls;
+        }
+    }
+}
+
+/* 1 once guard `name` of rt shows "mode":"joined" in /state (bounded: 10 s).  policy:
+ * one call of it per poll (a global limiter asks Redis only after a call), or NULL. */
+static int until_joined(rsl_runtime *rt, const char *name, const char *policy) {
+    char want[128];
+    snprintf(want, sizeof(want), "\"%s\":{", name);
+    for (int i = 0; i < 500; i++) {
+        rsl_result *r = NULL;
+        if (policy && rsl_call_sync(rt, policy, NULL, 1000000000LL, &r) != 0) {
+            fprintf(stderr, "bench_shared: rsl_call_sync failed\n");
+            exit(1);
+        }
+        rsl_result_free(r);
+        char *st = rsl_state_json(rt);
+        const char *p = st ? strstr(st, want) : NULL;
+        const char *m = p ? strstr(p, "\"mode\":\"") : NULL;
+        int joined = m && strncmp(m + 8, "joined\"", 7) == 0;
+        rsl_free(st);
+        if (joined) {
+            return 1;
+        }
+        sleep_us(20000);
+    }
+    char *st = rsl_state_json(rt);
+    fprintf(stderr, "bench_shared: %s did not join: %s\n", name, st ? st : "");
+    rsl_free(st);
+    return 0;
+}
+
+typedef struct pace_fig {
+    double calls_s, ok_frac, eval_s, all_s, cpu_us;
+} pace_fig;
+
+/* `policy` of rt at PACE_RATE calls/s for `secs` from this thread; Redis' counts around
+ * it.  Waits (bounded) for every call's answer before it reads them. */
+static pace_fig pace(rsl_runtime *rt, rsl_redis_server *rs, const char *policy, double secs) {
+    paced p;
+    atomic_init(&p.done, 0);
+    atomic_init(&p.ok, 0);
+    long e0, a0, e1, a1, sent = 0;
+    redis_counts(rs, &e0, &a0);
+    double c0 = cpu_s(), t0 = now_s(), t;
+    long total = (long)(PACE_RATE * secs);
+    while (sent < total && (t = now_s() - t0) < 2 * secs) {
+        long due = (long)(t * PACE_RATE);
+        while (sent < due && sent < total && sent - atomic_load(&p.done) < PACE_INFLIGHT) {
+            if (rsl_call(rt, policy, NULL, on_paced, &p) != 0) {
+                fprintf(stderr, "bench_shared: rsl_call failed\n");
+                exit(1);
+            }
+            sent++;
+        }
+        sleep_us(100);
+    }
+    for (int i = 0; i < 10000 && atomic_load(&p.done) < sent; i++) {
+        sleep_us(1000);
+    }
+    double el = now_s() - t0, cpu = cpu_s() - c0;
+    redis_counts(rs, &e1, &a1);
+    if (atomic_load(&p.done) != sent) {
+        fprintf(stderr, "bench_shared: %ld of %ld paced calls unanswered\n",
+                sent - atomic_load(&p.done), sent);
+        exit(1);
+    }
+    /* The INFO that read e0 ran before the calls and the one that read e1 after them:
+     * neither is in the difference. */
+    pace_fig f = {(double)sent / el, (double)atomic_load(&p.ok) / (double)sent,
+                  (double)(e1 - e0) / el, (double)(a1 - a0) / el, 1e6 * cpu / (double)sent};
+    return f;
+}
+
+static rsl_runtime *open_one(const char *dir, const char *sub, const char *text, int port) {
+    char d[512];
+    snprintf(d, sizeof(d), "%s/%s", dir, sub);
+    mkdir(d, 0700);
+    write_file(d, text);
+    return open_rt(d, port);
+}
+
+static void remove_one(const char *dir, const char *sub) {
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s/p.lua", dir, sub);
+    remove(path);
+    snprintf(path, sizeof(path), "%s/%s", dir, sub);
+    rmdir(path);
+}
+
+static int paced_section(rsl_redis_server *rs, const char *dir, int smoke) {
+    static const char *subs[] = {"lb", "sb", "gl"};
+    static const char *texts[] = {
+        "local r = require 'resilua'\n"
+        "r.breaker 'lb' { }\n"
+        "r.policy 'p' { steps = { s = r.stub { guards = { 'lb' } } } }\n",
+        "local r = require 'resilua'\n"
+        "r.breaker 'sb' { shared = { quorum = 2, flush = '100ms' } }\n"
+        "r.policy 'p' { steps = { s = r.stub { guards = { 'sb' } } } }\n",
+        "local r = require 'resilua'\n"
+        "r.limiter 'gl' { rate = 1e9, burst = 1e7, scope = 'global', lease = 50 }\n"
+        "r.policy 'p' { steps = { s = r.stub { guards = { 'gl' } } } }\n",
+    };
+    static const char *labels[] = {"local breaker", "shared breaker (joined)",
+                                   "global limiter, lease 50"};
+    double secs = smoke ? 0.3 : 3.0;
+    int rounds = smoke ? 1 : 3;
+    double cps[3][ROUNDS], okf[3][ROUNDS], ev[3][ROUNDS], all[3][ROUNDS], cpu[3][ROUNDS];
+    for (int k = 0; k < rounds; k++) {
+        for (int i = 0; i < 3; i++) {
+            rsl_runtime *rt = open_one(dir, subs[i], texts[i], rs->port);
+            if (i == 1 && !until_joined(rt, "sb", NULL)) {
+                fprintf(stderr, "bench_shared: the shared breaker did not join\n");
+                return 1;
+            }
+            if (i == 2) {
+                long ok;
+                rate(rt, "p", 1000, &ok); /* warm */
+                if (!until_joined(rt, "gl", "p")) {
+                    fprintf(stderr, "bench_shared: the global limiter did not join\n");
+                    return 1;
+                }
+            }
+            pace_fig f = pace(rt, rs, "p", secs);
+            cps[i][k] = f.calls_s, okf[i][k] = f.ok_frac, ev[i][k] = f.eval_s;
+            all[i][k] = f.all_s, cpu[i][k] = f.cpu_us;
+            rsl_close(rt);
+        }
+    }
+    /* The shared breaker with no calls: its idle flushes (every `flush`, 100 ms). */
+    rsl_runtime *rt = open_one(dir, "sb", texts[1], rs->port);
+    if (!until_joined(rt, "sb", NULL)) {
+        fprintf(stderr, "bench_shared: the shared breaker did not join\n");
+        return 1;
+    }
+    long e0, a0, e1, a1;
+    redis_counts(rs, &e0, &a0);
+    double t0 = now_s();
+    sleep_us(smoke ? 300000 : 2000000);
+    double el = now_s() - t0;
+    redis_counts(rs, &e1, &a1);
+    rsl_close(rt);
+    printf("bench_shared: Redis commands of one instance (1 worker) paced at %.0f calls/s for "
+           "%.1f s, median of %d rounds\n",
+           PACE_RATE, secs, rounds);
+    for (int i = 0; i < 3; i++) {
+        double c = rsl_bench_median(cps[i], rounds), o = rsl_bench_median(okf[i], rounds);
+        double e = rsl_bench_median(ev[i], rounds), a = rsl_bench_median(all[i], rounds);
+        double u = rsl_bench_median(cpu[i], rounds);
+        printf("%-26s %7.0f calls/s (%5.1f%% ok): %6.0f EVAL/s sent (%5.1f per 1,000 calls), "
+               "%6.0f commands/s run by Redis incl. inside scripts; CPU %.2f us/call\n",
+               labels[i], c, 100 * o, e, 1000 * e / c, a, u);
+        /* A breaker's stub answers every call; the limiter may refuse a few while a
+         * refill is out (shown above). */
+        if (i < 2 && o < 1) {
+            fprintf(stderr, "bench_shared: %s: not every paced call was ok\n", labels[i]);
+            return 1;
+        }
+    }
+    printf("%-26s %7s              %6.0f EVAL/s sent, %6.0f commands/s run by Redis "
+           "(design: 1 flush per `flush`, 100 ms)\n",
+           "shared breaker, idle", "", (double)(e1 - e0) / el, (double)(a1 - a0) / el);
+    printf("design expectation for the shared breaker at 50k calls/s: 1 flush per 64 outcomes "
+           "= %.0f/s (idle flushes only when `flush` passes without 64)\n",
+           PACE_RATE / 64);
+    for (int i = 0; i < 3; i++) {
+        remove_one(dir, subs[i]);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     int smoke = argc > 1 && strcmp(argv[1], "--smoke") == 0;
     long per_host = smoke ? 2000 : 100000;
@@ -246,6 +480,11 @@ int main(int argc, char **argv) {
            "(target >= 10x)\n",
            a[1] / ev, a[2] / ev);
     rsl_close(rt);
+    int rc = paced_section(&rs, dir, smoke);
     rsl_redis_stop(&rs);
-    return 0;
+    char path[512];
+    snprintf(path, sizeof(path), "%s/p.lua", dir);
+    remove(path);
+    rmdir(dir);
+    return rc;
 }

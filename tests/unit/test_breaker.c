@@ -385,23 +385,26 @@ TEST(breaker_slow_probe_fails_when_slow_counts) {
     rsl__breaker_free(b);
 }
 
-/* The verdict a shared breaker hands its fleet agrees with the breaker's own: slow only
- * when slow calls count, so a slow probe fails the fleet's probe as it fails the local one. */
-TEST(breaker_verdict_slow_only_when_slow_counts) {
+/* The verdict record hands a shared breaker's fleet agrees with the breaker's own: slow
+ * only when slow calls count, so a slow probe fails the fleet's probe as the local one. */
+TEST(breaker_record_returns_the_verdict) {
     rsl__breaker_conf c = conf();
     c.slow_call_ns = 100 * MS;
     c.slow_rate = 50;
     rsl__breaker *b = rsl__breaker_new("b", &c);
-    int slow = -1;
-    ASSERT_EQ(rsl__breaker_verdict(b, OK, S, &slow), 0);
-    ASSERT_EQ(slow, 1);
-    ASSERT_EQ(rsl__breaker_verdict(b, FAIL, MS, &slow), 1);
-    ASSERT_EQ(slow, 0);
-    ASSERT_EQ(rsl__breaker_verdict(b, RSL_OUTCOME_REJECTED, S, &slow), -1);
+    rsl__permit p;
+    ASSERT(rsl__breaker_allow(b, 0, &p));
+    ASSERT_EQ(rsl__breaker_record(b, &p, 0, OK, S), RSL_BREAKER_SLOW);
+    ASSERT(rsl__breaker_allow(b, 0, &p));
+    ASSERT_EQ(rsl__breaker_record(b, &p, 0, FAIL, MS), RSL_BREAKER_FAILED);
+    ASSERT(rsl__breaker_allow(b, 0, &p));
+    ASSERT_EQ(rsl__breaker_record(b, &p, 0, FAIL, S), RSL_BREAKER_FAILED | RSL_BREAKER_SLOW);
+    ASSERT(rsl__breaker_allow(b, 0, &p));
+    ASSERT_EQ(rsl__breaker_record(b, &p, 0, RSL_OUTCOME_REJECTED, S), -1);
     c.slow_rate = 0;
     ASSERT(rsl__breaker_configure(b, &c) >= 0);
-    ASSERT_EQ(rsl__breaker_verdict(b, OK, S, &slow), 0);
-    ASSERT_EQ(slow, 0);
+    ASSERT(rsl__breaker_allow(b, 0, &p));
+    ASSERT_EQ(rsl__breaker_record(b, &p, 0, OK, S), 0);
     rsl__breaker_free(b);
 }
 
