@@ -508,9 +508,6 @@ local function limiter(ctx, name, c)
     if c.reserve ~= nil then
       fail(ctx, "reserve is not available with scope = \"global\" yet")
     end
-    if c.key ~= nil then
-      fail(ctx, "key is not available with scope = \"global\" yet")
-    end
     d.global = 1
     d.lease = integer(ctx, c.lease, "lease", math.min(50, max(1, floor(d.burst))), 1)
     if d.lease > d.burst then

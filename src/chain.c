@@ -65,14 +65,14 @@ static int acquire_guards(rsl__call *c, const rsl__step *s, int64_t now) {
         const char *why = "";
         int rc, holds;
         if (g->keyed) { /* one child per key value: found (or made) from the request */
-            rc = rsl__keyed_acquire(g, c->req, &c->scratch, now, c->priority, &c->permits[i],
-                                    &c->kids[i], &why);
+            rc = rsl__keyed_acquire(g, c->req, &c->scratch, now, c->priority, c->w->redis,
+                                    &c->permits[i], &c->kids[i], &why);
             holds = c->kids[i] != NULL;
         } else {
             rc = rsl__guard_acquire(g, now, c->priority, &c->permits[i], &why);
             holds = rsl__guard_holds(g);
         }
-        if (g->kind == RSL_GUARD_LIMITER && rsl__guard_lease(g)) {
+        if (!g->keyed && g->kind == RSL_GUARD_LIMITER && rsl__guard_lease(g)) {
             rsl__lease_tend(rsl__guard_lease(g), c->w->redis); /* its refill, on our loop */
         }
         if (rc <= 0) {

@@ -13,6 +13,7 @@
 
 /* 0 means "never seeded": xorshift's state must never be 0. */
 static _Thread_local uint64_t rng_state;
+_Thread_local int rsl__thread_slot;
 
 static int64_t read_clock(clockid_t id) {
     struct timespec ts;

@@ -16,6 +16,13 @@
 #define RSL_NS_PER_MS INT64_C(1000000)
 #define RSL_NS_PER_S INT64_C(1000000000)
 
+/* This thread's slot: 1 + its index among its runtime's worker threads (a worker sets it
+ * when it starts, for indexes below RSL_THREAD_SLOTS - 1), 0 for any other thread.
+ * Counters with a slot per worker let each add without an atomic read-modify-write (one
+ * writer per slot: fleet.h); slot 0 is everyone else's and takes one. */
+#define RSL_THREAD_SLOTS 16
+extern _Thread_local int rsl__thread_slot;
+
 /* CLOCK_MONOTONIC in ns: precise, ~20-45 ns a read. */
 int64_t rsl__clock_now(void);
 /* CLOCK_MONOTONIC_COARSE in ns: a few ns a read, resolution of a scheduler tick. */

@@ -23,8 +23,10 @@
  * min_calls, failure_rate, slow_rate, quorum, open_for ms, backoff factor, backoff max ms,
  * jitter (already drawn: j x U(-1, 1)), probes, probes ok, probes failed, wants a probe
  * lease, the lease's ms.  Returns { state, cycle, ms open left, level, probe lease granted,
- * calls, failures, failing instances, reason }. */
-static const char SCRIPT[] =
+ * calls, failures, failing instances, reason, epoch }: the epoch is the Redis time the
+ * verdict's hash was made, so that a Redis restarted empty (cycles from 0 again) is not
+ * taken for the one an instance last heard from. */
+static const char SCRIPT_TEXT[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local k = KEYS[1]\n"
@@ -43,10 +45,12 @@ static const char SCRIPT[] =
     "    redis.call('PEXPIRE', bk .. ':i', ttl)\n"
     "  end\n"
     "end\n"
-    "local s = redis.call('HMGET', k, 'state', 'until', 'level', 'cycle', 'since', 'reason', 'ok')\n"
+    "local s = redis.call('HMGET', k, 'state', 'until', 'level', 'cycle', 'since', 'reason', 'ok',\n"
+    "                     'epoch')\n"
     "local state, untl, level = s[1] or 'closed', tonumber(s[2]) or 0, tonumber(s[3]) or 0\n"
     "local cycle, since, reason = tonumber(s[4]) or 0, tonumber(s[5]) or -1, s[6] or ''\n"
     "local ok = tonumber(s[7]) or 0\n"
+    "local epoch = tonumber(s[8]) or now\n"
     "local probes = tonumber(ARGV[15])\n"
     "local function period(lv)\n"
     "  local p = tonumber(ARGV[11]) * tonumber(ARGV[12]) ^ lv\n"
@@ -110,11 +114,12 @@ static const char SCRIPT[] =
     "end\n"
     "if changed then cycle = cycle + 1 end\n"
     "redis.call('HSET', k, 'state', state, 'until', untl, 'level', level, 'cycle', cycle,\n"
-    "           'since', since, 'reason', reason, 'ok', ok)\n"
+    "           'since', since, 'reason', reason, 'ok', ok, 'epoch', epoch)\n"
     "redis.call('PEXPIRE', k, 86400000)\n"
     "local rem = 0\n"
     "if state == 'open' then rem = untl - now end\n"
-    "return { state, cycle, rem, level, granted, n, f, inst, reason }\n";
+    "return { state, cycle, rem, level, granted, n, f, inst, reason, epoch }\n";
+static rsl__redis_script SCRIPT = {.text = SCRIPT_TEXT};
 
 struct rsl__fleet {
     struct rsl__fleet_hot hot; /* first: fleet.h's inline functions read it */
@@ -136,7 +141,9 @@ struct rsl__fleet {
     /* The flusher's (whoever holds `flushing`): counts not yet answered for. */
     int64_t carry_calls, carry_fail, carry_slow, carry_since;
     int carry_ok, carry_bad;
+    uint64_t seen[RSL_THREAD_SLOTS][3]; /* each slot's counts at the last take */
     int64_t last_cycle; /* -1: none yet */
+    int64_t last_epoch;
     int last_state;
     struct rsl__fleet *next;
 };
@@ -224,10 +231,13 @@ rsl__fleet *rsl__fleets_get(rsl__fleets *fs, const char *name, const rsl__fleet_
             return f; /* the loader configures it once the load is applied */
         }
     }
-    rsl__fleet *f = calloc(1, sizeof(*f));
+    /* Aligned: each worker's slot of counts on a cache line of its own. */
+    size_t size = (sizeof(rsl__fleet) + 63) / 64 * 64;
+    rsl__fleet *f = aligned_alloc(64, size);
     if (!f) {
         return NULL;
     }
+    memset(f, 0, size);
     pthread_mutex_init(&f->mu, NULL);
     f->owner = fs;
     f->name = strdup(name);
@@ -248,7 +258,7 @@ rsl__fleet *rsl__fleets_get(rsl__fleets *fs, const char *name, const rsl__fleet_
 }
 
 const char *rsl__fleet_script(void) {
-    return SCRIPT;
+    return SCRIPT_TEXT;
 }
 
 const char *rsl__fleet_mode_name(int mode) {
@@ -323,16 +333,27 @@ static void set_mode(rsl__fleet *f, int to, const char *why) {
 /* The flusher's: what waits is taken into the carry (older than a window: dropped, it
  * would judge an upstream as it was then). */
 static void take_pending(rsl__fleet *f, int64_t t, int64_t window_ns) {
-    uint64_t p = atomic_exchange_explicit(&f->hot.pend, 0, memory_order_relaxed);
-    uint64_t sl = atomic_exchange_explicit(&f->hot.pend_slow, 0, memory_order_relaxed);
+    atomic_store_explicit(&f->hot.taken, atomic_load_explicit(&f->hot.waiting, memory_order_relaxed),
+                          memory_order_relaxed);
+    uint64_t p = 0, fl = 0, sl = 0;
+    for (int i = 0; i < RSL_THREAD_SLOTS; i++) {
+        struct rsl__fleet_slot *s = &f->hot.slot[i];
+        uint64_t now[3] = {atomic_load_explicit(&s->calls, memory_order_relaxed),
+                           atomic_load_explicit(&s->failures, memory_order_relaxed),
+                           atomic_load_explicit(&s->slow, memory_order_relaxed)};
+        p += now[0] - f->seen[i][0];
+        fl += now[1] - f->seen[i][1];
+        sl += now[2] - f->seen[i][2];
+        memcpy(f->seen[i], now, sizeof(now));
+    }
     if (f->carry_calls > 0 && t - f->carry_since > window_ns) {
         f->carry_calls = f->carry_fail = f->carry_slow = 0;
     }
     if (p && f->carry_calls == 0) {
         f->carry_since = t;
     }
-    f->carry_calls += (int64_t)(p & 0xffffffffu);
-    f->carry_fail += (int64_t)(p >> 32);
+    f->carry_calls += (int64_t)p;
+    f->carry_fail += (int64_t)fl;
     f->carry_slow += (int64_t)sl;
     f->carry_ok += atomic_exchange_explicit(&f->hot.probe_ok, 0, memory_order_relaxed);
     f->carry_bad += atomic_exchange_explicit(&f->hot.probe_fail, 0, memory_order_relaxed);
@@ -355,12 +376,16 @@ static void flushed(void *ud, const rsl__redis_reply *r) {
     int64_t t = rsl__clock_coarse();
     json_t *a = NULL;
     const char *st = NULL, *reason = NULL;
-    json_int_t cycle = 0, rem = 0, level = 0, granted = 0, n = 0, fl = 0, inst = 0;
+    json_int_t cycle = 0, rem = 0, level = 0, granted = 0, n = 0, fl = 0, inst = 0, epoch = 0;
+    if (rsl__redis_noscript(&SCRIPT, r)) { /* Redis lost the script: EVAL at the next flush */
+        done_flushing(f);
+        return; /* the carry waits for it */
+    }
     if (r->outcome == RSL_OUTCOME_OK) {
         a = json_loadb(r->str, r->len, 0, NULL);
     }
-    if (!a || json_unpack(a, "[sIIIIIIIs]", &st, &cycle, &rem, &level, &granted, &n, &fl, &inst,
-                          &reason) != 0) {
+    if (!a || json_unpack(a, "[sIIIIIIIsI]", &st, &cycle, &rem, &level, &granted, &n, &fl, &inst,
+                          &reason, &epoch) != 0) {
         atomic_fetch_add_explicit(&f->errors, 1, memory_order_relaxed);
         json_decref(a);
         done_flushing(f);
@@ -383,7 +408,7 @@ static void flushed(void *ud, const rsl__redis_reply *r) {
     } else if (state != RSL_FLEET_HALF_OPEN) {
         atomic_store_explicit(&f->rights, 0, memory_order_relaxed);
     }
-    if ((int64_t)cycle != f->last_cycle) {
+    if ((int64_t)cycle != f->last_cycle || (int64_t)epoch != f->last_epoch) {
         pthread_mutex_lock(&f->mu);
         f->v.state = state;
         f->v.remaining = state == RSL_FLEET_OPEN ? t + (int64_t)rem * RSL_NS_PER_MS : 0;
@@ -393,6 +418,7 @@ static void flushed(void *ud, const rsl__redis_reply *r) {
         snprintf(f->v.reason, sizeof(f->v.reason), "%s", reason);
         pthread_mutex_unlock(&f->mu);
         f->last_cycle = (int64_t)cycle;
+        f->last_epoch = (int64_t)epoch;
         f->last_state = state;
         atomic_store_explicit(&f->state, state, memory_order_relaxed);
         atomic_fetch_add_explicit(&f->hot.pub, 1, memory_order_release);
@@ -453,17 +479,13 @@ static void flush(rsl__fleet *f, rsl__redis *r, int64_t t) {
     snprintf(a[16], 40, "%g", want);
     /* A probe's lease: two flushes and half a second, then another instance may probe. */
     snprintf(a[17], 40, "%lld", (long long)((2 * c.flush_ns) / RSL_NS_PER_MS + 500));
-    const char *argv[23] = {"EVAL", SCRIPT, "1", f->key, f->owner->instance};
+    const char *argv[21] = {"1", f->key, f->owner->instance};
     for (int i = 0; i < 18; i++) {
-        argv[5 + i] = a[i];
-    }
-    size_t lens[23];
-    for (int i = 0; i < 23; i++) {
-        lens[i] = strlen(argv[i]);
+        argv[3 + i] = a[i];
     }
     atomic_store_explicit(&f->sent_at, t, memory_order_relaxed);
     atomic_fetch_add_explicit(&f->flushes, 1, memory_order_relaxed);
-    if (rsl__redis_command(r, 23, argv, lens, flushed, f, NULL) != 0) {
+    if (rsl__redis_eval(r, &SCRIPT, 21, argv, flushed, f) != 0) {
         atomic_fetch_add_explicit(&f->errors, 1, memory_order_relaxed);
         done_flushing(f);
         set_mode(f, RSL_FLEET_DOWN, "Redis refused the command");

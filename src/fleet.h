@@ -8,7 +8,8 @@
  * the whole fleet); the guard layer applies its verdicts to the breaker it shares.
  *
  * The verdict lives in Redis (PREFIX{NAME}:fb, a hash: state, until, level, cycle, since,
- * reason), judged by the script on Redis' clock:
+ * reason, and the epoch: when the hash was made, so a Redis restarted empty, whose cycles
+ * count from 0 again, publishes its first verdict however its cycle compares), judged by the script on Redis' clock:
  *   closed -> open when the fleet's counts over the breaker's window trip its own rule
  *     (min_calls, failure_rate, slow_rate) AND at least `quorum` distinct instances saw
  *     failures in that window (one sick instance, or one bad client, cannot open the
@@ -91,7 +92,7 @@ void rsl__fleet_tend_due(rsl__fleet *f, rsl__redis *r); /* the flush, unless one
 void rsl__fleets_tick(rsl__fleets *fs, rsl__redis *r);
 
 /* The published verdict.  pub changes with each one the fleet made (a new cycle in Redis);
- * 0 before the first.  Down, nothing is published and gated reads 0. */
+ * 0 before the first (a new epoch in Redis, a restart, counts as a new cycle).  Down, nothing is published and gated reads 0. */
 typedef struct rsl__fleet_verdict {
     uint64_t pub;
     int state;          /* RSL_FLEET_* */
@@ -123,26 +124,64 @@ void rsl__fleet_stats_get(rsl__fleet *f, rsl__fleet_stats *s);
 
 /* ---- inline ---- */
 
+/* Outcomes counted per thread slot (clock.h), monotonic: a worker's slot has one writer,
+ * which adds with a load and a store (an atomic read-modify-write cost 6-7 ns here, most
+ * of a shared breaker's added cost); slot 0, every other thread's, adds atomically. */
+struct rsl__fleet_slot {
+    _Atomic uint64_t calls, failures, slow;
+    char pad[64 - 3 * sizeof(uint64_t)];
+};
+
+/* Announced to `waiting` once per this many outcomes of a worker's slot (each outcome of
+ * slot 0): the flush trigger counts in these steps. */
+#define RSL_FLEET_BATCH 8
+
 struct rsl__fleet_hot {
-    /* Waiting outcomes: calls in the low 32 bits, failures in the high 32 (a flush takes
-     * them at least every RSL_FLEET_FLUSH_CALLS calls, or every heartbeat while down). */
-    _Atomic uint64_t pend;
-    _Atomic uint64_t pend_slow;
+    /* Outcomes announced, and announced at the last take (the flusher's store): a flush is
+     * due once RSL_FLEET_FLUSH_CALLS more are, or at the heartbeat (every one while down). */
+    _Atomic uint64_t waiting, taken;
     _Atomic uint64_t pub;
     _Atomic int probe_ok, probe_fail; /* probes' verdicts waiting for the next flush */
+    char pad[64 - 3 * sizeof(uint64_t) - 2 * sizeof(int)];
+    struct rsl__fleet_slot slot[RSL_THREAD_SLOTS];
 };
+
+static inline void rsl__fleet_add(_Atomic uint64_t *c, int shared) {
+    if (shared) {
+        atomic_fetch_add_explicit(c, 1, memory_order_relaxed);
+    } else { /* the slot's one writer */
+        atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    }
+}
 
 static inline void rsl__fleet_count(rsl__fleet *f, int failed, int slow) {
     struct rsl__fleet_hot *h = (struct rsl__fleet_hot *)f;
-    atomic_fetch_add_explicit(&h->pend, 1 + ((uint64_t)(failed != 0) << 32), memory_order_relaxed);
+    int i = rsl__thread_slot;
+    struct rsl__fleet_slot *s = &h->slot[i];
+    uint64_t n = atomic_load_explicit(&s->calls, memory_order_relaxed) + 1;
+    if (i == 0) {
+        atomic_fetch_add_explicit(&s->calls, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&h->waiting, 1, memory_order_relaxed);
+    } else {
+        atomic_store_explicit(&s->calls, n, memory_order_relaxed);
+        if (n % RSL_FLEET_BATCH == 0) {
+            atomic_fetch_add_explicit(&h->waiting, RSL_FLEET_BATCH, memory_order_relaxed);
+        }
+    }
+    if (failed) {
+        rsl__fleet_add(&s->failures, i == 0);
+    }
     if (slow) {
-        atomic_fetch_add_explicit(&h->pend_slow, 1, memory_order_relaxed);
+        rsl__fleet_add(&s->slow, i == 0);
     }
 }
 
 static inline void rsl__fleet_tend(rsl__fleet *f, rsl__redis *r) {
     struct rsl__fleet_hot *h = (struct rsl__fleet_hot *)f;
-    if ((atomic_load_explicit(&h->pend, memory_order_relaxed) & 0xffffffffu) >= RSL_FLEET_FLUSH_CALLS ||
+    if (atomic_load_explicit(&h->waiting, memory_order_relaxed) -
+                atomic_load_explicit(&h->taken, memory_order_relaxed) >=
+            RSL_FLEET_FLUSH_CALLS ||
         atomic_load_explicit(&h->probe_ok, memory_order_relaxed) ||
         atomic_load_explicit(&h->probe_fail, memory_order_relaxed)) {
         rsl__fleet_tend_due(f, r);

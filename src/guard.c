@@ -403,6 +403,9 @@ void rsl__guard_unref(rsl__guard *g) {
         rsl__breaker_free(g->u.breaker);
         break;
     case RSL_GUARD_LIMITER:
+        if (g->own_lease) {
+            rsl__lease_unref(rsl__guard_lease(g));
+        }
         rsl__limiter_free(g->u.limiter);
         break;
     case RSL_GUARD_BULKHEAD:

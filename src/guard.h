@@ -60,8 +60,10 @@ typedef struct rsl__guard {
     _Atomic int usable[RSL_PRIORITIES];
     _Atomic uint64_t shed[RSL_PRIORITIES];
     /* A limiter with scope = "global": its lease (lease.h), which decides instead of the
-     * local limiter; NULL: local.  Owned by the runtime's lease registry. */
+     * local limiter; NULL: local.  Owned by the runtime's lease registry, or (own_lease, a
+     * keyed global limiter's child) a reference of the guard's, dropped when it is freed. */
     _Atomic(rsl__lease *) lease;
+    int own_lease;
     /* A breaker with `shared`: its fleet (fleet.h), whose verdicts the guard applies to
      * the breaker (fleet_seen: the last one applied); NULL: local.  Owned by the runtime's
      * fleet registry. */

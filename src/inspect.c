@@ -141,8 +141,10 @@ static json_t *guard_state(rsl__guard *g, int64_t now) {
             rsl__lease_stats_get(rsl__guard_lease(g), &ls);
             json_object_set_new(o, "scope", json_string("global"));
             json_object_set_new(o, "mode", json_string(rsl__lease_mode_name(ls.mode)));
-            json_object_set_new(o, "pool", json_integer(ls.pool));
-            json_object_set_new(o, "instances", json_integer(ls.instances));
+            if (!g->keyed) { /* keyed: each key has its pool (top[].tokens) and instances */
+                json_object_set_new(o, "pool", json_integer(ls.pool));
+                json_object_set_new(o, "instances", json_integer(ls.instances));
+            }
             json_object_set_new(o, "refills", json_integer((json_int_t)ls.refills));
             json_object_set_new(o, "granted", json_integer((json_int_t)ls.granted));
             json_object_set_new(o, "redis_errors", json_integer((json_int_t)ls.errors));

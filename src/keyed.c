@@ -201,6 +201,17 @@ static void maybe_grow(stripe *s) {
     s->nbuckets = nb;
 }
 
+/* A limiter child's refusals: its lease's when it is global (keyed global limiter). */
+static uint64_t limiter_rejections(const rsl__guard *c) {
+    rsl__lease *l = rsl__guard_lease(c);
+    if (l) {
+        rsl__lease_stats ls;
+        rsl__lease_stats_get(l, &ls);
+        return ls.rejections;
+    }
+    return rsl__limiter_rejections(c->u.limiter);
+}
+
 static void retire(retired *r, const kent *e, const rsl__guard *c) {
     r->calls += e->calls;
     if (c->kind == RSL_GUARD_BREAKER) {
@@ -214,7 +225,7 @@ static void retire(retired *r, const kent *e, const rsl__guard *c) {
             }
         }
     } else {
-        r->rejections += rsl__limiter_rejections(c->u.limiter);
+        r->rejections += limiter_rejections(c);
     }
 }
 
@@ -239,6 +250,9 @@ static int keep(const rsl__guard *c, int64_t now) {
     }
     if (c->kind == RSL_GUARD_BREAKER) {
         return rsl__breaker_state_at(c->u.breaker, now) != RSL_BREAKER_CLOSED ? 2 : 0;
+    }
+    if (rsl__guard_lease(c)) { /* global: the bucket is in Redis; leased tokens would go */
+        return rsl__lease_pool(rsl__guard_lease(c)) > 0;
     }
     rsl__limiter_conf lc;
     rsl__limiter_conf_get(c->u.limiter, &lc);
@@ -292,6 +306,16 @@ static rsl__guard *child_new(rsl__keyed *k, const char *key, size_t len) {
     rsl__guard_reserve_set(c, usable);
     if (c->kind == RSL_GUARD_BREAKER && k->hook) {
         rsl__breaker_set_hook(c->u.breaker, k->hook, k->hook_ud);
+    }
+    rsl__lease *pl = c->kind == RSL_GUARD_LIMITER ? rsl__guard_lease(p) : NULL;
+    if (pl) { /* a global limiter: the key's own bucket in Redis, and its own lease */
+        rsl__lease *l = rsl__lease_new_key(pl, key, len);
+        if (!l) {
+            rsl__guard_unref(c);
+            return NULL;
+        }
+        atomic_store_explicit(&c->lease, l, memory_order_release);
+        c->own_lease = 1;
     }
     return c;
 }
@@ -483,7 +507,8 @@ static int parent_override(const rsl__guard *g) {
 }
 
 int rsl__keyed_acquire(rsl__guard *g, const rsl_req *req, rsl__buf *buf, int64_t now,
-                       int priority, rsl__permit *permit, rsl__guard **child, const char **why) {
+                       int priority, rsl__redis *redis, rsl__permit *permit, rsl__guard **child,
+                       const char **why) {
     rsl__keyed *k = g->keyed;
     *child = NULL;
     int o = parent_override(g);
@@ -503,6 +528,9 @@ int rsl__keyed_acquire(rsl__guard *g, const rsl_req *req, rsl__buf *buf, int64_t
     }
     rsl__guard *c = take(k, key, len, now);
     int rc = rsl__guard_acquire(c, now, priority, permit, why);
+    if (c->kind == RSL_GUARD_LIMITER && rsl__guard_lease(c)) {
+        rsl__lease_tend(rsl__guard_lease(c), redis); /* the key's refill, on our loop */
+    }
     if (rc < 0) { /* shed for the reserve: counted on the parent, whose figures show */
         int p = priority < 0 ? 0 : priority > RSL_PRIORITY_LOWEST ? RSL_PRIORITY_LOWEST : priority;
         atomic_fetch_add_explicit(&g->shed[p], 1, memory_order_relaxed);
@@ -551,6 +579,12 @@ static int child_configure(rsl__keyed *k, rsl__guard *c, const int *usable, int6
         rc = rsl__breaker_configure(c->u.breaker, &k->bconf) == 1;
     } else {
         rsl__limiter_configure(c->u.limiter, &k->lconf, now);
+        rsl__lease *pl = rsl__guard_lease(k->parent), *l = rsl__guard_lease(c);
+        if (pl && l) {
+            rsl__lease_conf lc;
+            rsl__lease_conf_get(pl, &lc);
+            rsl__lease_configure(l, &lc);
+        }
     }
     return rc;
 }
@@ -638,9 +672,10 @@ static void item_of(rsl__keyed_item *it, const rsl__guard *c, uint64_t calls, in
             }
         }
     } else {
-        it->rejections = rsl__limiter_rejections(c->u.limiter);
+        it->rejections = limiter_rejections(c);
         it->state = -1;
-        it->tokens = rsl__limiter_tokens(c->u.limiter, (int64_t)now);
+        it->tokens = rsl__guard_lease(c) ? (double)rsl__lease_pool(rsl__guard_lease(c))
+                                         : rsl__limiter_tokens(c->u.limiter, (int64_t)now);
     }
 }
 

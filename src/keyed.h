@@ -18,6 +18,10 @@
  * chance).  When nothing can go, the key is served by the guard's one overflow child,
  * shared by every such key: memory stays bounded and no call goes unguarded.
  *
+ * Global: a keyed limiter with scope = "global" gives each child a lease of its own
+ * (rsl__lease_new_key: one bucket in Redis per key value, counted on the parent's lease),
+ * freed with the child; such a child costs nothing to evict but its leased tokens.
+ *
  * Lifetime: a child is reference counted (rsl__guard.refs): the table holds one, an
  * attempt that holds the child (a breaker's permit) holds one, so an evicted child lives
  * until its last attempt gives it back.
@@ -68,12 +72,14 @@ void rsl__keyed_set_hook(rsl__keyed *k, rsl__breaker_hook fn, void *ud);
  * One attempt through the keyed guard g of a call with request req at `now`: the parent's
  * override first (force_open refuses, disable admits holding nothing), then the key
  * expanded from req into buf (a missing attribute is the key ""), its child found or made,
- * and rsl__guard_acquire on it.  Returns as rsl__guard_acquire; when admitted, *child is
+ * and rsl__guard_acquire on it (a global limiter's child then tends its lease on redis,
+ * the calling worker's connection or NULL).  Returns as rsl__guard_acquire; when admitted, *child is
  * the child to hand to rsl__keyed_release (a reference), or NULL when nothing is held (a
  * limiter's token is spent, or the guard is disabled).
  */
 int rsl__keyed_acquire(rsl__guard *g, const rsl_req *req, rsl__buf *buf, int64_t now,
-                       int priority, rsl__permit *permit, rsl__guard **child, const char **why);
+                       int priority, rsl__redis *redis, rsl__permit *permit, rsl__guard **child,
+                       const char **why);
 /* Gives an acquired child back (rsl__guard_release) and drops its reference. */
 void rsl__keyed_release(rsl__guard *child, rsl__permit *permit, int verdict, int64_t now,
                         rsl_outcome outcome, int status, int64_t latency_ns);

@@ -12,6 +12,7 @@
 #include "resilua.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,7 +22,7 @@
  * instances seen asking in the last ALIVE ms.  KEYS: bucket, instances.  ARGV: tokens per
  * ms, burst, tokens wanted, this instance, ALIVE ms, the bucket's TTL ms.  Returns
  * { granted, instances alive, ms until `wanted` more would be there }. */
-static const char SCRIPT[] =
+static const char SCRIPT_TEXT[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local rate, burst, want = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
@@ -39,10 +40,11 @@ static const char SCRIPT[] =
     "local wait = 0\n"
     "if grant < want then wait = math.ceil((want - grant - tokens) / rate) end\n"
     "return { grant, redis.call('ZCARD', KEYS[2]), wait }\n";
+static rsl__redis_script SCRIPT = {.text = SCRIPT_TEXT};
 
 struct rsl__lease {
     char *name, *bucket_key, *inst_key;
-    const rsl__leases *owner;
+    rsl__leases *owner;
     _Atomic double rate, burst;
     _Atomic int64_t per_ns, lease;
     _Atomic int on_down;
@@ -56,7 +58,12 @@ struct rsl__lease {
     rsl__limiter *local;       /* DOWN with on_redis_down "local": rate / instances */
     _Atomic int64_t local_for; /* the instance count `local` is set for */
     _Atomic int64_t first;     /* the first tend (real time): how long it has been starting */
-    struct rsl__lease *next;
+    /* A key's lease (rsl__lease_new_key): its keyed guard's lease, which its counts and
+     * mode go to as well (what /state and /metrics show, and the log); NULL otherwise. */
+    rsl__lease *agg;
+    _Atomic int refs; /* a key's lease: its child guard's and each refill's in flight */
+    struct rsl__lease *next;         /* the registry's named leases */
+    struct rsl__lease *kprev, *knext; /* the registry's keys' leases (under its mu) */
 };
 
 struct rsl__leases {
@@ -64,7 +71,28 @@ struct rsl__leases {
     char *instance;
     const rsl__env *env;
     rsl__lease *head;
+    /* Keys' leases alive, so that the registry frees those a refill still held when the
+     * workers stopped (rsl__redis_close drops a reply's callback, and its reference). */
+    pthread_mutex_t mu;
+    rsl__lease *keys;
 };
+
+/* n more of counter `field` of l, and of its keyed guard's lease. */
+#define COUNT(l, field, n)                                                                   \
+    do {                                                                                     \
+        atomic_fetch_add_explicit(&(l)->field, (n), memory_order_relaxed);                   \
+        if ((l)->agg) {                                                                      \
+            atomic_fetch_add_explicit(&(l)->agg->field, (n), memory_order_relaxed);          \
+        }                                                                                    \
+    } while (0)
+
+static void lease_free(rsl__lease *l) {
+    rsl__limiter_free(l->local);
+    free(l->name);
+    free(l->bucket_key);
+    free(l->inst_key);
+    free(l);
+}
 
 rsl__leases *rsl__leases_new(const char *prefix, const char *instance, const rsl__env *env) {
     rsl__leases *ls = calloc(1, sizeof(*ls));
@@ -72,6 +100,7 @@ rsl__leases *rsl__leases_new(const char *prefix, const char *instance, const rsl
         return NULL;
     }
     ls->env = env;
+    pthread_mutex_init(&ls->mu, NULL);
     ls->prefix = strdup(prefix ? prefix : "resilua:");
     ls->instance = strdup(instance ? instance : "instance");
     if (!ls->prefix || !ls->instance) {
@@ -87,12 +116,13 @@ void rsl__leases_free(rsl__leases *ls) {
     }
     for (rsl__lease *l = ls->head, *n; l; l = n) {
         n = l->next;
-        rsl__limiter_free(l->local);
-        free(l->name);
-        free(l->bucket_key);
-        free(l->inst_key);
-        free(l);
+        lease_free(l);
     }
+    for (rsl__lease *l = ls->keys, *n; l; l = n) {
+        n = l->knext;
+        lease_free(l);
+    }
+    pthread_mutex_destroy(&ls->mu);
     free(ls->prefix);
     free(ls->instance);
     free(ls);
@@ -157,6 +187,32 @@ int rsl__lease_configure(rsl__lease *l, const rsl__lease_conf *in) {
     return 1;
 }
 
+/* A lease of `name` with conf c (resolved), in no registry yet: one reference. */
+static rsl__lease *make(rsl__leases *ls, const char *name, const rsl__lease_conf *c) {
+    rsl__limiter_conf lc;
+    rsl__lease *l = calloc(1, sizeof(*l));
+    if (!l || local_conf(c, 1, &lc) < 0) {
+        free(l);
+        return NULL;
+    }
+    l->owner = ls;
+    l->name = strdup(name);
+    l->bucket_key = key(ls, name, "tb");
+    l->inst_key = key(ls, name, "inst");
+    l->local = rsl__limiter_new(name, &lc);
+    if (!l->name || !l->bucket_key || !l->inst_key || !l->local) {
+        lease_free(l);
+        return NULL;
+    }
+    store_conf(l, c);
+    atomic_init(&l->refs, 1);
+    atomic_init(&l->instances, 1);
+    atomic_init(&l->local_for, 1);
+    atomic_init(&l->pool, c->lease); /* the credit before the first lease (lease.h) */
+    atomic_init(&l->mode, RSL_LEASE_STARTING);
+    return l;
+}
+
 rsl__lease *rsl__leases_get(rsl__leases *ls, const char *name, const rsl__lease_conf *in) {
     rsl__lease_conf c;
     rsl__limiter_conf lc;
@@ -168,31 +224,67 @@ rsl__lease *rsl__leases_get(rsl__leases *ls, const char *name, const rsl__lease_
             return l;
         }
     }
-    rsl__lease *l = calloc(1, sizeof(*l));
-    if (!l) {
-        return NULL;
+    rsl__lease *l = make(ls, name, &c);
+    if (l) {
+        l->next = ls->head;
+        ls->head = l;
     }
-    l->owner = ls;
-    l->name = strdup(name);
-    l->bucket_key = key(ls, name, "tb");
-    l->inst_key = key(ls, name, "inst");
-    l->local = rsl__limiter_new(name, &lc);
-    if (!l->name || !l->bucket_key || !l->inst_key || !l->local) {
-        rsl__limiter_free(l->local);
-        free(l->name);
-        free(l->bucket_key);
-        free(l->inst_key);
-        free(l);
-        return NULL;
-    }
-    store_conf(l, &c);
-    atomic_init(&l->instances, 1);
-    atomic_init(&l->local_for, 1);
-    atomic_init(&l->pool, c.lease); /* the credit before the first lease (lease.h) */
-    atomic_init(&l->mode, RSL_LEASE_STARTING);
-    l->next = ls->head;
-    ls->head = l;
     return l;
+}
+
+rsl__lease *rsl__lease_new_key(rsl__lease *parent, const char *k, size_t len) {
+    /* "NAME[KEY]", the key's bytes other than printable ASCII (and '%', the braces that
+     * would end the hash tag, and the brackets) as %XX: one Redis key per key value. */
+    char name[3 * 256 + 256];
+    int n = snprintf(name, sizeof(name), "%.200s[", parent->name);
+    for (size_t i = 0; i < len && n < (int)sizeof(name) - 5; i++) {
+        unsigned char ch = (unsigned char)k[i];
+        if (ch < 0x21 || ch > 0x7e || strchr("%{}[]", ch)) {
+            n += snprintf(name + n, sizeof(name) - (size_t)n, "%%%02X", ch);
+        } else {
+            name[n++] = (char)ch;
+        }
+    }
+    snprintf(name + n, sizeof(name) - (size_t)n, "]");
+    rsl__lease_conf c;
+    load_conf(parent, &c);
+    rsl__lease *l = make(parent->owner, name, &c);
+    if (l) {
+        rsl__leases *ls = l->owner;
+        l->agg = parent->agg ? parent->agg : parent;
+        pthread_mutex_lock(&ls->mu);
+        l->knext = ls->keys;
+        if (ls->keys) {
+            ls->keys->kprev = l;
+        }
+        ls->keys = l;
+        pthread_mutex_unlock(&ls->mu);
+    }
+    return l;
+}
+
+void rsl__lease_unref(rsl__lease *l) {
+    if (!l || atomic_fetch_sub_explicit(&l->refs, 1, memory_order_acq_rel) != 1) {
+        return;
+    }
+    if (l->agg) { /* a key's: out of the registry's list */
+        rsl__leases *ls = l->owner;
+        pthread_mutex_lock(&ls->mu);
+        if (l->kprev) {
+            l->kprev->knext = l->knext;
+        } else {
+            ls->keys = l->knext;
+        }
+        if (l->knext) {
+            l->knext->kprev = l->kprev;
+        }
+        pthread_mutex_unlock(&ls->mu);
+    }
+    lease_free(l);
+}
+
+int64_t rsl__lease_pool(const rsl__lease *l) {
+    return atomic_load_explicit(&l->pool, memory_order_relaxed);
 }
 
 void rsl__lease_conf_get(const rsl__lease *l, rsl__lease_conf *c) {
@@ -200,7 +292,7 @@ void rsl__lease_conf_get(const rsl__lease *l, rsl__lease_conf *c) {
 }
 
 const char *rsl__lease_script(void) {
-    return SCRIPT;
+    return SCRIPT_TEXT;
 }
 
 const char *rsl__lease_on_down_name(int on_down) {
@@ -248,7 +340,7 @@ int rsl__lease_acquire(rsl__lease *l, int64_t now, const char **why) {
         }
         if (od == RSL_LEASE_CLOSED) {
             *why = "refuses all: Redis is down and on_redis_down is \"closed\"";
-            atomic_fetch_add_explicit(&l->rejections, 1, memory_order_relaxed);
+            COUNT(l, rejections, 1);
             return 0;
         }
         if (local_allow(l, now)) {
@@ -256,14 +348,16 @@ int rsl__lease_acquire(rsl__lease *l, int64_t now, const char **why) {
         }
         *why = "is empty (its local share: Redis is down)";
     }
-    atomic_fetch_add_explicit(&l->rejections, 1, memory_order_relaxed);
+    COUNT(l, rejections, 1);
     return 0;
 }
 
-/* A change of mode, logged once. */
+/* A change of mode, logged once (a key's: on its guard's lease, once for all its keys). */
 static void set_mode(rsl__lease *l, int to, const char *why) {
     int from = atomic_exchange_explicit(&l->mode, to, memory_order_relaxed);
-    if (from != to && l->owner->env) {
+    if (l->agg) {
+        set_mode(l->agg, to, why);
+    } else if (from != to && l->owner->env) {
         rsl__log(l->owner->env, to == RSL_LEASE_DOWN ? RSL_LOG_WARN : RSL_LOG_INFO,
                  "limiter \"%s\": %s -> %s%s%s", l->name, rsl__lease_mode_name(from),
                  rsl__lease_mode_name(to), why ? ": " : "", why ? why : "");
@@ -291,17 +385,24 @@ static void refilled(void *ud, const rsl__redis_reply *r) {
     rsl__lease *l = ud;
     long long grant = 0, alive = 0, wait = 0;
     int64_t now = rsl__clock_coarse();
+    if (rsl__redis_noscript(&SCRIPT, r)) { /* Redis lost the script: EVAL it next, now */
+        atomic_store_explicit(&l->next_ask, 0, memory_order_relaxed);
+        ask_done(l, now);
+        rsl__lease_unref(l);
+        return;
+    }
     if (r->outcome != RSL_OUTCOME_OK ||
         sscanf(r->str, "[%lld,%lld,%lld]", &grant, &alive, &wait) != 3 || grant < 0) {
-        atomic_fetch_add_explicit(&l->errors, 1, memory_order_relaxed);
+        COUNT(l, errors, 1);
         atomic_store_explicit(&l->next_ask, now + RSL_LEASE_PROBE_NS, memory_order_relaxed);
         ask_done(l, now);
         set_mode(l, RSL_LEASE_DOWN,
                  r->outcome == RSL_OUTCOME_OK ? "a reply it cannot read" : r->error);
+        rsl__lease_unref(l); /* the refill's reference */
         return;
     }
     atomic_fetch_add_explicit(&l->pool, grant, memory_order_relaxed);
-    atomic_fetch_add_explicit(&l->granted, (uint64_t)grant, memory_order_relaxed);
+    COUNT(l, granted, (uint64_t)grant);
     atomic_store_explicit(&l->instances, alive > 0 ? alive : 1, memory_order_relaxed);
     /* Empty in Redis: not again before the tokens are there (at most a second). */
     int64_t w = wait > 1000 ? 1000 : wait;
@@ -309,6 +410,7 @@ static void refilled(void *ud, const rsl__redis_reply *r) {
                           memory_order_relaxed);
     ask_done(l, now);
     set_mode(l, RSL_LEASE_JOINED, NULL);
+    rsl__lease_unref(l);
 }
 
 void rsl__lease_tend(rsl__lease *l, rsl__redis *r) {
@@ -329,7 +431,7 @@ void rsl__lease_tend(rsl__lease *l, rsl__redis *r) {
         t - atomic_load_explicit(&l->progress, memory_order_relaxed) > RSL_LEASE_TIMEOUT_NS) {
         if (atomic_compare_exchange_strong_explicit(&l->asks, &asks, 0, memory_order_acq_rel,
                                                     memory_order_relaxed)) {
-            atomic_fetch_add_explicit(&l->errors, 1, memory_order_relaxed);
+            COUNT(l, errors, 1);
             atomic_store_explicit(&l->next_ask, t + RSL_LEASE_PROBE_NS, memory_order_relaxed);
             set_mode(l, RSL_LEASE_DOWN, "Redis did not answer within 250 ms");
         }
@@ -350,7 +452,7 @@ void rsl__lease_tend(rsl__lease *l, rsl__redis *r) {
         }
         atomic_store_explicit(&l->next_ask, t + RSL_LEASE_PROBE_NS, memory_order_relaxed);
         if (r) {
-            atomic_fetch_add_explicit(&l->errors, 1, memory_order_relaxed);
+            COUNT(l, errors, 1);
         }
         set_mode(l, RSL_LEASE_DOWN,
                  r ? "Redis is not connected" : "no Redis (--redis) to share it through");
@@ -375,16 +477,13 @@ void rsl__lease_tend(rsl__lease *l, rsl__redis *r) {
     snprintf(wants, sizeof(wants), "%lld", (long long)chunk_of(c.lease));
     snprintf(alive, sizeof(alive), "%d", RSL_LEASE_ALIVE_MS);
     snprintf(ttl, sizeof(ttl), "%lld", (long long)(c.burst / (c.rate / per_ms)) + 1000);
-    const char *argv[] = {"EVAL", SCRIPT, "2",   l->bucket_key,      l->inst_key,
-                          rate,   burst,  wants, l->owner->instance, alive,
-                          ttl};
-    size_t lens[11];
-    for (int i = 0; i < 11; i++) {
-        lens[i] = strlen(argv[i]);
-    }
-    atomic_fetch_add_explicit(&l->refills, 1, memory_order_relaxed);
-    if (rsl__redis_command(r, 11, argv, lens, refilled, l, NULL) != 0) {
-        atomic_fetch_add_explicit(&l->errors, 1, memory_order_relaxed);
+    const char *argv[] = {"2",   l->bucket_key,      l->inst_key, rate, burst,
+                          wants, l->owner->instance, alive,       ttl};
+    COUNT(l, refills, 1);
+    atomic_fetch_add_explicit(&l->refs, 1, memory_order_relaxed); /* the reply's: refilled */
+    if (rsl__redis_eval(r, &SCRIPT, 9, argv, refilled, l) != 0) {
+        atomic_fetch_sub_explicit(&l->refs, 1, memory_order_relaxed); /* the caller has one */
+        COUNT(l, errors, 1);
         atomic_store_explicit(&l->next_ask, t + RSL_LEASE_PROBE_NS, memory_order_relaxed);
         ask_done(l, t);
         set_mode(l, RSL_LEASE_DOWN, "Redis refused the command");

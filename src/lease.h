@@ -21,10 +21,16 @@
  * expire with the instance.
  *
  * Threads: acquire and tend on any worker (the pool and the flags are atomics); a refill
- * is sent on the calling worker's Redis connection and answered on its loop.  Leases are
- * owned by the runtime's registry (rsl__leases) and live until it is freed, after the
- * workers stopped: a reply in flight never outlives its lease, and a reload that drops a
- * global limiter and declares it again finds the same lease (and its pool).
+ * is sent on the calling worker's Redis connection and answered on its loop.  Named
+ * leases are owned by the runtime's registry (rsl__leases) and live until it is freed,
+ * after the workers stopped: a reply in flight never outlives its lease, and a reload that
+ * drops a global limiter and declares it again finds the same lease (and its pool).  A
+ * key's lease (rsl__lease_new_key) is reference counted instead: its child guard holds
+ * one, a refill in flight another.
+ *
+ * Per key (`key` on a global limiter): one bucket in Redis per key value, so the bound
+ * above holds per key, plus one lease for each time an instance makes the key's guard
+ * anew (its first credit: a key evicted and seen again starts with a credit again).
  */
 #ifndef RSL_LEASE_H
 #define RSL_LEASE_H
@@ -33,6 +39,7 @@
 #include "limiter.h"
 #include "redis.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define RSL_LEASE_TIMEOUT_NS (250 * 1000000LL)
@@ -63,6 +70,20 @@ void rsl__leases_free(rsl__leases *ls);
 /* The lease of `name`, found (unchanged) or made with c.  NULL when out of memory or on a
  * bad conf.  The loader's thread. */
 rsl__lease *rsl__leases_get(rsl__leases *ls, const char *name, const rsl__lease_conf *c);
+/*
+ * A key's lease (a keyed global limiter's child, keyed.h): parent's settings, its own
+ * bucket in Redis (the keys of "PARENT[KEY]", the key's unusual bytes as %XX), pool, mode
+ * and fallback limiter; its counts and changes of mode also go to parent's lease (or to
+ * the lease parent's go to), which /state and /metrics show and which logs them once for
+ * all its keys.  The caller holds its one reference (rsl__lease_unref); a refill in flight
+ * holds another, so an evicted key's lease lives until its reply.  Not found by name; the
+ * registry lists it only to free it if a refill still held it when the workers stopped
+ * (their Redis connections drop pending callbacks).  NULL when out of memory.
+ */
+rsl__lease *rsl__lease_new_key(rsl__lease *parent, const char *key, size_t len);
+void rsl__lease_unref(rsl__lease *l); /* a key's lease; NULL is a no-op */
+int64_t rsl__lease_pool(const rsl__lease *l); /* tokens leased, not yet spent */
+
 /* New settings in place (the pool and the mode stay): 1 when they changed anything. */
 int rsl__lease_configure(rsl__lease *l, const rsl__lease_conf *c);
 void rsl__lease_conf_get(const rsl__lease *l, rsl__lease_conf *c);

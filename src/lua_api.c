@@ -162,11 +162,16 @@ static int sig_load(lua_State *L) {
     return 1;
 }
 
-/* sig.tokens(name [, key]): a key not seen yet has a full bucket (the parent's, unused). */
+/* sig.tokens(name [, key]): a key not seen yet has a full bucket (the parent's, unused);
+ * a global limiter's are the tokens this instance leased and has not spent (a key not
+ * seen yet: the first lease's credit). */
 static int sig_tokens(lua_State *L) {
     rsl__guard *g = arg_guard(L, LIMITER, "tokens");
     rsl__guard *c = key_child(L, g, 2, "tokens");
-    lua_pushnumber(L, rsl__limiter_tokens(c ? c->u.limiter : g->u.limiter, api(L)->now));
+    const rsl__guard *x = c ? c : g;
+    rsl__lease *l = rsl__guard_lease(x);
+    lua_pushnumber(L, l ? (lua_Number)rsl__lease_pool(l)
+                        : rsl__limiter_tokens(x->u.limiter, api(L)->now));
     rsl__guard_unref(c);
     return 1;
 }

@@ -150,13 +150,6 @@ int rsl__plan_guards(loader *ld, rsl__guards *reg) {
                            d->file, d->line, rsl__guard_kind_name(d->kind), d->name);
             return -1;
         }
-        char kerr[512];
-        if (d->key && rsl__keyed_attach(fresh, d->key, &d->kc, kerr, sizeof(kerr)) < 0) {
-            rsl__guard_unref(fresh);
-            rsl__lines_add(&ld->errs, "%s:%d: %s \"%s\": %s", d->file, d->line,
-                           rsl__guard_kind_name(d->kind), d->name, kerr);
-            return -1;
-        }
         rsl__guard *old = rsl__guards_find(reg, d->name);
         rsl__guard_reserve_set(fresh, d->usable); /* a fresh guard is nobody's yet */
         if (d->global && ld->o->leases) {
@@ -179,8 +172,19 @@ int rsl__plan_guards(loader *ld, rsl__guards *reg) {
             }
             atomic_store(&fresh->fleet, d->fleet);
         }
+        /* After the lease: a keyed global limiter's children (its overflow child from now)
+         * take leases of their own from it. */
+        char kerr[512];
+        if (d->key && rsl__keyed_attach(fresh, d->key, &d->kc, kerr, sizeof(kerr)) < 0) {
+            rsl__guard_unref(fresh);
+            rsl__lines_add(&ld->errs, "%s:%d: %s \"%s\": %s", d->file, d->line,
+                           rsl__guard_kind_name(d->kind), d->name, kerr);
+            return -1;
+        }
         /* Keyed or not, and on which template, is part of the kind: a change starts afresh. */
-        int same_keys = old && (old->keyed ? rsl__keyed_compatible(old->keyed, d->key, &d->kc)
+        int same_keys = old && (old->keyed ? rsl__keyed_compatible(old->keyed, d->key, &d->kc) &&
+                                                 (rsl__guard_lease(old) != NULL) ==
+                                                     (d->lease != NULL) /* children's leases */
                                            : d->key == NULL);
         if (old && old->kind == d->kind && same_keys) {
             rsl__guard_unref(fresh);
@@ -315,11 +319,6 @@ int rsl__apply_guards(loader *ld, rsl__guards *reg, rsl__load_report *rep) {
             if (r >= 0 && rsl__guard_reserve_set(g->guards[i], d->usable) && r == 0) {
                 r = 1; /* only its reserve changed */
             }
-            if (r >= 0 && g->guards[i]->keyed) { /* the children follow, and max_keys, top_k */
-                int64_t now = ld->o->clock ? ld->o->clock(ld->o->clock_ud) : rsl__clock_now();
-                int kr = rsl__keyed_configure(g->guards[i], &d->kc, r > 0, r == 2, now);
-                r = kr > r ? kr : r;
-            }
             if (r >= 0 && d->kind == RSL_GUARD_LIMITER) { /* its scope, or its lease's settings */
                 rsl__guard *gg = g->guards[i];
                 int moved = rsl__guard_lease(gg) != d->lease;
@@ -333,6 +332,11 @@ int rsl__apply_guards(loader *ld, rsl__guards *reg, rsl__load_report *rep) {
                 int conf = d->fleet && rsl__fleet_configure(d->fleet, &d->fc);
                 atomic_store(&gg->fleet, d->fleet);
                 r = r == 0 && (moved || conf) ? 1 : r;
+            }
+            if (r >= 0 && g->guards[i]->keyed) { /* the children follow (settings, lease's too), max_keys, top_k */
+                int64_t now = ld->o->clock ? ld->o->clock(ld->o->clock_ud) : rsl__clock_now();
+                int kr = rsl__keyed_configure(g->guards[i], &d->kc, r > 0, r == 2, now);
+                r = kr > r ? kr : r;
             }
             if (r < 0) { /* out of memory for a new window: the old settings stay */
                 rsl__lines_add(&ld->warnings,

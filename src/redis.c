@@ -712,6 +712,62 @@ int rsl__redis_command(rsl__redis *r, int argc, const char **argv, const size_t 
     return 0;
 }
 
+/* SCRIPT LOAD's reply: the SHA1, kept for good; a failure lets the next send ask again. */
+static void script_loaded(void *ud, const rsl__redis_reply *rep) {
+    rsl__redis_script *s = ud;
+    if (rep->outcome == RSL_OUTCOME_OK && rep->len == 40) {
+        if (s->sha[0] == 0) {
+            memcpy(s->sha, rep->str, 40);
+            s->sha[40] = 0;
+        }
+        atomic_store_explicit(&s->state, 2, memory_order_release);
+    } else {
+        atomic_store_explicit(&s->state, s->sha[0] ? 3 : 0, memory_order_release);
+    }
+}
+
+int rsl__redis_eval(rsl__redis *r, rsl__redis_script *s, int argc, const char **argv,
+                    rsl__redis_cb cb, void *ud) {
+    const char *v[34];
+    size_t lens[34];
+    if (argc < 1 || argc > 32) {
+        return RSL_EINVAL;
+    }
+    int st = atomic_load_explicit(&s->state, memory_order_acquire);
+    if (st == 0 && atomic_compare_exchange_strong_explicit(&s->state, &st, 1,
+                                                           memory_order_acq_rel,
+                                                           memory_order_acquire)) {
+        const char *load[] = {"SCRIPT", "LOAD", s->text};
+        if (rsl__redis_command(r, 3, load, NULL, script_loaded, s, NULL) != 0) {
+            atomic_store_explicit(&s->state, 0, memory_order_release);
+        }
+        st = 1;
+    } else if (st == 3 && atomic_compare_exchange_strong_explicit(&s->state, &st, 2,
+                                                                  memory_order_acq_rel,
+                                                                  memory_order_acquire)) {
+        st = 3; /* this one EVAL caches it on the server again */
+    }
+    v[0] = st == 2 ? "EVALSHA" : "EVAL";
+    v[1] = st == 2 ? s->sha : s->text;
+    for (int i = 0; i < argc; i++) {
+        v[i + 2] = argv[i];
+    }
+    for (int i = 0; i < argc + 2; i++) {
+        lens[i] = strlen(v[i]);
+    }
+    return rsl__redis_command(r, argc + 2, v, lens, cb, ud, NULL);
+}
+
+int rsl__redis_noscript(rsl__redis_script *s, const rsl__redis_reply *rep) {
+    if (rep->outcome != RSL_OUTCOME_ERROR || strncmp(rep->error, "NOSCRIPT", 8) != 0) {
+        return 0;
+    }
+    int two = 2;
+    atomic_compare_exchange_strong_explicit(&s->state, &two, 3, memory_order_acq_rel,
+                                            memory_order_relaxed);
+    return 1;
+}
+
 void rsl__redis_cancel(rsl__redis *r, rsl__redis_cmd *c) {
     (void)r;
     if (c) {

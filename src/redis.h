@@ -20,6 +20,7 @@
 #ifndef RSL_REDIS_H
 #define RSL_REDIS_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <uv.h>
 
@@ -78,6 +79,28 @@ int rsl__redis_connected(const rsl__redis *r);
  * or the connection closes. */
 int rsl__redis_command(rsl__redis *r, int argc, const char **argv, const size_t *argvlen,
                        rsl__redis_cb cb, void *ud, rsl__redis_cmd **out);
+/*
+ * A Lua script sent by its SHA1 (EVALSHA) once Redis has given it (SCRIPT LOAD, sent once
+ * per process while unknown), by its text (EVAL) until then: a script of a few kB then
+ * travels once, not with every call.  The SHA1 of a text is the same on every server, so
+ * one is kept per process; a server that lacks the script (restarted, SCRIPT FLUSH)
+ * answers NOSCRIPT, and rsl__redis_noscript turns the next send into an EVAL, which
+ * caches it there again.  A static object with `text` set, the rest zero; any loop.
+ */
+typedef struct rsl__redis_script {
+    const char *text;
+    _Atomic int state; /* 0 unknown, 1 loading, 2 EVALSHA, 3 EVAL once (after NOSCRIPT) */
+    char sha[41];      /* written once, before state first becomes 2 */
+} rsl__redis_script;
+
+/* EVAL(SHA) of s on r: argv (argc of them) is numkeys, the keys and the arguments, as
+ * after the script in EVAL.  As rsl__redis_command (at most 32 arguments). */
+int rsl__redis_eval(rsl__redis *r, rsl__redis_script *s, int argc, const char **argv,
+                    rsl__redis_cb cb, void *ud);
+/* 1 when rep is Redis' NOSCRIPT (s is sent as EVAL next time; the caller retries soon,
+ * and counts no failure), else 0. */
+int rsl__redis_noscript(rsl__redis_script *s, const rsl__redis_reply *rep);
+
 /* The caller stops waiting (its timeout, its call canceled): cb never runs; the reply is
  * dropped when it arrives.  c NULL is a no-op. */
 void rsl__redis_cancel(rsl__redis *r, rsl__redis_cmd *c);

@@ -272,6 +272,7 @@ void rsl__worker_release(rsl__worker *w) {
 static void *run(void *arg) {
     rsl__worker *w = arg;
     self = w;
+    rsl__thread_slot = w->index + 1 < RSL_THREAD_SLOTS ? w->index + 1 : 0;
     rsl__rand_seed(w->conf.seed ? w->conf.seed + (uint64_t)w->index : 0);
     io_start(w);
     uv_sem_post(&w->ready);
@@ -285,6 +286,7 @@ static void *run(void *arg) {
         }
     }
     self = NULL;
+    rsl__thread_slot = 0;
     return NULL;
 }
 

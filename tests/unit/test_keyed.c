@@ -7,7 +7,8 @@
  * key instead); a reload keeps the keys (new thresholds reach them), a new key template
  * starts afresh and says so; an admin override of the guard covers every key; /metrics
  * carries at most top_k + 1 series per metric of a keyed guard; the DSL refuses bad
- * declarations with file:line; two host threads through a small table on two workers.
+ * declarations with file:line; two host threads through a small table on two workers; a
+ * keyed global limiter gives each key a lease of its own (no Redis here: down, closed).
  */
 // ctest-labels: tsan
 #include "resilua.h"
@@ -412,6 +413,72 @@ TEST(metrics_top_k_and_other) {
     rsl_close(rt);
 }
 
+/* scope = "global" with key and no Redis: every key's child takes a lease of its own,
+ * spends its first credit, goes down and refuses (on_redis_down = "closed"); the guard's
+ * /state and /metrics show one mode and the sum of its keys' refusals, logged once; keys
+ * evicted from a table of 2 free their leases (ASan); a reload with a new rate keeps the
+ * keys; back to scope = "local" starts afresh. */
+static int downs;
+static void count_downs(void *ud, rsl_log_level level, const char *msg) {
+    (void)ud;
+    (void)level;
+    downs += strstr(msg, "-> down") != NULL;
+}
+
+TEST(global_keys_each_their_lease) {
+    const char *dir = rsl_test_tmpdir();
+    write_policy(dir, "r.limiter 'g' { rate = 100, burst = 10, scope = 'global', lease = 3,\n"
+                      "  on_redis_down = 'closed', key = '${tenant}', max_keys = 2 }");
+    rsl_options o;
+    rsl_options_init(&o);
+    o.policy_dir = dir;
+    o.workers = 1;
+    o.clock = fake_clock;
+    o.log = count_downs;
+    rsl_runtime *rt = NULL;
+    char err[1024];
+    ASSERT_EQ(rsl_open(&rt, &o, err, sizeof(err)), 0);
+    /* The first call of a key spends its credit; its tend finds no Redis: down, closed. */
+    ASSERT_EQ(call(rt, "a", "0"), RSL_OUTCOME_OK);
+    ASSERT_EQ(call(rt, "a", "0"), RSL_OUTCOME_REJECTED);
+    ASSERT_EQ(call(rt, "b", "0"), RSL_OUTCOME_OK); /* its own credit: its own lease */
+    ASSERT_EQ(call(rt, "b", "0"), RSL_OUTCOME_REJECTED);
+    ASSERT_STR_EQ(peek(rt, "c", 1), "3"); /* unseen: a whole lease's credit */
+    for (int i = 0; i < 20; i++) { /* keys through a table of 2 */
+        char k[16];
+        snprintf(k, sizeof(k), "k%d", i);
+        ASSERT_EQ(call(rt, k, "0"), RSL_OUTCOME_OK);
+    }
+    char *st = state(rt);
+    ASSERT_CONTAINS(st, "\"scope\":\"global\",\"mode\":\"down\",\"refills\":0");
+    ASSERT_CONTAINS(st, "\"rejections\":2");
+    ASSERT_CONTAINS(st, "\"keys\":2");
+    ASSERT(strstr(st, "\"evictions\":0") == NULL);
+    rsl_free(st);
+    ASSERT_EQ(downs, 1);
+    char *m = rsl_metrics_text(rt);
+    ASSERT(m != NULL);
+    ASSERT_CONTAINS(m, "resilua_shared_mode{guard=\"g\",mode=\"down\"} 1\n");
+    rsl_free(m);
+    /* A new rate reaches the keys' leases; the table stays. */
+    write_policy(dir, "r.limiter 'g' { rate = 50, burst = 10, scope = 'global', lease = 3,\n"
+                      "  on_redis_down = 'closed', key = '${tenant}', max_keys = 2 }");
+    ASSERT_EQ(rsl_reload(rt, err, sizeof(err)), 0);
+    st = state(rt);
+    ASSERT_CONTAINS(st, "\"keys\":2");
+    rsl_free(st);
+    /* Local again: the guard starts afresh, with full buckets and no leases. */
+    write_policy(dir, "r.limiter 'g' { rate = 100, burst = 10, key = '${tenant}', max_keys = 2 }");
+    ASSERT_EQ(rsl_reload(rt, err, sizeof(err)), 0);
+    ASSERT_EQ(call(rt, "a", "0"), RSL_OUTCOME_OK);
+    ASSERT_EQ(call(rt, "a", "0"), RSL_OUTCOME_OK);
+    st = state(rt);
+    ASSERT(strstr(st, "\"scope\":\"global\"") == NULL);
+    ASSERT_CONTAINS(st, "\"keys\":1");
+    rsl_free(st);
+    rsl_close(rt);
+}
+
 TEST(dsl_errors) {
     static const struct {
         const char *decl, *want;
@@ -424,8 +491,6 @@ TEST(dsl_errors) {
         {"r.breaker 'g' { key = '${t}', max_keys = 0 }", "p.lua:2: breaker \"g\": max_keys"},
         {"r.breaker 'g' { key = '${t}', max_keys = 1.5 }", "p.lua:2: breaker \"g\": max_keys"},
         {"r.limiter 'g' { rate = 1, key = '${t}', top_k = 101 }", "p.lua:2: limiter \"g\": top_k"},
-        {"r.limiter 'g' { rate = 1, scope = 'global', key = '${t}' }",
-         "p.lua:2: limiter \"g\": key is not available with scope = \"global\" yet"},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(*cases); i++) {
         const char *dir = rsl_test_tmpdir();
