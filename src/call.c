@@ -334,6 +334,9 @@ void rsl__call_finish(rsl__call *c, int64_t now) {
     if (c->tr && !c->cb_keeps_result) {
         rsl__trace_emit(c, r, now); /* after the answer: its caller does not wait for this */
     }
+    if (c->fleet_due) { /* a shared breaker's flush, if one is due: after the answer too */
+        rsl__fleet_tend(c->fleet_due, c->w->redis);
+    }
     rsl__worker *w = c->w;
     if (c->timer_inited) {
         uv_close((uv_handle_t *)&c->timer, on_timer_closed);

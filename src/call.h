@@ -124,6 +124,8 @@ struct rsl__call {
     rsl__buf io;                      /* an HTTP request's expanded body, kept until it ends */
     rsl__trace *tr;                   /* this call's trace (span.h); NULL: none */
     rsl__trace *tr_spare;             /* a finished call's, kept with the object for reuse */
+    rsl__fleet *fleet_due;            /* a shared breaker's fleet to tend once the call has
+                                         answered (its flush, if due, waits for that) */
 };
 
 /* RSL_MSG_CANCEL: cancel call `id` on the worker it is posted to (malloc'd). */

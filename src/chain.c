@@ -52,8 +52,11 @@ static void give_back(rsl__call *c, const rsl__step *s, int i, int verdict, int6
         rsl__guard *g = s->guards[i];
         rsl__guard_release(g, &c->permits[i], verdict, now, c->ans.outcome, c->ans.status,
                            now - c->attempt_start);
-        if (g->kind == RSL_GUARD_BREAKER && rsl__guard_fleet(g)) {
-            rsl__fleet_tend(rsl__guard_fleet(g), c->w->redis); /* on our loop */
+        rsl__fleet *f = g->kind == RSL_GUARD_BREAKER ? rsl__guard_fleet(g) : NULL;
+        if (f && (!c->fleet_due || c->fleet_due == f)) {
+            c->fleet_due = f; /* tended after the answer (call.c): a flush never delays it */
+        } else if (f) {
+            rsl__fleet_tend(f, c->w->redis); /* a second shared breaker: on our loop, now */
         }
     }
 }

@@ -10,6 +10,7 @@
 #include "fleet.h"
 
 #include "clock.h"
+#include "dec.h"
 #include "resilua.h"
 
 #include <jansson.h>
@@ -21,7 +22,7 @@
 
 /* KEYS: the verdict's hash.  ARGV: instance, bucket ms, buckets, calls, failures, slow,
  * min_calls, failure_rate, slow_rate, quorum, open_for ms, backoff factor, backoff max ms,
- * jitter (already drawn: j x U(-1, 1)), probes, probes ok, probes failed, wants a probe
+ * jitter (already drawn: j x U(-1, 1), in millionths), probes, probes ok, probes failed, wants a probe
  * lease, the lease's ms.  Returns { state, cycle, ms open left, level, probe lease granted,
  * calls, failures, failing instances, reason, epoch }: the epoch is the Redis time the
  * verdict's hash was made, so that a Redis restarted empty (cycles from 0 again) is not
@@ -55,7 +56,7 @@ static const char SCRIPT_TEXT[] =
     "local function period(lv)\n"
     "  local p = tonumber(ARGV[11]) * tonumber(ARGV[12]) ^ lv\n"
     "  if p > tonumber(ARGV[13]) then p = tonumber(ARGV[13]) end\n"
-    "  return math.ceil(p * (1 + tonumber(ARGV[14])))\n"
+    "  return math.ceil(p * (1 + tonumber(ARGV[14]) / 1e6))\n"
     "end\n"
     "local function unlease()\n"
     "  for i = 1, probes do redis.call('DEL', k .. ':p' .. i) end\n"
@@ -142,6 +143,9 @@ struct rsl__fleet {
     int64_t carry_calls, carry_fail, carry_slow, carry_since;
     int carry_ok, carry_bad;
     uint64_t seen[RSL_THREAD_SLOTS][3]; /* each slot's counts at the last take */
+    rsl__fleet_conf sent;               /* the settings `args` were written for */
+    int have_args;
+    char args[18][24];                  /* the flush's arguments, the settings' written once */
     int64_t last_cycle; /* -1: none yet */
     int64_t last_epoch;
     int last_state;
@@ -428,6 +432,14 @@ static void flushed(void *ud, const rsl__redis_reply *r) {
     set_mode(f, RSL_FLEET_JOINED, NULL);
 }
 
+/* v in decimal into b, NUL-terminated (b has room for RSL_DEC_MAX + 1). */
+static void put_int(char *b, int64_t v) {
+    char t[RSL_DEC_MAX], *p = rsl__dec(t + sizeof(t), v);
+    size_t n = (size_t)(t + sizeof(t) - p);
+    memcpy(b, p, n);
+    b[n] = 0;
+}
+
 /* Sends one flush (the caller won `flushing`). */
 static void flush(rsl__fleet *f, rsl__redis *r, int64_t t) {
     rsl__fleet_conf c;
@@ -459,26 +471,32 @@ static void flush(rsl__fleet *f, rsl__redis *r, int64_t t) {
                            t > atomic_load_explicit(&f->rights_until, memory_order_relaxed))
                       ? 1
                       : 0;
-    char a[19][40];
-    snprintf(a[0], 40, "%lld", (long long)bucket_ms);
-    snprintf(a[1], 40, "%d", c.buckets);
-    snprintf(a[2], 40, "%lld", (long long)f->carry_calls);
-    snprintf(a[3], 40, "%lld", (long long)f->carry_fail);
-    snprintf(a[4], 40, "%lld", (long long)f->carry_slow);
-    snprintf(a[5], 40, "%lld", (long long)c.min_calls);
-    snprintf(a[6], 40, "%.17g", c.failure_rate);
-    snprintf(a[7], 40, "%.17g", c.slow_rate);
-    snprintf(a[8], 40, "%d", c.quorum);
-    snprintf(a[9], 40, "%lld", (long long)(c.open_for_ns / RSL_NS_PER_MS));
-    snprintf(a[10], 40, "%.17g", c.backoff_factor);
-    snprintf(a[11], 40, "%lld", (long long)(c.backoff_max_ns / RSL_NS_PER_MS));
-    snprintf(a[12], 40, "%.17g", c.jitter * (2 * rsl__rand01() - 1));
-    snprintf(a[13], 40, "%d", c.probes);
-    snprintf(a[14], 40, "%d", f->carry_ok);
-    snprintf(a[15], 40, "%d", f->carry_bad);
-    snprintf(a[16], 40, "%g", want);
-    /* A probe's lease: two flushes and half a second, then another instance may probe. */
-    snprintf(a[17], 40, "%lld", (long long)((2 * c.flush_ns) / RSL_NS_PER_MS + 500));
+    char(*a)[24] = f->args;
+    if (!f->have_args || !conf_eq(&f->sent, &c)) { /* the settings' arguments, once */
+        snprintf(a[0], 24, "%lld", (long long)bucket_ms);
+        snprintf(a[1], 24, "%d", c.buckets);
+        snprintf(a[5], 24, "%lld", (long long)c.min_calls);
+        snprintf(a[6], 24, "%.17g", c.failure_rate);
+        snprintf(a[7], 24, "%.17g", c.slow_rate);
+        snprintf(a[8], 24, "%d", c.quorum);
+        snprintf(a[9], 24, "%lld", (long long)(c.open_for_ns / RSL_NS_PER_MS));
+        snprintf(a[10], 24, "%.17g", c.backoff_factor);
+        snprintf(a[11], 24, "%lld", (long long)(c.backoff_max_ns / RSL_NS_PER_MS));
+        snprintf(a[13], 24, "%d", c.probes);
+        /* A probe's lease: two flushes and half a second, then another may probe. */
+        snprintf(a[17], 24, "%lld", (long long)((2 * c.flush_ns) / RSL_NS_PER_MS + 500));
+        f->sent = c;
+        f->have_args = 1;
+    }
+    /* The counts and the draws, every flush: integers, without printf. */
+    put_int(a[2], f->carry_calls);
+    put_int(a[3], f->carry_fail);
+    put_int(a[4], f->carry_slow);
+    double j = 1e6 * c.jitter * (2 * rsl__rand01() - 1);
+    put_int(a[12], (int64_t)(j < 0 ? j - 0.5 : j + 0.5));
+    put_int(a[14], f->carry_ok);
+    put_int(a[15], f->carry_bad);
+    put_int(a[16], (int64_t)want);
     const char *argv[21] = {"1", f->key, f->owner->instance};
     for (int i = 0; i < 18; i++) {
         argv[3 + i] = a[i];

@@ -12,6 +12,8 @@
  */
 #include "otlp.h"
 
+#include "dec.h"
+
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -191,17 +193,10 @@ static void put_plain(jw *w, const char *s) {
 
 static void put_int(jw *w, int64_t v, int quoted) {
     char d[24], *p = d + sizeof(d);
-    uint64_t u = v < 0 ? -(uint64_t)v : (uint64_t)v;
     if (quoted) {
         *--p = '"';
     }
-    do {
-        *--p = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (v < 0) {
-        *--p = '-';
-    }
+    p = rsl__dec(p, v);
     if (quoted) {
         *--p = '"';
     }

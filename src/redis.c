@@ -46,6 +46,7 @@
 #include <strings.h>
 
 #include "clock.h"
+#include "dec.h"
 
 /* Backoff between connect attempts: 50 ms (a restarted local Redis is back within a few
  * tens of ms) doubling to 2 s (a worker retries at most every 2 s, so N workers cost a
@@ -587,15 +588,15 @@ static int put_json_string(rsl__redis *r, const char *str, size_t n) {
 }
 
 static int put_json(rsl__redis *r, const redisReply *e) {
-    char num[32];
+    char num[32], *p;
     switch (e->type) {
     case REDIS_REPLY_STRING:
     case REDIS_REPLY_STATUS:
     case REDIS_REPLY_ERROR:
         return put_json_string(r, e->str, e->len);
     case REDIS_REPLY_INTEGER:
-        snprintf(num, sizeof(num), "%lld", e->integer);
-        return put(r, num, strlen(num));
+        p = rsl__dec(num + sizeof(num), (int64_t)e->integer); /* dec.h: no printf */
+        return put(r, p, (size_t)(num + sizeof(num) - p));
     case REDIS_REPLY_ARRAY:
         /* hiredis's parser nests at most 7 levels deep: the recursion is bounded. */
         if (put(r, "[", 1) < 0) {

@@ -19,6 +19,8 @@
  */
 #include "serve_int.h"
 
+#include "dec.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
@@ -249,11 +251,7 @@ void rsl__srv_out_str(outbuf *b, const char *s) {
 
 /* A decimal number, without printf: a response's status and length, on every answer. */
 static void out_uint(outbuf *b, unsigned long long v) {
-    char tmp[24], *p = tmp + sizeof(tmp);
-    do {
-        *--p = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
+    char tmp[24], *p = rsl__udec(tmp + sizeof(tmp), v);
     rsl__srv_out_add(b, p, (size_t)(tmp + sizeof(tmp) - p));
 }
 

@@ -6,6 +6,7 @@
  * Layer: a step kind (step.h).  Worker thread.
  */
 #include "chain.h"
+#include "dec.h"
 #include "steps.h"
 
 #include <string.h>
@@ -69,12 +70,7 @@ static int http_start(rsl__call *c, const rsl__step *s, int64_t now) {
     if (rc == 0 && c->deadline) {
         /* What is left for this call, so that a resilua downstream can honour it. */
         int64_t left = (c->deadline - now) / RSL_NS_PER_MS;
-        char v[24], *d = v + sizeof(v);
-        uint64_t u = left > 0 ? (uint64_t)left : 0; /* by hand: snprintf cost ~0.7k insns */
-        do {
-            *--d = (char)('0' + u % 10);
-            u /= 10;
-        } while (u);
+        char v[24], *d = rsl__dec(v + sizeof(v), left > 0 ? left : 0); /* dec.h */
         if (rsl__buf_append(&c->scratch, "", 1) < 0) {
             rc = RSL_ENOMEM;
         } else {

@@ -10,7 +10,7 @@
  *                           N and with 0 and divide the difference by N).  NAME: breaker,
  *                           breaker2, limiter, bulkhead, throttle, adaptive, reserve, shed,
  *                           clock, atomic, gbreaker, sbreaker, kbreaker, kbreaker1k,
- *                           kchurn, glimiter, klimiter.
+ *                           kchurn, glimiter, klimiter, glease.
  *
  * A shared breaker's added cost (`shared = {...}`, fleet.h) is the same attempt through
  * the guard interface on a local breaker and on one with a fleet attached, each followed
@@ -317,7 +317,8 @@ typedef enum {
     B_KBREAKER1K,
     B_KCHURN,
     B_GLIMITER,
-    B_KLIMITER
+    B_KLIMITER,
+    B_LEASE
 } bench_id;
 
 typedef struct guards {
@@ -336,6 +337,10 @@ typedef struct guards {
     /* a breaker guard with a fleet (quorum 2, flush 100 ms), from its registry */
     rsl__guard *gs;
     rsl__fleets *fs;
+    /* a global limiter's guard (scope = "global"): its lease holds more tokens than any run
+     * spends, so each op is the pool's decision, as when joined */
+    rsl__guard *ggl;
+    rsl__leases *ls;
 } guards;
 
 #define NK1 1000
@@ -399,6 +404,9 @@ static void run_once(bench_id id, guards *g, long n) {
         break;
     case B_KLIMITER:
         loop_keyed(g->kl, &g->hot, 1, n);
+        break;
+    case B_LEASE:
+        loop_plain_guard(g->ggl, n);
         break;
     }
 }
@@ -647,6 +655,16 @@ static void new_extras(guards *g) {
         exit(1);
     }
     atomic_store(&g->gs->fleet, f);
+    rsl__limiter_conf glc = {.rate = 1e9, .per_ns = RSL_NS_PER_S, .burst = 1e9};
+    rsl__lease_conf gc = {.rate = 1e9, .per_ns = RSL_NS_PER_S, .burst = 1e15, .lease = (int64_t)1e15};
+    g->ggl = rsl__guard_new_limiter("bench-global", &glc);
+    g->ls = rsl__leases_new("bench:", "bench", NULL);
+    rsl__lease *l = g->ls && g->ggl ? rsl__leases_get(g->ls, "bench-global", &gc) : NULL;
+    if (!l) {
+        fprintf(stderr, "bench_guards: out of memory\n");
+        exit(1);
+    }
+    atomic_store(&g->ggl->lease, l);
 }
 
 static void free_extras(guards *g) {
@@ -669,13 +687,16 @@ static void free_extras(guards *g) {
     free(g->many);
     rsl__guard_unref(g->gs);
     rsl__fleets_free(g->fs); /* after the guard that used it */
+    rsl__guard_unref(g->ggl);
+    rsl__leases_free(g->ls);
 }
 
 static int ops_mode(const char *name, long n) {
     guards g = {new_breaker(1), new_limiter(),  rsl__bulkhead_new("bench", 64),
                 NULL,           new_throttle(), new_adaptive(),
                 NULL,           NULL,           NULL,
-                NULL,           NULL,           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+                NULL,           NULL,           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                NULL,           NULL};
     new_extras(&g);
     if (strcmp(name, "breaker") == 0) {
         loop_breaker(g.b, n);
@@ -713,6 +734,8 @@ static int ops_mode(const char *name, long n) {
         run_once(B_GLIMITER, &g, n);
     } else if (strcmp(name, "klimiter") == 0) {
         run_once(B_KLIMITER, &g, n);
+    } else if (strcmp(name, "glease") == 0) {
+        run_once(B_LEASE, &g, n);
     } else {
         fprintf(stderr, "bench_guards: unknown benchmark %s\n", name);
         return 2;
@@ -743,7 +766,8 @@ int main(int argc, char **argv) {
     guards g = {new_breaker(1), new_limiter(),  rsl__bulkhead_new("bench", 64),
                 new_joint(),    new_throttle(), new_adaptive(),
                 NULL,           NULL,           NULL,
-                NULL,           NULL,           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+                NULL,           NULL,           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                NULL,           NULL};
     new_extras(&g);
     rsl__breaker *b2 = new_breaker(2);
 
@@ -770,6 +794,7 @@ int main(int argc, char **argv) {
     double kchurn = time_one(B_KCHURN, &g);
     double glim = time_one(B_GLIMITER, &g);
     double klim = time_one(B_KLIMITER, &g);
+    double glease = time_one(B_LEASE, &g);
     double kpair_same = time_kpair(&g, 1);
     double kpair_two = time_kpair(&g, 0);
 
@@ -815,6 +840,9 @@ int main(int argc, char **argv) {
     print_figure("guard: keyed limiter, one hot key", klim, clk, NULL);
     printf("%-40s %7.2f x the plain limiter guard (%+.1f ns)\n", "keyed limiter, one hot key",
            klim / glim, klim - glim);
+    print_figure("guard: global limiter (leased pool)", glease, clk, NULL);
+    printf("%-40s %7.2f x the plain limiter guard (%.0f M decisions/s on one thread)\n",
+           "global limiter's decision", glease / glim, 1e3 / glease);
     memory(1, nbreakers);
     memory(2, nbreakers);
 

@@ -354,7 +354,7 @@ static int paced_section(rsl_redis_server *rs, const char *dir, int smoke) {
         double c = rsl_bench_median(cps[i], rounds), o = rsl_bench_median(okf[i], rounds);
         double e = rsl_bench_median(ev[i], rounds), a = rsl_bench_median(all[i], rounds);
         double u = rsl_bench_median(cpu[i], rounds);
-        printf("%-26s %7.0f calls/s (%5.1f%% ok): %6.0f EVAL/s sent (%5.1f per 1,000 calls), "
+        printf("%-26s %7.0f calls/s (%5.1f%% ok): %6.0f scripts/s sent (%5.1f per 1,000 calls), "
                "%6.0f commands/s run by Redis incl. inside scripts; CPU %.2f us/call\n",
                labels[i], c, 100 * o, e, 1000 * e / c, a, u);
         /* A breaker's stub answers every call; the limiter may refuse a few while a
@@ -364,7 +364,7 @@ static int paced_section(rsl_redis_server *rs, const char *dir, int smoke) {
             return 1;
         }
     }
-    printf("%-26s %7s              %6.0f EVAL/s sent, %6.0f commands/s run by Redis "
+    printf("%-26s %7s              %6.0f scripts/s sent, %6.0f commands/s run by Redis "
            "(design: 1 flush per `flush`, 100 ms)\n",
            "shared breaker, idle", "", (double)(e1 - e0) / el, (double)(a1 - a0) / el);
     printf("design expectation for the shared breaker at 50k calls/s: 1 flush per 64 outcomes "
