@@ -597,9 +597,15 @@ int rsl_check(const char *policy_dir, char **json, char *err, size_t errlen) {
     }
     rsl__guards *reg = rsl__guards_new();
     rsl__watchdog *wd = rsl__watchdog_new(0); /* a policy file looping at load is stopped */
-    if (!reg || !wd) {
+    /* Registries with no Redis behind them, so that a global limiter and a shared breaker
+     * are described as such (scope, lease, shared), as a runtime would build them. */
+    rsl__leases *ls = rsl__leases_new(NULL, "check", NULL);
+    rsl__fleets *fs = rsl__fleets_new(NULL, "check", NULL);
+    if (!reg || !wd || !ls || !fs) {
         rsl__guards_free(reg);
         rsl__watchdog_free(wd);
+        rsl__leases_free(ls);
+        rsl__fleets_free(fs);
         return RSL_ENOMEM;
     }
     rsl_options d;
@@ -608,6 +614,8 @@ int rsl_check(const char *policy_dir, char **json, char *err, size_t errlen) {
                         .mem_limit = d.lua_mem_limit,
                         .wd = wd,
                         .stripes = 1,
+                        .leases = ls,
+                        .fleets = fs,
                         .step_ops = rsl__step_ops_table}; /* the kinds a runtime has */
     rsl__gen *g = NULL;
     rsl__load_report rep = {0};
@@ -627,5 +635,7 @@ int rsl_check(const char *policy_dir, char **json, char *err, size_t errlen) {
     rsl__load_report_free(&rep);
     rsl__guards_free(reg);
     rsl__watchdog_free(wd);
+    rsl__leases_free(ls); /* after the guards that used them */
+    rsl__fleets_free(fs);
     return rc;
 }

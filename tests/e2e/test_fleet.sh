@@ -7,7 +7,8 @@
 #   - in half-open, with failing traffic offered through all three, at most `probes`
 #     requests reach the upstream across the fleet (counted at flaky's /_stats) before
 #     the failed probe re-opens the fleet at the next backoff level;
-#   - once the upstream answers again, one probe's success closes all three.
+#   - once the upstream answers again, one probe's success closes all three;
+#   - after SCRIPT FLUSH (NOSCRIPT to the next EVALSHA) flushes go on with no Redis error.
 # Nothing races a period: negative phases assert what no amount of time changes (one
 # failing instance is under quorum), after polling until the counts are in Redis; the
 # positive ones poll, bounded.
@@ -80,6 +81,15 @@ t "the upstream answers again: one probe closes all three"
 until_st 0 'g["state"] == "closed" and s["fleet_state"] == "closed"' \
   "$(url 0 200)" "$(url 1 200)" "$(url 2 200)"
 for n in 1 2; do until_st $n 'g["state"] == "closed"'; done
+ok
+
+t "after SCRIPT FLUSH the flushes go on: no Redis error, still joined"
+evals() { redis-cli -p "$RPORT" info commandstats | sed -n 's/^cmdstat_eval:calls=\([0-9]*\),.*/\1/p' | grep . || echo 0; }
+errs=$(st 0 's["redis_errors"]') n0=$(st 0 's["flushes"]') e0=$(evals)
+redis-cli -p "$RPORT" script flush >/dev/null
+until_st 0 "s['flushes'] >= $n0 + 3 and s['mode'] == 'joined'" "$(url 0 200)"
+[ "$(st 0 's["redis_errors"]')" = "$errs" ] || fail "redis errors $errs -> $(st 0 's["redis_errors"]')"
+[ "$(evals)" -gt "$e0" ] || fail "no EVAL after the NOSCRIPT: $e0 -> $(evals)"
 ok
 
 t "/metrics: the shared breaker's mode"

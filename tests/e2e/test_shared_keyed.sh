@@ -23,6 +23,12 @@ r.limiter "tenant-quota" { rate = 100, per = "1s", burst = 20, scope = "global",
 r.policy "p" { steps = { s = r.stub { status = 200, body = "ok", guards = { "tenant-quota" } } } }
 EOF
 
+t "check describes the keyed global limiter: its scope, lease and key"
+run check -p "$P"
+expect_rc 0
+expect_out "scope=global lease=20 on_redis_down=local key=\${tenant} max_keys=100 top_k=5"
+ok
+
 RPORT=$(free_port)
 start_redis
 PREFIX="e2e$$:"
