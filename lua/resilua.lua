@@ -902,6 +902,8 @@ local function policy(ctx, name, c)
     fail(ctx, "route must be a function(req, sig), got %s", show(c.route))
   end
   p.route = c.route
+  p.user_route = c.route ~= nil -- what describe shows: p.route may be priority's wrapper
+  p.has_priority = c.priority ~= nil
   -- `priority` (0 highest .. 7, a number or function(req)) rides on the route: the route
   -- (or the chain) is the first value, the priority a second one, which the C side reads
   -- (lua_api.c); a route's own { chain = ..., priority = N } wins.

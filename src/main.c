@@ -346,6 +346,9 @@ static int print_description(const char *dir, const char *doc) {
         printf("\n    route     %s\n",
                json_is_true(json_object_get(p, "route")) ? "yes (route(req, sig) picks the path)"
                                                          : "no (always the chain)");
+        if (json_is_true(json_object_get(p, "priority"))) {
+            printf("    priority  yes (each call's priority from `priority`)\n");
+        }
         size_t k;
         json_t *s;
         json_array_foreach(json_object_get(p, "steps"), k, s) {

@@ -127,6 +127,9 @@ typedef struct rsl__policy {
     int nchain;
     uint32_t fallback_mask;/* bit (1u << outcome) */
     int *route_refs;       /* registry ref of route per state; NULL when no route */
+    int user_route;        /* the policy declares a route (route_refs may be the DSL's own,
+                              carrying a `priority` on the chain) */
+    int has_priority;      /* the policy declares a priority */
     void *stats;           /* set by the runtime: per-policy metrics */
 } rsl__policy;
 

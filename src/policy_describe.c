@@ -232,7 +232,10 @@ json_t *rsl__gen_describe(const rsl__gen *g) {
         }
         json_object_set_new(o, "chain", chain);
         json_object_set_new(o, "fallback_on", outcome_list(p->fallback_mask));
-        json_object_set_new(o, "route", json_boolean(p->route_refs != NULL));
+        json_object_set_new(o, "route", json_boolean(p->user_route));
+        if (p->has_priority) {
+            json_object_set_new(o, "priority", json_true());
+        }
         json_array_append_new(ps, o);
     }
     json_object_set_new(root, "policies", ps);

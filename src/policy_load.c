@@ -119,6 +119,12 @@ static void read_policy(lua_State *L, loader *ld, rsl__policy *p) {
     lua_getfield(L, -1, "route");
     int has_route = lua_isfunction(L, -1);
     lua_pop(L, 1);
+    lua_getfield(L, -1, "user_route");
+    p->user_route = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "has_priority");
+    p->has_priority = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     if (has_route) {
         p->route_refs = rsl__decl_refs(ld->g->nstates);
         ld->oom |= !p->route_refs;

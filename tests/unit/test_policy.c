@@ -874,6 +874,18 @@ TEST(describe_json) {
     rsl__guards_free(reg);
 }
 
+/* A priority without a route is described as no route, and as a priority. */
+TEST(describe_priority_without_route) {
+    const char *dir = rsl_test_tmpdir();
+    rsl_test_write(dir, "p.lua",
+                   "local r = require 'resilua'\n"
+                   "r.policy 'p' { priority = 2, steps = { s = r.stub { status = 200 } } }\n");
+    char *json = NULL, err[512] = "";
+    ASSERT_EQ(rsl_check(dir, &json, err, sizeof(err)), 0);
+    ASSERT_CONTAINS(json, "\"route\":false,\"priority\":true");
+    rsl_free(json);
+}
+
 TEST(static_route_warnings) {
     rsl__guards *reg = rsl__guards_new();
     rsl__load_report rep;
