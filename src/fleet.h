@@ -92,7 +92,8 @@ void rsl__fleet_tend_due(rsl__fleet *f, rsl__redis *r); /* the flush, unless one
 void rsl__fleets_tick(rsl__fleets *fs, rsl__redis *r);
 
 /* The published verdict.  pub changes with each one the fleet made (a new cycle in Redis);
- * 0 before the first (a new epoch in Redis, a restart, counts as a new cycle).  Down, nothing is published and gated reads 0. */
+ * 0 before the first (a new epoch in Redis, a restart, counts as a new cycle).  Down,
+ * nothing is published and gated reads 0. */
 typedef struct rsl__fleet_verdict {
     uint64_t pub;
     int state;          /* RSL_FLEET_* */
