@@ -28,14 +28,15 @@ static void quiet(void *ud, rsl_log_level level, const char *msg) {
     }
 }
 
-static rsl_runtime *open_dir(const char *dir, int workers) {
+/* A runtime on dir's policies and the injected clock, its log to `log`. */
+static rsl_runtime *open_dir_log(const char *dir, int workers, rsl_log_fn log) {
     rsl_options o;
     rsl_options_init(&o);
     o.policy_dir = dir;
     o.workers = workers;
     o.clock = fake_clock;
     o.seed = 7;
-    o.log = quiet;
+    o.log = log;
     o.route_limit_ns = 2000000000LL;
     o.lua_step_limit_ns = 2000000000LL;
     rsl_runtime *rt = NULL;
@@ -45,6 +46,10 @@ static rsl_runtime *open_dir(const char *dir, int workers) {
         rsl_test_fail(__FILE__, __LINE__, "rsl_open: %s: %s", rsl_strerror(rc), err);
     }
     return rt;
+}
+
+static rsl_runtime *open_dir(const char *dir, int workers) {
+    return open_dir_log(dir, workers, quiet);
 }
 
 /* Policy "p": `primary` (fails when req.fail == "1") behind guard "g" (declared by DECL),
@@ -429,15 +434,8 @@ TEST(global_keys_each_their_lease) {
     const char *dir = rsl_test_tmpdir();
     write_policy(dir, "r.limiter 'g' { rate = 100, burst = 10, scope = 'global', lease = 3,\n"
                       "  on_redis_down = 'closed', key = '${tenant}', max_keys = 2 }");
-    rsl_options o;
-    rsl_options_init(&o);
-    o.policy_dir = dir;
-    o.workers = 1;
-    o.clock = fake_clock;
-    o.log = count_downs;
-    rsl_runtime *rt = NULL;
+    rsl_runtime *rt = open_dir_log(dir, 1, count_downs);
     char err[1024];
-    ASSERT_EQ(rsl_open(&rt, &o, err, sizeof(err)), 0);
     /* The first call of a key spends its credit; its tend finds no Redis: down, closed. */
     ASSERT_EQ(call(rt, "a", "0"), RSL_OUTCOME_OK);
     ASSERT_EQ(call(rt, "a", "0"), RSL_OUTCOME_REJECTED);
